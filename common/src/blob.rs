@@ -1,0 +1,244 @@
+//! The blob: one encrypted chunk, as stored by the controller.
+//!
+//! Byte layout, format version 1 (do not modify; a change is a new version):
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic b"LBBL"
+//! 4       1     format version = 1
+//! 5       24    XChaCha20 nonce (random per blob)
+//! 29      n+16  XChaCha20-Poly1305 ciphertext of the payload, then its 16-byte tag
+//! ```
+//!
+//! The payload is `flag (1 byte) || body`: flag 0 = body is the raw chunk, flag 1 = body is a
+//! zstd frame of it. The associated data is `header (first 5 bytes) || chunk id (32 bytes)`, so a
+//! blob cannot be replayed under another id or another version. After decrypting, the keyed
+//! BLAKE3 of the plaintext must equal the id: a blob sealed by a different key or a bug is caught.
+//!
+//! Failure modes: truncated or garbage input, wrong magic or version, a failed tag (tampering,
+//! bit rot, wrong key), a body that inflates past [`MAX_CHUNK_LEN`] (zip bomb), an id mismatch.
+//! Each is a distinct [`BlobError`]; none panics.
+
+use chacha20poly1305::aead::{AeadInOut, KeyInit};
+use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use thiserror::Error;
+
+use crate::ids::ChunkId;
+use crate::keys::{DataKeys, fill_random};
+
+/// Magic at the start of every blob. Do not modify.
+pub const BLOB_MAGIC: [u8; 4] = *b"LBBL";
+/// Current blob format version. Do not modify the meaning of a shipped version.
+pub const BLOB_VERSION: u8 = 1;
+/// Header length: magic + version.
+pub const HEADER_LEN: usize = 5;
+/// Nonce length.
+pub const NONCE_LEN: usize = 24;
+/// Poly1305 tag length.
+pub const TAG_LEN: usize = 16;
+/// Bytes a blob adds to its body: header, nonce, flag and tag.
+pub const OVERHEAD: usize = HEADER_LEN + NONCE_LEN + 1 + TAG_LEN;
+/// The largest chunk plaintext any chunker may produce (a hard format limit, 8 MiB).
+pub const MAX_CHUNK_LEN: usize = 8 << 20;
+/// The largest valid blob: an incompressible chunk of [`MAX_CHUNK_LEN`] stored raw.
+pub const MAX_BLOB_LEN: usize = MAX_CHUNK_LEN + OVERHEAD;
+
+const FLAG_RAW: u8 = 0;
+const FLAG_ZSTD: u8 = 1;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BlobError {
+    #[error("blob is too short ({0} bytes) to be a blob")]
+    Truncated(usize),
+    #[error("blob is {0} bytes, larger than the {MAX_BLOB_LEN}-byte limit")]
+    TooLarge(usize),
+    #[error("not a blob (bad magic)")]
+    BadMagic,
+    #[error("blob format version {0} is not supported by this version of Lifeboat (knows 1)")]
+    UnsupportedVersion(u8),
+    #[error(
+        "blob failed authentication: damaged, tampered with, or sealed with another master key"
+    )]
+    Authentication,
+    #[error("blob payload has unknown compression flag {0}")]
+    BadFlag(u8),
+    #[error("blob payload does not decompress: {0}")]
+    Decompress(String),
+    #[error("chunk is {0} bytes, larger than the {MAX_CHUNK_LEN}-byte limit")]
+    ChunkTooLarge(usize),
+    #[error("blob decrypted, but its content does not hash to chunk id {0}")]
+    IdMismatch(String),
+}
+
+fn aad(id: &ChunkId) -> [u8; HEADER_LEN + 32] {
+    let mut a = [0u8; HEADER_LEN + 32];
+    a[..4].copy_from_slice(&BLOB_MAGIC);
+    a[4] = BLOB_VERSION;
+    a[HEADER_LEN..].copy_from_slice(id.as_bytes());
+    a
+}
+
+fn cipher(keys: &DataKeys) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new(&Key::from(*keys.blob_key()))
+}
+
+/// Seals one chunk. `zstd_level` 0 stores raw; otherwise zstd at that level is tried and kept only
+/// if it saves space.
+pub fn seal(
+    keys: &DataKeys,
+    id: &ChunkId,
+    plaintext: &[u8],
+    zstd_level: i32,
+) -> Result<Vec<u8>, BlobError> {
+    if plaintext.len() > MAX_CHUNK_LEN {
+        return Err(BlobError::ChunkTooLarge(plaintext.len()));
+    }
+    let compressed = if zstd_level != 0 {
+        zstd::bulk::compress(plaintext, zstd_level)
+            .ok()
+            .filter(|c| c.len() < plaintext.len())
+    } else {
+        None
+    };
+    let (flag, body): (u8, &[u8]) = match &compressed {
+        Some(c) => (FLAG_ZSTD, c),
+        None => (FLAG_RAW, plaintext),
+    };
+    let mut out = Vec::with_capacity(body.len() + OVERHEAD);
+    out.extend_from_slice(&BLOB_MAGIC);
+    out.push(BLOB_VERSION);
+    let mut nonce = [0u8; NONCE_LEN];
+    fill_random(&mut nonce);
+    out.extend_from_slice(&nonce);
+    let start = out.len();
+    out.push(flag);
+    out.extend_from_slice(body);
+    let tag = cipher(keys)
+        .encrypt_inout_detached(&XNonce::from(nonce), &aad(id), out[start..].as_mut().into())
+        .map_err(|_| BlobError::ChunkTooLarge(plaintext.len()))?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// Checks the framing of a blob without any key (what the controller can check).
+pub fn check_framing(blob: &[u8]) -> Result<(), BlobError> {
+    if blob.len() > MAX_BLOB_LEN {
+        return Err(BlobError::TooLarge(blob.len()));
+    }
+    if blob.len() < OVERHEAD {
+        return Err(BlobError::Truncated(blob.len()));
+    }
+    if blob[..4] != BLOB_MAGIC {
+        return Err(BlobError::BadMagic);
+    }
+    if blob[4] != BLOB_VERSION {
+        return Err(BlobError::UnsupportedVersion(blob[4]));
+    }
+    Ok(())
+}
+
+/// Opens a blob: checks framing, authenticates, decompresses (bounded) and verifies the id.
+pub fn open(keys: &DataKeys, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>, BlobError> {
+    check_framing(blob)?;
+    let mut nonce = [0u8; NONCE_LEN];
+    nonce.copy_from_slice(&blob[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
+    let ct_end = blob.len() - TAG_LEN;
+    let mut payload = blob[HEADER_LEN + NONCE_LEN..ct_end].to_vec();
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&blob[ct_end..]);
+    cipher(keys)
+        .decrypt_inout_detached(
+            &XNonce::from(nonce),
+            &aad(id),
+            payload.as_mut_slice().into(),
+            &Tag::from(tag),
+        )
+        .map_err(|_| BlobError::Authentication)?;
+    let plaintext = match payload.first().copied() {
+        Some(FLAG_RAW) => {
+            payload.remove(0);
+            payload
+        }
+        Some(FLAG_ZSTD) => zstd::bulk::decompress(&payload[1..], MAX_CHUNK_LEN)
+            .map_err(|e| BlobError::Decompress(e.to_string()))?,
+        Some(f) => return Err(BlobError::BadFlag(f)),
+        None => return Err(BlobError::Truncated(blob.len())),
+    };
+    if keys.chunk_id(&plaintext) != *id {
+        return Err(BlobError::IdMismatch(id.to_hex()));
+    }
+    Ok(plaintext)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::MasterKey;
+    use proptest::prelude::*;
+
+    fn keys() -> DataKeys {
+        MasterKey::from_bytes([9; 32]).data_keys()
+    }
+
+    proptest! {
+        #[test]
+        fn open_seal_round_trip(data in proptest::collection::vec(any::<u8>(), 0..20_000), level in 0i32..4) {
+            let k = keys();
+            let id = k.chunk_id(&data);
+            let blob = seal(&k, &id, &data, level).expect("seal");
+            prop_assert_eq!(open(&k, &id, &blob).expect("open"), data);
+        }
+
+        #[test]
+        fn any_flipped_bit_fails(data in proptest::collection::vec(any::<u8>(), 1..2_000), pos in any::<usize>(), bit in 0u8..8) {
+            let k = keys();
+            let id = k.chunk_id(&data);
+            let mut blob = seal(&k, &id, &data, 3).expect("seal");
+            let i = pos % blob.len();
+            blob[i] ^= 1 << bit;
+            prop_assert!(open(&k, &id, &blob).is_err());
+        }
+    }
+
+    #[test]
+    fn compressible_data_is_compressed_and_random_is_raw() {
+        let k = keys();
+        let text = b"hello world ".repeat(1000);
+        let id = k.chunk_id(&text);
+        assert!(seal(&k, &id, &text, 3).expect("seal").len() < 1000);
+        let mut random = vec![0u8; 4096];
+        fill_random(&mut random);
+        let id = k.chunk_id(&random);
+        let blob = seal(&k, &id, &random, 3).expect("seal");
+        assert_eq!(blob.len(), random.len() + OVERHEAD);
+    }
+
+    #[test]
+    fn wrong_id_or_key_fails() {
+        let k = keys();
+        let id = k.chunk_id(b"abc");
+        let blob = seal(&k, &id, b"abc", 3).expect("seal");
+        assert_eq!(
+            open(&k, &ChunkId([0; 32]), &blob),
+            Err(BlobError::Authentication)
+        );
+        let other = MasterKey::from_bytes([1; 32]).data_keys();
+        assert_eq!(open(&other, &id, &blob), Err(BlobError::Authentication));
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panic() {
+        let k = keys();
+        let id = ChunkId([0; 32]);
+        assert_eq!(open(&k, &id, b""), Err(BlobError::Truncated(0)));
+        assert_eq!(open(&k, &id, &[0u8; 100]), Err(BlobError::BadMagic));
+        let mut v = vec![0u8; 100];
+        v[..4].copy_from_slice(&BLOB_MAGIC);
+        v[4] = 9;
+        assert_eq!(open(&k, &id, &v), Err(BlobError::UnsupportedVersion(9)));
+        assert_eq!(
+            open(&k, &id, &vec![0u8; MAX_BLOB_LEN + 1]),
+            Err(BlobError::TooLarge(MAX_BLOB_LEN + 1))
+        );
+    }
+}

@@ -1,0 +1,463 @@
+//! The manifest: the agent's encrypted description of one snapshot.
+//!
+//! Byte layout, format version 1 (do not modify; a change is a new version):
+//!
+//! ```text
+//! magic b"LBMF" · version u8 = 1 · varint-length-delimited ManifestHeader · varint-length-delimited
+//! Entry messages (protobuf, fields below; tags never reused) · a zero length (0x00) · a
+//! varint-length-delimited Trailer holding the entry count · end. A manifest without its trailer,
+//! or with bytes after it, is corrupt: truncation at an entry boundary is detected.
+//! ```
+//!
+//! The manifest bytes are chunked, sealed and uploaded like file data; the controller only learns
+//! the manifest's chunk ids. Entries name a root (an absolute path from the source config, by
+//! index into `header.roots`) and a path relative to it, `/`-separated raw bytes (Unix paths need
+//! not be UTF-8).
+//!
+//! Every decoded entry is validated ([`Entry::validate`]): relative path without empty, `.` or
+//! `..` components, a known kind, chunk ids of 32 bytes whose sizes add up to the file size, no
+//! duplicates. A restore therefore only ever sees paths that stay inside their root; symlink
+//! escapes are the restore's job (it never follows a symlink it did not check).
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use prost::Message;
+use thiserror::Error;
+
+use crate::blob::MAX_CHUNK_LEN;
+use crate::chunker::ChunkerParams;
+use crate::ids::{CHUNK_ID_LEN, ChunkId};
+
+/// Magic at the start of a manifest. Do not modify.
+pub const MANIFEST_MAGIC: [u8; 4] = *b"LBMF";
+/// Current manifest format version.
+pub const MANIFEST_VERSION: u8 = 1;
+/// Largest single encoded entry (a 100 GiB file at 256 KiB chunks needs ~15 MiB).
+pub const MAX_ENTRY_LEN: usize = 64 << 20;
+/// Longest path or symlink target, in bytes (Linux PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ChunkerParamsMsg {
+    #[prost(uint32, tag = "1")]
+    pub min: u32,
+    #[prost(uint32, tag = "2")]
+    pub avg: u32,
+    #[prost(uint32, tag = "3")]
+    pub max: u32,
+}
+
+impl From<ChunkerParams> for ChunkerParamsMsg {
+    fn from(p: ChunkerParams) -> Self {
+        ChunkerParamsMsg {
+            min: p.min,
+            avg: p.avg,
+            max: p.max,
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ManifestHeader {
+    #[prost(string, tag = "1")]
+    pub source: String,
+    /// Source kind: "files".
+    #[prost(string, tag = "2")]
+    pub kind: String,
+    /// Absolute root paths, raw bytes.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub roots: Vec<Vec<u8>>,
+    #[prost(message, optional, tag = "4")]
+    pub chunker: Option<ChunkerParamsMsg>,
+    #[prost(int64, tag = "5")]
+    pub created_at_unix_ms: i64,
+    #[prost(string, tag = "6")]
+    pub hostname: String,
+    #[prost(string, tag = "7")]
+    pub agent_version: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum EntryKind {
+    Unspecified = 0,
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Entry {
+    /// Index into `ManifestHeader::roots`.
+    #[prost(uint32, tag = "1")]
+    pub root: u32,
+    /// Path relative to the root, `/`-separated; empty for the root itself.
+    #[prost(bytes = "vec", tag = "2")]
+    pub path: Vec<u8>,
+    #[prost(enumeration = "EntryKind", tag = "3")]
+    pub kind: i32,
+    /// Permission bits (including setuid/setgid/sticky), without the file type.
+    #[prost(uint32, tag = "4")]
+    pub mode: u32,
+    #[prost(uint32, tag = "5")]
+    pub uid: u32,
+    #[prost(uint32, tag = "6")]
+    pub gid: u32,
+    #[prost(int64, tag = "7")]
+    pub mtime_sec: i64,
+    #[prost(uint32, tag = "8")]
+    pub mtime_nsec: u32,
+    #[prost(uint64, tag = "9")]
+    pub size: u64,
+    #[prost(bytes = "vec", tag = "10")]
+    pub symlink_target: Vec<u8>,
+    /// Chunk ids of the file's contents, in order.
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    pub chunks: Vec<Vec<u8>>,
+    /// Plaintext size of each chunk, parallel to `chunks`.
+    #[prost(uint32, repeated, packed = "true", tag = "12")]
+    pub chunk_sizes: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Trailer {
+    #[prost(uint64, tag = "1")]
+    pub entries: u64,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("not a manifest (bad magic)")]
+    BadMagic,
+    #[error("manifest format version {0} is not supported (this Lifeboat knows 1)")]
+    UnsupportedVersion(u8),
+    #[error("manifest is truncated or corrupt: {0}")]
+    Corrupt(String),
+    #[error("manifest entry {path:?} is invalid: {reason}")]
+    InvalidEntry { path: String, reason: String },
+    #[error("manifest lists {path:?} twice")]
+    Duplicate { path: String },
+}
+
+impl Entry {
+    pub fn entry_kind(&self) -> EntryKind {
+        EntryKind::try_from(self.kind).unwrap_or(EntryKind::Unspecified)
+    }
+
+    /// The relative path as a [`Path`].
+    pub fn rel_path(&self) -> &Path {
+        Path::new(OsStr::from_bytes(&self.path))
+    }
+
+    /// Human-readable path for messages.
+    pub fn display_path(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        self.chunks
+            .iter()
+            .filter_map(|c| ChunkId::try_from(c.as_slice()).ok())
+            .collect()
+    }
+
+    /// Checks everything a restore relies on. `roots` is the header's root count.
+    pub fn validate(&self, roots: usize) -> Result<(), ManifestError> {
+        let bad = |reason: &str| ManifestError::InvalidEntry {
+            path: self.display_path(),
+            reason: reason.to_owned(),
+        };
+        if self.root as usize >= roots {
+            return Err(bad("root index out of range"));
+        }
+        validate_rel_path(&self.path).map_err(|r| bad(&r))?;
+        match self.entry_kind() {
+            EntryKind::Unspecified => return Err(bad("unknown entry kind")),
+            EntryKind::Symlink => {
+                if self.symlink_target.is_empty()
+                    || self.symlink_target.len() > MAX_PATH_LEN
+                    || self.symlink_target.contains(&0)
+                {
+                    return Err(bad("invalid symlink target"));
+                }
+            }
+            EntryKind::Dir | EntryKind::File => {}
+        }
+        if self.entry_kind() != EntryKind::File && (!self.chunks.is_empty() || self.size != 0) {
+            return Err(bad("only files have contents"));
+        }
+        if self.chunks.len() != self.chunk_sizes.len() {
+            return Err(bad("chunk ids and sizes differ in number"));
+        }
+        if self.chunks.iter().any(|c| c.len() != CHUNK_ID_LEN) {
+            return Err(bad("chunk id of wrong length"));
+        }
+        let mut total: u64 = 0;
+        for &s in &self.chunk_sizes {
+            if s == 0 || s as usize > MAX_CHUNK_LEN {
+                return Err(bad("chunk size out of range"));
+            }
+            total += u64::from(s);
+        }
+        if total != self.size {
+            return Err(bad("chunk sizes do not add up to the file size"));
+        }
+        if self.mode > 0o7777 || self.mtime_nsec >= 1_000_000_000 {
+            return Err(bad("mode or mtime out of range"));
+        }
+        Ok(())
+    }
+}
+
+/// A relative path is empty (the root) or `/`-separated components, none empty, `.` or `..`.
+pub fn validate_rel_path(p: &[u8]) -> Result<(), String> {
+    if p.len() > MAX_PATH_LEN {
+        return Err("path too long".into());
+    }
+    if p.is_empty() {
+        return Ok(());
+    }
+    if p.contains(&0) {
+        return Err("path contains a NUL byte".into());
+    }
+    if p[0] == b'/' {
+        return Err("absolute path".into());
+    }
+    for comp in p.split(|&b| b == b'/') {
+        match comp {
+            b"" => return Err("empty path component".into()),
+            b"." | b".." => return Err("'.' or '..' component".into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn validate_root(p: &[u8]) -> Result<(), ManifestError> {
+    let bad = || ManifestError::Corrupt(format!("invalid root {:?}", String::from_utf8_lossy(p)));
+    if p == b"/" {
+        return Ok(());
+    }
+    match p.strip_prefix(b"/") {
+        Some(rest) if validate_rel_path(rest).is_ok() && !rest.is_empty() => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
+/// Builds a manifest in memory.
+pub struct ManifestWriter {
+    buf: Vec<u8>,
+    entries: u64,
+}
+
+impl ManifestWriter {
+    pub fn new(header: &ManifestHeader) -> Self {
+        let mut buf = Vec::with_capacity(4096);
+        buf.extend_from_slice(&MANIFEST_MAGIC);
+        buf.push(MANIFEST_VERSION);
+        // Encoding into a Vec cannot fail (it grows as needed).
+        let _ = header.encode_length_delimited(&mut buf);
+        ManifestWriter { buf, entries: 0 }
+    }
+
+    pub fn push(&mut self, entry: &Entry) {
+        let _ = entry.encode_length_delimited(&mut self.buf);
+        self.entries += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.buf.push(0);
+        let _ = Trailer {
+            entries: self.entries,
+        }
+        .encode_length_delimited(&mut self.buf);
+        self.buf
+    }
+}
+
+/// A decoded, fully validated manifest.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Manifest {
+    pub header: ManifestHeader,
+    pub entries: Vec<Entry>,
+}
+
+impl Manifest {
+    /// The absolute path of root `i`.
+    pub fn root_path(&self, i: u32) -> &Path {
+        Path::new(OsStr::from_bytes(&self.header.roots[i as usize]))
+    }
+}
+
+fn read_delimited<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], ManifestError> {
+    let len =
+        prost::encoding::decode_varint(data).map_err(|e| ManifestError::Corrupt(e.to_string()))?;
+    let len = usize::try_from(len).map_err(|_| ManifestError::Corrupt("length overflow".into()))?;
+    if len > MAX_ENTRY_LEN {
+        return Err(ManifestError::Corrupt(format!(
+            "entry of {len} bytes exceeds the limit"
+        )));
+    }
+    if len > data.len() {
+        return Err(ManifestError::Corrupt("truncated entry".into()));
+    }
+    let (msg, rest) = data.split_at(len);
+    *data = rest;
+    Ok(msg)
+}
+
+/// Decodes and validates a manifest.
+pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+    if bytes.len() < 5 || bytes[..4] != MANIFEST_MAGIC {
+        return Err(ManifestError::BadMagic);
+    }
+    if bytes[4] != MANIFEST_VERSION {
+        return Err(ManifestError::UnsupportedVersion(bytes[4]));
+    }
+    let mut data = &bytes[5..];
+    let header = ManifestHeader::decode(read_delimited(&mut data)?)
+        .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
+    for r in &header.roots {
+        validate_root(r)?;
+    }
+    let mut entries = Vec::new();
+    let mut seen = HashSet::new();
+    loop {
+        if data.is_empty() {
+            return Err(ManifestError::Corrupt(
+                "no trailer: the manifest is truncated".into(),
+            ));
+        }
+        let msg = read_delimited(&mut data)?;
+        if msg.is_empty() {
+            break;
+        }
+        let e = Entry::decode(msg).map_err(|e| ManifestError::Corrupt(e.to_string()))?;
+        e.validate(header.roots.len())?;
+        if !seen.insert((e.root, e.path.clone())) {
+            return Err(ManifestError::Duplicate {
+                path: e.display_path(),
+            });
+        }
+        entries.push(e);
+    }
+    let trailer = Trailer::decode(read_delimited(&mut data)?)
+        .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
+    if trailer.entries != entries.len() as u64 || !data.is_empty() {
+        return Err(ManifestError::Corrupt(
+            "trailer does not match the entries".into(),
+        ));
+    }
+    Ok(Manifest { header, entries })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample_header() -> ManifestHeader {
+        ManifestHeader {
+            source: "web".into(),
+            kind: "files".into(),
+            roots: vec![b"/var/www".to_vec(), b"/etc/nginx".to_vec()],
+            chunker: Some(ChunkerParams::FILES.into()),
+            created_at_unix_ms: 1_795_590_289_000,
+            hostname: "vm1".into(),
+            agent_version: "0.1.0".into(),
+        }
+    }
+
+    fn file(path: &str, sizes: &[u32]) -> Entry {
+        Entry {
+            root: 0,
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File as i32,
+            mode: 0o644,
+            size: sizes.iter().map(|&s| u64::from(s)).sum(),
+            chunks: sizes.iter().map(|&s| vec![s as u8; 32]).collect(),
+            chunk_sizes: sizes.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_encode_round_trip(names in proptest::collection::hash_set("[a-zA-Z0-9 é_.-]{1,20}", 0..20), mtime in any::<i64>()) {
+            let names: Vec<String> = names.into_iter().filter(|n| n != "." && n != "..").collect();
+            let mut w = ManifestWriter::new(&sample_header());
+            let mut entries = Vec::new();
+            for (i, n) in names.iter().enumerate() {
+                let mut e = file(n, &[i as u32 + 1, 7]);
+                e.mtime_sec = mtime;
+                w.push(&e);
+                entries.push(e);
+            }
+            let m = decode(&w.finish()).expect("decode");
+            prop_assert_eq!(m.header, sample_header());
+            prop_assert_eq!(m.entries, entries);
+        }
+    }
+
+    #[test]
+    fn rejects_escaping_paths() {
+        for bad in [
+            "../etc/passwd",
+            "a/../../b",
+            "/etc/passwd",
+            "a//b",
+            "./a",
+            "a/.",
+        ] {
+            let mut w = ManifestWriter::new(&sample_header());
+            w.push(&file(bad, &[1]));
+            assert!(
+                matches!(decode(&w.finish()), Err(ManifestError::InvalidEntry { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent_entries_and_duplicates() {
+        let mut e = file("a", &[1, 2]);
+        e.size = 99;
+        assert!(e.validate(2).is_err());
+        let mut e = file("a", &[1]);
+        e.root = 5;
+        assert!(e.validate(2).is_err());
+        let mut w = ManifestWriter::new(&sample_header());
+        w.push(&file("a", &[1]));
+        w.push(&file("a", &[1]));
+        assert!(matches!(
+            decode(&w.finish()),
+            Err(ManifestError::Duplicate { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_and_truncation_fail_cleanly() {
+        assert_eq!(decode(b""), Err(ManifestError::BadMagic));
+        assert_eq!(
+            decode(b"LBMF\x02"),
+            Err(ManifestError::UnsupportedVersion(2))
+        );
+        let mut w = ManifestWriter::new(&sample_header());
+        w.push(&file("a", &[1]));
+        let bytes = w.finish();
+        for cut in 5..bytes.len() {
+            assert!(decode(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+}
