@@ -1,1 +1,49 @@
+//! Lifeboat's controller: the gRPC server that agents back up to, and the library behind
+//! `lifeboatctl`.
+//!
+//! Trust invariants kept here (see DESIGN.md):
+//! - the controller only ever handles ciphertext, keyed chunk ids, sizes and times;
+//! - agents are append-only and isolated: every call is authenticated ([`auth`]) and scoped to
+//!   the caller (its snapshots, its dedup group);
+//! - acknowledged means durable: objects are put and fsync'd ([`store`]) before the catalog
+//!   ([`catalog`]) records them, and the catalog commits before a response is sent.
+//!
+//! Modules:
+//! - [`config`]: `controller.toml` and `lifeboatctl.toml`.
+//! - [`ca`]: the private CA (init, server and admin certificates, signing agent CSRs).
+//! - [`init`]: `lifeboat-controller init`.
+//! - [`server`]: TLS accept loop and the tonic server ([`server::serve`]).
+//! - [`auth`]: peer certificate → [`auth::Identity`].
+//! - [`service`]: the AgentService and AdminService handlers; [`wire`] validates requests.
+//! - [`ingest`], [`commit`]: upload and commit paths; [`pack`], [`refset`], [`record`]: the
+//!   object formats they write.
+//! - [`client`], [`ctl`]: the admin CLI and its error classification.
 
+pub mod auth;
+pub mod ca;
+pub mod catalog;
+pub mod client;
+pub mod commit;
+pub mod config;
+pub mod ctl;
+pub mod error;
+pub mod ingest;
+pub mod init;
+pub mod pack;
+pub mod record;
+pub mod refset;
+pub mod server;
+pub mod service;
+pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod wire;
+
+/// The largest gRPC message either service accepts: a maximal blob plus framing slack.
+pub const MAX_MESSAGE_BYTES: usize = (8 << 20) + (64 << 10);
+/// The most chunk ids accepted in one HaveChunks, ReadChunks or RefBatch message.
+pub const MAX_IDS: usize = 4096;
+/// The most distinct ids one snapshot may reference.
+pub const MAX_REFERENCE_COUNT: u64 = 50_000_000;
+/// The controller's version, reported by WhoAmI.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,419 @@
+//! The gRPC client: one mTLS [`Channel`] to the controller, and the failure classifier.
+//!
+//! The channel trusts only the CA named in `[controller] ca`, presents the agent certificate and
+//! key, and checks the controller's certificate against `server_name`. Messages may be up to
+//! 8 MiB plus slack (one blob of the largest chunk).
+//!
+//! [`classify`] decides what a failure means for the exit code: the controller could not be
+//! reached (4), or the TLS handshake or the controller refused our certificate (5), or anything
+//! else (1). It walks the whole `source()` chain, because tonic wraps hyper, which wraps
+//! io::Error, which wraps the rustls error that says what really happened.
+
+use std::error::Error as StdError;
+use std::io;
+use std::time::Duration;
+
+use lifeboat_common::ids::{ChunkId, chunk_ids_from_bytes};
+use lifeboat_proto::v1 as pb;
+use lifeboat_proto::v1::agent_service_client::AgentServiceClient;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::ControllerConfig;
+use crate::remote::{
+    CommitOutcome, CommitRequest, MAX_IDS_PER_REQUEST, MIN_IDS_PER_REQUEST, Remote, RemoteError, Session,
+    SnapshotInfo, UploadReceipt, snapshot_from_wire,
+};
+
+/// How long to wait for the TCP + TLS connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest gRPC message accepted or sent: the largest blob plus slack.
+pub const MAX_MESSAGE_BYTES: usize = 9 << 20;
+/// Target size of one `UploadChunks` message.
+pub const UPLOAD_MESSAGE_BYTES: usize = 4 << 20;
+
+/// What a failed call means for the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureClass {
+    Unreachable,
+    CertificateRefused,
+    Other,
+}
+
+/// Classifies a failed call (see the module docs).
+pub fn classify(err: &RemoteError) -> FailureClass {
+    if let RemoteError::Status { status, .. } = err
+        && matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+    {
+        return FailureClass::CertificateRefused;
+    }
+    let mut unreachable = matches!(err, RemoteError::Transport { .. })
+        || err.code().is_some_and(|c| matches!(c, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded));
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if is_tls_refusal(e) {
+            return FailureClass::CertificateRefused;
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if let Some(inner) = io.get_ref()
+                && is_tls_refusal(inner)
+            {
+                return FailureClass::CertificateRefused;
+            }
+            unreachable |= is_network_kind(io.kind());
+        }
+        let text = e.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("alert") {
+            return FailureClass::CertificateRefused;
+        }
+        unreachable |= text.contains("connect") || text.contains("dns") || text.contains("timed out");
+        cur = e.source();
+    }
+    if unreachable { FailureClass::Unreachable } else { FailureClass::Other }
+}
+
+fn is_tls_refusal(e: &(dyn StdError + 'static)) -> bool {
+    matches!(
+        e.downcast_ref::<rustls::Error>(),
+        Some(
+            rustls::Error::AlertReceived(_)
+                | rustls::Error::InvalidCertificate(_)
+                | rustls::Error::NoCertificatesPresented
+        )
+    )
+}
+
+fn is_network_kind(k: io::ErrorKind) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        k,
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | TimedOut
+            | HostUnreachable
+            | NetworkUnreachable
+            | AddrNotAvailable
+            | NotConnected
+            | BrokenPipe
+            | UnexpectedEof
+    )
+}
+
+/// Failure to build the TLS settings from the config's PEM files.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientSetupError {
+    #[error(transparent)]
+    Pem(#[from] lifeboat_common::tls::TlsError),
+    #[error("[controller] address {address:?} is not a valid URL: {source}")]
+    Address {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("TLS settings for {address} are invalid: {source}")]
+    Tls {
+        address: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// The controller, over mTLS gRPC.
+#[derive(Clone)]
+pub struct GrpcRemote {
+    client: AgentServiceClient<Channel>,
+}
+
+impl GrpcRemote {
+    /// Builds the endpoint from the config (reading the PEM files). Does not connect yet.
+    pub fn endpoint(cfg: &ControllerConfig) -> Result<Endpoint, ClientSetupError> {
+        let ca = lifeboat_common::tls::read_pem(&cfg.ca, false)?;
+        let cert = lifeboat_common::tls::read_pem(&cfg.cert, false)?;
+        let key = lifeboat_common::tls::read_pem(&cfg.key, true)?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name(cfg.server_name.clone());
+        Endpoint::from_shared(cfg.address.clone())
+            .map_err(|source| ClientSetupError::Address {
+                address: cfg.address.clone(),
+                source,
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .tls_config(tls)
+            .map_err(|source| ClientSetupError::Tls {
+                address: cfg.address.clone(),
+                source,
+            })
+    }
+
+    /// Connects (TCP + TLS handshake) to the controller.
+    pub async fn connect(endpoint: Endpoint) -> Result<Self, RemoteError> {
+        let channel = endpoint.connect().await.map_err(|e| RemoteError::Transport {
+            op: "connect",
+            source: Box::new(e),
+        })?;
+        Ok(Self::from_channel(channel))
+    }
+
+    pub fn from_channel(channel: Channel) -> Self {
+        let client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        GrpcRemote { client }
+    }
+
+    /// Who the controller thinks we are (agent id, dedup group).
+    pub async fn who_am_i(&self) -> Result<pb::WhoAmIResponse, RemoteError> {
+        let mut c = self.client.clone();
+        Ok(c.who_am_i(pb::WhoAmIRequest {}).await.map_err(status("WhoAmI"))?.into_inner())
+    }
+}
+
+fn status(op: &'static str) -> impl Fn(tonic::Status) -> RemoteError {
+    move |status| RemoteError::Status { op, status }
+}
+
+fn invalid(op: &'static str, reason: impl Into<String>) -> RemoteError {
+    RemoteError::Invalid {
+        op,
+        reason: reason.into(),
+    }
+}
+
+/// Splits blobs into messages of about [`UPLOAD_MESSAGE_BYTES`] (at least one blob each).
+fn upload_messages(session: &str, blobs: Vec<(ChunkId, Vec<u8>)>, limit: usize) -> Vec<pb::UploadChunksRequest> {
+    let mut out = Vec::new();
+    let mut cur: Vec<pb::Blob> = Vec::new();
+    let mut cur_bytes = 0usize;
+    for (id, data) in blobs {
+        if !cur.is_empty() && cur_bytes + data.len() + 64 > limit {
+            out.push(pb::UploadChunksRequest {
+                session_id: session.to_owned(),
+                blobs: std::mem::take(&mut cur),
+            });
+            cur_bytes = 0;
+        }
+        cur_bytes += data.len() + 64;
+        cur.push(pb::Blob {
+            id: id.as_bytes().to_vec(),
+            data,
+        });
+    }
+    if !cur.is_empty() {
+        out.push(pb::UploadChunksRequest {
+            session_id: session.to_owned(),
+            blobs: cur,
+        });
+    }
+    out
+}
+
+impl Remote for GrpcRemote {
+    async fn begin_session(&self, source: &str) -> Result<Session, RemoteError> {
+        const OP: &str = "BeginSession";
+        let mut c = self.client.clone();
+        let r = c
+            .begin_session(pb::BeginSessionRequest {
+                source: source.to_owned(),
+            })
+            .await
+            .map_err(status(OP))?
+            .into_inner();
+        if r.session_id.is_empty() {
+            return Err(invalid(OP, "empty session id"));
+        }
+        Ok(Session {
+            id: r.session_id,
+            max_ids: r.max_ids_per_request.clamp(MIN_IDS_PER_REQUEST, MAX_IDS_PER_REQUEST) as usize,
+            max_message_bytes: r.max_message_bytes,
+        })
+    }
+
+    async fn have_chunks(&self, session: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, RemoteError> {
+        const OP: &str = "HaveChunks";
+        let mut c = self.client.clone();
+        let r = c
+            .have_chunks(pb::HaveChunksRequest {
+                session_id: session.to_owned(),
+                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+            })
+            .await
+            .map_err(status(OP))?
+            .into_inner();
+        let missing = chunk_ids_from_bytes(&r.missing).map_err(|e| invalid(OP, e.to_string()))?;
+        let asked: std::collections::HashSet<&ChunkId> = ids.iter().collect();
+        if missing.iter().any(|m| !asked.contains(m)) {
+            return Err(invalid(OP, "answered an id that was not asked about"));
+        }
+        Ok(missing)
+    }
+
+    async fn upload(&self, session: &str, blobs: Vec<(ChunkId, Vec<u8>)>) -> Result<UploadReceipt, RemoteError> {
+        if blobs.is_empty() {
+            return Ok(UploadReceipt::default());
+        }
+        let mut c = self.client.clone();
+        let msgs = upload_messages(session, blobs, UPLOAD_MESSAGE_BYTES);
+        let r = c
+            .upload_chunks(tokio_stream::iter(msgs))
+            .await
+            .map_err(status("UploadChunks"))?
+            .into_inner();
+        Ok(UploadReceipt {
+            chunks_stored: r.chunks_stored,
+            bytes_stored: r.bytes_stored,
+            already_present: r.chunks_already_present,
+        })
+    }
+
+    async fn commit(&self, req: CommitRequest) -> Result<CommitOutcome, RemoteError> {
+        const OP: &str = "CommitSnapshot";
+        use pb::commit_snapshot_request::Part;
+        let mut msgs = vec![pb::CommitSnapshotRequest {
+            part: Some(Part::Header(pb::CommitHeader {
+                session_id: req.session_id,
+                started_at_unix_ms: req.started_at_unix_ms,
+                finished_at_unix_ms: req.finished_at_unix_ms,
+                stats: Some(req.stats),
+                manifest_ids: req.manifest_ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                reference_count: req.references.len() as u64,
+            })),
+        }];
+        for batch in req.references.chunks(req.max_ids.max(1)) {
+            msgs.push(pb::CommitSnapshotRequest {
+                part: Some(Part::Refs(pb::RefBatch {
+                    ids: batch.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                })),
+            });
+        }
+        let mut c = self.client.clone();
+        let r = c
+            .commit_snapshot(tokio_stream::iter(msgs))
+            .await
+            .map_err(status(OP))?
+            .into_inner();
+        if !r.missing.is_empty() {
+            let missing = chunk_ids_from_bytes(&r.missing).map_err(|e| invalid(OP, e.to_string()))?;
+            return Ok(CommitOutcome::Missing(missing));
+        }
+        if r.snapshot_id.is_empty() {
+            return Err(invalid(OP, "neither a snapshot id nor missing ids"));
+        }
+        Ok(CommitOutcome::Committed {
+            snapshot_id: r.snapshot_id,
+        })
+    }
+
+    async fn list_snapshots(&self, source: &str) -> Result<Vec<SnapshotInfo>, RemoteError> {
+        const OP: &str = "ListSnapshots";
+        let mut c = self.client.clone();
+        let r = c
+            .list_snapshots(pb::ListSnapshotsRequest {
+                source: source.to_owned(),
+            })
+            .await
+            .map_err(status(OP))?
+            .into_inner();
+        r.snapshots.into_iter().map(|s| snapshot_from_wire(s, OP)).collect()
+    }
+
+    async fn get_snapshot(&self, id: &str, source: &str) -> Result<SnapshotInfo, RemoteError> {
+        const OP: &str = "GetSnapshot";
+        let mut c = self.client.clone();
+        let r = c
+            .get_snapshot(pb::GetSnapshotRequest {
+                snapshot_id: id.to_owned(),
+                source: source.to_owned(),
+            })
+            .await
+            .map_err(status(OP))?
+            .into_inner();
+        snapshot_from_wire(r, OP)
+    }
+
+    async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
+        const OP: &str = "ReadChunks";
+        let mut c = self.client.clone();
+        let mut stream = c
+            .read_chunks(pb::ReadChunksRequest {
+                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+            })
+            .await
+            .map_err(status(OP))?
+            .into_inner();
+        let mut out = Vec::with_capacity(ids.len());
+        while let Some(msg) = stream.message().await.map_err(status(OP))? {
+            let blob = msg.blob.ok_or_else(|| invalid(OP, "message without a blob"))?;
+            let id = ChunkId::try_from(blob.id.as_slice()).map_err(|e| invalid(OP, e.to_string()))?;
+            match ids.get(out.len()) {
+                Some(want) if *want == id => out.push((id, blob.data)),
+                _ => return Err(invalid(OP, format!("unexpected chunk {} (out of order or not asked for)", id.short()))),
+            }
+        }
+        if out.len() != ids.len() {
+            return Err(invalid(OP, format!("asked for {} chunks, received {}", ids.len(), out.len())));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn transport(e: impl StdError + Send + Sync + 'static) -> RemoteError {
+        RemoteError::Transport {
+            op: "connect",
+            source: Box::new(e),
+        }
+    }
+
+    #[test]
+    fn classifies_failures() {
+        let refused = transport(io::Error::new(io::ErrorKind::ConnectionRefused, "nope"));
+        assert_eq!(classify(&refused), FailureClass::Unreachable);
+        let alert = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
+        );
+        assert_eq!(classify(&transport(alert)), FailureClass::CertificateRefused);
+        let unknown_ca = transport(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        assert_eq!(classify(&unknown_ca), FailureClass::CertificateRefused);
+        let unauth = RemoteError::Status {
+            op: "BeginSession",
+            status: tonic::Status::unauthenticated("no client certificate"),
+        };
+        assert_eq!(classify(&unauth), FailureClass::CertificateRefused);
+        let perm = RemoteError::Status {
+            op: "BeginSession",
+            status: tonic::Status::permission_denied("revoked"),
+        };
+        assert_eq!(classify(&perm), FailureClass::CertificateRefused);
+        let tls_in_status = RemoteError::Status {
+            op: "BeginSession",
+            status: tonic::Status::unavailable("error trying to connect: received fatal alert: BadCertificate"),
+        };
+        assert_eq!(classify(&tls_in_status), FailureClass::CertificateRefused);
+        let unavailable = RemoteError::Status {
+            op: "HaveChunks",
+            status: tonic::Status::unavailable("tcp connect error"),
+        };
+        assert_eq!(classify(&unavailable), FailureClass::Unreachable);
+        let other = RemoteError::Status {
+            op: "ReadChunks",
+            status: tonic::Status::data_loss("pack damaged"),
+        };
+        assert_eq!(classify(&other), FailureClass::Other);
+    }
+
+    #[test]
+    fn upload_messages_are_bounded() {
+        let blobs: Vec<_> = (0..10u8).map(|i| (ChunkId([i; 32]), vec![0u8; 1000])).collect();
+        let msgs = upload_messages("s", blobs, 3000);
+        assert_eq!(msgs.len(), 5);
+        assert!(msgs.iter().all(|m| m.blobs.len() == 2 && m.session_id == "s"));
+        let big = vec![(ChunkId([1; 32]), vec![0u8; 10_000])];
+        assert_eq!(upload_messages("s", big, 3000).len(), 1);
+    }
+}

@@ -1,0 +1,158 @@
+//! What the agent needs from the controller, as a small trait over validated domain types.
+//!
+//! [`crate::client::GrpcRemote`] implements it over mTLS gRPC; tests use an in-memory fake, so
+//! the backup and restore pipelines are exercised without a network. Every response is
+//! validated here or in the client (ids of 32 bytes, limits within bounds) before inner code
+//! sees it.
+
+use std::future::Future;
+
+use lifeboat_common::ids::ChunkId;
+use lifeboat_proto::v1::SnapshotStats;
+use thiserror::Error;
+
+#[cfg(test)]
+pub mod memory;
+
+/// The smallest and largest `max_ids_per_request` the agent accepts from the controller.
+pub const MIN_IDS_PER_REQUEST: u32 = 16;
+pub const MAX_IDS_PER_REQUEST: u32 = 100_000;
+
+/// A failed call to the controller.
+#[derive(Debug, Error)]
+pub enum RemoteError {
+    /// The transport could not be set up or failed (DNS, refused, TLS, timeout).
+    #[error("{op}: {source}")]
+    Transport {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The controller answered with an error status.
+    #[error("{op}: controller answered {}: {}", .status.code(), .status.message())]
+    Status {
+        op: &'static str,
+        #[source]
+        status: tonic::Status,
+    },
+    /// The controller's answer breaks the protocol.
+    #[error("{op}: invalid answer from the controller: {reason}")]
+    Invalid { op: &'static str, reason: String },
+}
+
+impl RemoteError {
+    /// The gRPC status code, when the controller answered with one.
+    pub fn code(&self) -> Option<tonic::Code> {
+        match self {
+            RemoteError::Status { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+/// An open upload session.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub id: String,
+    /// Clamped to [`MIN_IDS_PER_REQUEST`]..=[`MAX_IDS_PER_REQUEST`].
+    pub max_ids: usize,
+    pub max_message_bytes: u64,
+}
+
+/// Totals from one `UploadChunks` call.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UploadReceipt {
+    pub chunks_stored: u64,
+    pub bytes_stored: u64,
+    pub already_present: u64,
+}
+
+/// The commit header (everything but the reference batches).
+#[derive(Clone, Debug)]
+pub struct CommitRequest {
+    pub session_id: String,
+    pub started_at_unix_ms: i64,
+    pub finished_at_unix_ms: i64,
+    pub stats: SnapshotStats,
+    pub manifest_ids: Vec<ChunkId>,
+    /// Every distinct id the snapshot references (file and manifest chunks).
+    pub references: Vec<ChunkId>,
+    pub max_ids: usize,
+}
+
+/// What a commit answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Committed { snapshot_id: String },
+    Missing(Vec<ChunkId>),
+}
+
+/// A snapshot as the controller describes it.
+#[derive(Clone, Debug)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub source: String,
+    pub started_at_unix_ms: i64,
+    pub finished_at_unix_ms: i64,
+    pub committed_at_unix_ms: i64,
+    pub stats: SnapshotStats,
+    pub stored_bytes: u64,
+    pub manifest_ids: Vec<ChunkId>,
+    pub reference_count: u64,
+}
+
+/// The controller's agent-facing API.
+pub trait Remote: Send + Sync {
+    fn begin_session(&self, source: &str) -> impl Future<Output = Result<Session, RemoteError>> + Send;
+    /// The subset of `ids` that must be uploaded.
+    fn have_chunks(
+        &self,
+        session: &str,
+        ids: &[ChunkId],
+    ) -> impl Future<Output = Result<Vec<ChunkId>, RemoteError>> + Send;
+    /// Uploads sealed blobs; returns once they are durable.
+    fn upload(
+        &self,
+        session: &str,
+        blobs: Vec<(ChunkId, Vec<u8>)>,
+    ) -> impl Future<Output = Result<UploadReceipt, RemoteError>> + Send;
+    fn commit(&self, req: CommitRequest) -> impl Future<Output = Result<CommitOutcome, RemoteError>> + Send;
+    /// The caller's snapshots, oldest first; `source` empty means all.
+    fn list_snapshots(&self, source: &str) -> impl Future<Output = Result<Vec<SnapshotInfo>, RemoteError>> + Send;
+    /// One snapshot by id, unique prefix, or "latest" (with source).
+    fn get_snapshot(
+        &self,
+        id: &str,
+        source: &str,
+    ) -> impl Future<Output = Result<SnapshotInfo, RemoteError>> + Send;
+    /// The blobs of `ids` (distinct), in request order. The caller bounds the batch size.
+    fn read_chunks(
+        &self,
+        ids: &[ChunkId],
+    ) -> impl Future<Output = Result<Vec<(ChunkId, Vec<u8>)>, RemoteError>> + Send;
+}
+
+/// Converts a wire snapshot into [`SnapshotInfo`], validating its ids.
+pub fn snapshot_from_wire(s: lifeboat_proto::v1::Snapshot, op: &'static str) -> Result<SnapshotInfo, RemoteError> {
+    let manifest_ids = lifeboat_common::ids::chunk_ids_from_bytes(&s.manifest_ids).map_err(|e| RemoteError::Invalid {
+        op,
+        reason: format!("snapshot {}: {e}", s.id),
+    })?;
+    if s.id.is_empty() || manifest_ids.is_empty() {
+        return Err(RemoteError::Invalid {
+            op,
+            reason: format!("snapshot {:?} has no id or no manifest", s.id),
+        });
+    }
+    Ok(SnapshotInfo {
+        id: s.id,
+        source: s.source,
+        started_at_unix_ms: s.started_at_unix_ms,
+        finished_at_unix_ms: s.finished_at_unix_ms,
+        committed_at_unix_ms: s.committed_at_unix_ms,
+        stats: s.stats.unwrap_or_default(),
+        stored_bytes: s.stored_bytes,
+        manifest_ids,
+        reference_count: s.reference_count,
+    })
+}

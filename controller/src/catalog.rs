@@ -1,0 +1,113 @@
+//! The catalog: a SQLite index of the object store (agents, packs, chunks, sessions, snapshots).
+//!
+//! Durability: WAL journal, `synchronous=FULL`, foreign keys on. The schema is migrated by
+//! `PRAGMA user_version` ([`schema`]). The catalog is an index, not the source of truth: every
+//! pack, reference segment and snapshot record is an object in the store and is written (and
+//! fsync'd) *before* the catalog row that points at it, so a crash leaves at worst an
+//! unreferenced object, never a row pointing at nothing.
+//!
+//! Concurrency: one connection behind a mutex, used from `spawn_blocking` ([`Catalog::run`]).
+//! Every write is therefore serialized; multi-row writes run in one transaction.
+//!
+//! | operation        | runs concurrently with      | why it is safe                              |
+//! |------------------|-----------------------------|---------------------------------------------|
+//! | record a pack    | any                         | `INSERT OR IGNORE`: the first writer wins   |
+//! | commit snapshot  | uploads of the same group   | it only reads chunks rows, which never go away |
+//! | reads            | any                         | serialized on the same connection           |
+
+pub mod agents;
+pub mod chunks;
+pub mod schema;
+pub mod snapshots;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum CatalogError {
+    #[error("cannot open catalog {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("catalog query failed: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error(
+        "catalog schema version {found} is newer than this controller understands ({known}); upgrade lifeboat-controller"
+    )]
+    TooNew { found: i64, known: i64 },
+    #[error("catalog row is invalid: {0}")]
+    Corrupt(String),
+    #[error("catalog worker failed: {0}")]
+    Task(String),
+}
+
+/// Handle on the catalog; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) and migrates the catalog at `path`.
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let conn = Connection::open(path).map_err(|source| CatalogError::Open {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::setup(conn)
+    }
+
+    /// An in-memory catalog, for tests.
+    pub fn open_in_memory() -> Result<Self, CatalogError> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self, CatalogError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        schema::migrate(&mut conn)?;
+        Ok(Catalog {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` on the connection, on the current thread (for CLI code and tests).
+    pub fn run_blocking<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, CatalogError>,
+    ) -> Result<R, CatalogError> {
+        let mut guard = self
+            .conn
+            .lock()
+            .map_err(|_| CatalogError::Task("catalog lock poisoned by an earlier panic".into()))?;
+        f(&mut guard)
+    }
+
+    /// Runs `f` on the connection on a blocking thread.
+    pub async fn run<R, F>(&self, f: F) -> Result<R, CatalogError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, CatalogError> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.run_blocking(f))
+            .await
+            .map_err(|e| CatalogError::Task(e.to_string()))?
+    }
+}
+
+/// Converts a count or size to SQLite's i64 (saturating; real values never get near it).
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Converts a stored i64 back to u64 (negative values, which we never write, read as 0).
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,117 @@
+//! Schema migrations, keyed by `PRAGMA user_version`. A migration is never edited once shipped;
+//! a change is a new entry appended to [`MIGRATIONS`].
+
+use rusqlite::Connection;
+
+use super::CatalogError;
+
+/// Each entry moves the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE agents (
+    id          TEXT PRIMARY KEY,
+    dedup_group TEXT NOT NULL,
+    cert_sha256 TEXT NOT NULL UNIQUE,
+    not_after   INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    last_seen   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE admins (
+    cert_sha256 TEXT PRIMARY KEY,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE packs (
+    id         BLOB PRIMARY KEY,
+    key        TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    entries    INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE chunks (
+    dedup_group TEXT NOT NULL,
+    id          BLOB NOT NULL,
+    pack_id     BLOB NOT NULL REFERENCES packs(id),
+    offset      INTEGER NOT NULL,
+    length      INTEGER NOT NULL,
+    blob_hash   BLOB NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (dedup_group, id)
+) WITHOUT ROWID;
+CREATE TABLE sessions (
+    id            TEXT PRIMARY KEY,
+    agent         TEXT NOT NULL REFERENCES agents(id),
+    source        TEXT NOT NULL,
+    started_at    INTEGER NOT NULL,
+    stored_bytes  INTEGER NOT NULL DEFAULT 0,
+    stored_chunks INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE snapshots (
+    id                TEXT PRIMARY KEY,
+    agent             TEXT NOT NULL REFERENCES agents(id),
+    source            TEXT NOT NULL,
+    session_id        TEXT NOT NULL,
+    started_at        INTEGER NOT NULL,
+    finished_at       INTEGER NOT NULL,
+    committed_at      INTEGER NOT NULL,
+    files             INTEGER NOT NULL,
+    dirs              INTEGER NOT NULL,
+    symlinks          INTEGER NOT NULL,
+    logical_bytes     INTEGER NOT NULL,
+    new_logical_bytes INTEGER NOT NULL,
+    chunks            INTEGER NOT NULL,
+    new_chunks        INTEGER NOT NULL,
+    unreadable        INTEGER NOT NULL,
+    files_read        INTEGER NOT NULL,
+    stored_bytes      INTEGER NOT NULL,
+    manifest_ids      BLOB NOT NULL,
+    reference_count   INTEGER NOT NULL,
+    record_key        TEXT NOT NULL
+);
+CREATE INDEX snapshots_by_agent ON snapshots(agent, source, committed_at);
+CREATE TABLE snapshot_refs (
+    snapshot_id TEXT NOT NULL REFERENCES snapshots(id),
+    chunk_id    BLOB NOT NULL,
+    PRIMARY KEY (snapshot_id, chunk_id)
+) WITHOUT ROWID;
+CREATE INDEX snapshot_refs_by_chunk ON snapshot_refs(chunk_id);
+"#];
+
+/// Brings the schema up to date; refuses a catalog newer than this binary.
+pub fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > known {
+        return Err(CatalogError::TooNew { found, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "catalog schema migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.db");
+        let cat = crate::catalog::Catalog::open(&path).expect("open");
+        let v: i64 = cat
+            .run_blocking(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .expect("version");
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        drop(cat);
+        // Reopening is a no-op.
+        let cat = crate::catalog::Catalog::open(&path).expect("reopen");
+        cat.run_blocking(|c| Ok(c.pragma_update(None, "user_version", 99)?))
+            .expect("bump");
+        drop(cat);
+        let e = crate::catalog::Catalog::open(&path).expect_err("too new");
+        assert!(matches!(e, CatalogError::TooNew { found: 99, .. }), "{e}");
+    }
+}
