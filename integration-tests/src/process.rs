@@ -25,7 +25,9 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Runs a command to completion, capturing its output.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Formats a command's output for assertion messages.
@@ -48,8 +50,15 @@ pub struct Controller {
 impl Controller {
     /// Inits a controller in `dir` (which must not exist yet) and starts it.
     pub fn start(dir: &Path) -> Controller {
-        let out = run(Command::new(bin("lifeboat-controller")).arg("init").arg("--dir").arg(dir));
-        assert!(out.status.success(), "controller init failed: {}", describe(&out));
+        let out = run(Command::new(bin("lifeboat-controller"))
+            .arg("init")
+            .arg("--dir")
+            .arg(dir));
+        assert!(
+            out.status.success(),
+            "controller init failed: {}",
+            describe(&out)
+        );
         Self::serve(dir)
     }
 
@@ -74,7 +83,9 @@ impl Controller {
             .expect("spawn controller");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read controller stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read controller stdout");
         let addr = line
             .trim()
             .strip_prefix("LISTENING ")
@@ -86,7 +97,11 @@ impl Controller {
             })
             .parse()
             .expect("listen address");
-        Controller { dir: dir.to_owned(), addr, child: Some(child) }
+        Controller {
+            dir: dir.to_owned(),
+            addr,
+            child: Some(child),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -106,8 +121,13 @@ impl Controller {
     /// Runs `lifeboatctl` and parses its JSON stdout, asserting success.
     pub fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.ctl(args);
-        assert!(out.status.success(), "lifeboatctl {args:?}: {}", describe(&out));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lifeboatctl {args:?} JSON: {e}: {}", describe(&out)))
+        assert!(
+            out.status.success(),
+            "lifeboatctl {args:?}: {}",
+            describe(&out)
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("lifeboatctl {args:?} JSON: {e}: {}", describe(&out)))
     }
 
     /// Everything the controller logged so far.
@@ -118,7 +138,10 @@ impl Controller {
     /// SIGTERM, then wait; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
         child.wait().ok().and_then(|s| s.code())
     }
 
@@ -150,21 +173,39 @@ pub struct Agent {
 impl Agent {
     /// `lifeboat-agent init`, `lifeboatctl agent add`, copies the master key, and writes a config
     /// with the given `[[source]]` tables.
-    pub fn enroll(ctl: &Controller, dir: &Path, name: &str, group: Option<&str>, master_key: &Path, sources: &str) -> Agent {
+    pub fn enroll(
+        ctl: &Controller,
+        dir: &Path,
+        name: &str,
+        group: Option<&str>,
+        master_key: &Path,
+        sources: &str,
+    ) -> Agent {
         let out = run(Command::new(bin("lifeboat-agent"))
             .args(["init", "--name", name, "--dir"])
             .arg(dir)
             .args(["--controller", &ctl.url()]));
         assert!(out.status.success(), "agent init: {}", describe(&out));
         let csr = dir.join("agent.csr");
-        let mut args = vec!["agent", "add", name, "--csr", csr.to_str().unwrap(), "--out", dir.to_str().unwrap()];
+        let mut args = vec![
+            "agent",
+            "add",
+            name,
+            "--csr",
+            csr.to_str().unwrap(),
+            "--out",
+            dir.to_str().unwrap(),
+        ];
         if let Some(g) = group {
             args.extend(["--group", g]);
         }
         let out = ctl.ctl(&args);
         assert!(out.status.success(), "agent add: {}", describe(&out));
         fs::copy(master_key, dir.join("master.key")).expect("copy master key");
-        let agent = Agent { name: name.to_owned(), dir: dir.to_owned() };
+        let agent = Agent {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+        };
         agent.write_config(&ctl.url(), sources);
         agent
     }
@@ -182,12 +223,15 @@ impl Agent {
 
     /// Runs `lifeboat-agent --config <cfg> <args>`.
     pub fn run(&self, args: &[&str]) -> Output {
-        run(self.command(args))
+        run(&mut self.command(args))
     }
 
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("lifeboat-agent"));
-        c.arg("--config").arg(self.config()).args(args).env("RUST_LOG", "info");
+        c.arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("RUST_LOG", "info");
         c
     }
 
@@ -203,7 +247,11 @@ impl Agent {
         let mut args = vec!["restore", "--source", source, "--json"];
         args.extend_from_slice(extra);
         let out = self.run(&args);
-        assert!(out.status.success(), "restore {extra:?}: {}", describe(&out));
+        assert!(
+            out.status.success(),
+            "restore {extra:?}: {}",
+            describe(&out)
+        );
         parse_json(&out)
     }
 }
@@ -214,8 +262,13 @@ pub fn parse_json(out: &Output) -> serde_json::Value {
     if let Ok(v) = serde_json::from_str(&text) {
         return v;
     }
-    let last = text.lines().rev().find(|l| l.trim_start().starts_with('{')).unwrap_or("");
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("no JSON in output ({e}): {}", describe(out)))
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("no JSON in output ({e}): {}", describe(out)))
 }
 
 /// Creates a fleet master key with `lifeboatctl key init` (it never reaches the controller).

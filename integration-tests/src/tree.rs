@@ -36,7 +36,16 @@ impl Rng {
 pub fn write_data(path: &Path, len: usize, seed: u64, compressible: bool) {
     let mut rng = Rng::new(seed);
     let mut f = fs::File::create(path).expect("create data file");
-    let words: [&[u8]; 8] = [b"<div class=\"x\">", b"lifeboat ", b"restore ", b"</div>\n", b"nginx ", b"0123456789 ", b"\xc3\xa9t\xc3\xa9 ", b"backup "];
+    let words: [&[u8]; 8] = [
+        b"<div class=\"x\">",
+        b"lifeboat ",
+        b"restore ",
+        b"</div>\n",
+        b"nginx ",
+        b"0123456789 ",
+        b"\xc3\xa9t\xc3\xa9 ",
+        b"backup ",
+    ];
     let mut buf = vec![0u8; 1 << 16];
     let mut left = len;
     while left > 0 {
@@ -59,7 +68,10 @@ pub fn write_data(path: &Path, len: usize, seed: u64, compressible: bool) {
 
 fn set_mtime(path: &Path, secs: u64) {
     let t = UNIX_EPOCH + Duration::new(secs, 123_456_789);
-    let f = fs::File::options().read(true).open(path).expect("open for mtime");
+    let f = fs::File::options()
+        .read(true)
+        .open(path)
+        .expect("open for mtime");
     f.set_modified(t).expect("set mtime");
 }
 
@@ -82,13 +94,27 @@ pub fn build_sample_tree(root: &Path, big_len: usize) {
     write_data(&root.join("privé/secret.key"), 64, 7, false);
     write_data(&root.join("html/run.sh"), 200, 8, true);
     for i in 0..40 {
-        write_data(&root.join(format!("html/page-{i:02}.html")), 2_000 + i * 997, 100 + i as u64, true);
+        write_data(
+            &root.join(format!("html/page-{i:02}.html")),
+            2_000 + i * 997,
+            100 + i as u64,
+            true,
+        );
     }
-    symlink("../sites-available/default", root.join("conf/sites-enabled/default")).expect("symlink");
+    symlink(
+        "../sites-available/default",
+        root.join("conf/sites-enabled/default"),
+    )
+    .expect("symlink");
     symlink("/etc/hostname", root.join("conf/absolute-link")).expect("symlink");
     symlink("does/not/exist", root.join("html/dangling")).expect("symlink");
-    fs::set_permissions(root.join("privé/secret.key"), fs::Permissions::from_mode(0o600)).expect("chmod");
-    fs::set_permissions(root.join("html/run.sh"), fs::Permissions::from_mode(0o755)).expect("chmod");
+    fs::set_permissions(
+        root.join("privé/secret.key"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    fs::set_permissions(root.join("html/run.sh"), fs::Permissions::from_mode(0o755))
+        .expect("chmod");
     fs::set_permissions(root.join("privé"), fs::Permissions::from_mode(0o700)).expect("chmod");
     fix_mtimes(root, 1_700_000_000);
 }
@@ -117,7 +143,11 @@ pub fn walk(root: &Path) -> Vec<(PathBuf, fs::Metadata)> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let p = if rel.as_os_str().is_empty() { root.to_owned() } else { root.join(&rel) };
+        let p = if rel.as_os_str().is_empty() {
+            root.to_owned()
+        } else {
+            root.join(&rel)
+        };
         let meta = fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
         if meta.is_dir() {
             for e in fs::read_dir(&p).expect("read_dir") {
@@ -163,14 +193,29 @@ pub fn describe_tree(root: &Path) -> BTreeMap<PathBuf, Node> {
             let p = root.join(&rel);
             let ft = m.file_type();
             let (kind, digest, link, mtime) = if ft.is_symlink() {
-                ("symlink", 0, Some(fs::read_link(&p).expect("readlink")), (0, 0))
+                (
+                    "symlink",
+                    0,
+                    Some(fs::read_link(&p).expect("readlink")),
+                    (0, 0),
+                )
             } else if ft.is_dir() {
                 ("dir", 0, None, (m.mtime(), m.mtime_nsec()))
             } else {
                 ("file", digest(&p), None, (m.mtime(), m.mtime_nsec()))
             };
             let size = if ft.is_file() { m.len() } else { 0 };
-            (rel, Node { kind, mode: m.mode() & 0o7777, mtime, size, digest, link })
+            (
+                rel,
+                Node {
+                    kind,
+                    mode: m.mode() & 0o7777,
+                    mtime,
+                    size,
+                    digest,
+                    link,
+                },
+            )
         })
         .collect()
 }
@@ -183,7 +228,10 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     for (k, v) in &a {
         match b.get(k) {
             None => diffs.push(format!("missing: {}", k.display())),
-            Some(w) if w != v => diffs.push(format!("differs: {}\n  expected {v:?}\n  actual   {w:?}", k.display())),
+            Some(w) if w != v => diffs.push(format!(
+                "differs: {}\n  expected {v:?}\n  actual   {w:?}",
+                k.display()
+            )),
             _ => {}
         }
     }
@@ -192,7 +240,13 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
             diffs.push(format!("unexpected: {}", k.display()));
         }
     }
-    assert!(diffs.is_empty(), "trees {} and {} differ:\n{}", expected.display(), actual.display(), diffs.join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "trees {} and {} differ:\n{}",
+        expected.display(),
+        actual.display(),
+        diffs.join("\n")
+    );
 }
 
 /// Where `restore --to DIR` puts a root: `DIR/<root without its leading '/'>`.
@@ -202,6 +256,11 @@ pub fn restored_root(to: &Path, root: &Path) -> PathBuf {
 
 /// Recursively copies a tree, keeping modes, mtimes and symlinks (via `cp -a`).
 pub fn copy_tree(from: &Path, to: &Path) {
-    let st = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().expect("cp -a");
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp -a");
     assert!(st.success(), "cp -a failed");
 }

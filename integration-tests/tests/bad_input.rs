@@ -16,7 +16,10 @@ use lifeboat_proto::v1::{Blob, UploadChunksRequest};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 fn sources(root: &Path) -> String {
-    format!("[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{:?}]\n", root.to_str().unwrap())
+    format!(
+        "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{:?}]\n",
+        root.to_str().unwrap()
+    )
 }
 
 fn setup(tmp: &Path) -> (Controller, Agent, std::path::PathBuf) {
@@ -26,7 +29,14 @@ fn setup(tmp: &Path) -> (Controller, Agent, std::path::PathBuf) {
     let root = tmp.join("www");
     fs::create_dir(&root).unwrap();
     write_data(&root.join("ok.html"), 20_000, 1, true);
-    let agent = Agent::enroll(&ctl, &tmp.join("agent"), "web-01", None, &key, &sources(&root));
+    let agent = Agent::enroll(
+        &ctl,
+        &tmp.join("agent"),
+        "web-01",
+        None,
+        &key,
+        &sources(&root),
+    );
     (ctl, agent, root)
 }
 
@@ -42,7 +52,13 @@ fn unreadable_file_gives_partial_snapshot() {
     fs::set_permissions(&secret, fs::Permissions::from_mode(0o000)).unwrap();
 
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--bounding-set", "-dac_override,-dac_read_search", "--inh-caps", "-all", "--"]);
+    cmd.args([
+        "--bounding-set",
+        "-dac_override,-dac_read_search",
+        "--inh-caps",
+        "-all",
+        "--",
+    ]);
     let inner = agent.command(&["backup", "--source", "web", "--json"]);
     cmd.arg(inner.get_program()).args(inner.get_args());
     cmd.env("RUST_LOG", "info");
@@ -55,7 +71,10 @@ fn unreadable_file_gives_partial_snapshot() {
     let to = tmp.path().join("restored");
     agent.restore("web", &["--to", to.to_str().unwrap()]);
     let r = restored_root(&to, &root);
-    assert_eq!(fs::read(r.join("ok.html")).unwrap(), fs::read(root.join("ok.html")).unwrap());
+    assert_eq!(
+        fs::read(r.join("ok.html")).unwrap(),
+        fs::read(root.join("ok.html")).unwrap()
+    );
     assert!(!r.join("locked.html").exists());
 }
 
@@ -64,29 +83,61 @@ fn unreadable_file_gives_partial_snapshot() {
 fn bad_config_is_reported_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let (ctl, agent, root) = setup(tmp.path());
-    agent.write_config(&ctl.url(), &format!("{}exclud = [\"*.tmp\"]\n", sources(&root)));
+    agent.write_config(
+        &ctl.url(),
+        &format!("{}exclud = [\"*.tmp\"]\n", sources(&root)),
+    );
     let out = agent.run(&["backup"]);
     assert_eq!(out.status.code(), Some(exit::ERROR), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("exclud"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("exclud"),
+        "{}",
+        describe(&out)
+    );
 
     agent.write_config(&ctl.url(), &sources(&root));
     fs::remove_file(agent.dir.join("master.key")).unwrap();
     let out = agent.run(&["backup"]);
     assert_eq!(out.status.code(), Some(exit::ERROR), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("master.key"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("master.key"),
+        "{}",
+        describe(&out)
+    );
 
-    let out = run(Command::new(lifeboat_integration_tests::bin("lifeboat-agent")).args(["--config", "/nonexistent/agent.toml", "backup"]));
+    let out = run(
+        Command::new(lifeboat_integration_tests::bin("lifeboat-agent")).args([
+            "--config",
+            "/nonexistent/agent.toml",
+            "backup",
+        ]),
+    );
     assert_eq!(out.status.code(), Some(exit::ERROR), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/agent.toml"),
+        "{}",
+        describe(&out)
+    );
 }
 
 async fn agent_client(ctl: &Controller, agent: &Agent) -> AgentServiceClient<Channel> {
     lifeboat_common::tls::install_crypto_provider();
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(fs::read(ctl.dir.join("ca.pem")).unwrap()))
-        .identity(Identity::from_pem(fs::read(agent.dir.join("agent.pem")).unwrap(), fs::read(agent.dir.join("agent.key")).unwrap()))
+        .ca_certificate(Certificate::from_pem(
+            fs::read(ctl.dir.join("ca.pem")).unwrap(),
+        ))
+        .identity(Identity::from_pem(
+            fs::read(agent.dir.join("agent.pem")).unwrap(),
+            fs::read(agent.dir.join("agent.key")).unwrap(),
+        ))
         .domain_name("lifeboat-controller");
-    let channel = Channel::from_shared(ctl.url()).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(ctl.url())
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     AgentServiceClient::new(channel).max_encoding_message_size(64 << 20)
 }
 
@@ -98,31 +149,68 @@ async fn oversized_and_garbage_uploads_are_refused() {
     let (ctl, agent, _root) = setup(tmp.path());
     let mut client = agent_client(&ctl, &agent).await;
     let session = client
-        .begin_session(lifeboat_proto::v1::BeginSessionRequest { source: "web".into() })
+        .begin_session(lifeboat_proto::v1::BeginSessionRequest {
+            source: "web".into(),
+        })
         .await
         .unwrap()
         .into_inner()
         .session_id;
 
-    let huge = UploadChunksRequest { session_id: session.clone(), blobs: vec![Blob { id: vec![1; 32].into(), data: vec![0u8; 20 << 20].into() }] };
-    let err = client.upload_chunks(tokio_stream_once(huge)).await.expect_err("oversized message accepted");
+    let huge = UploadChunksRequest {
+        session_id: session.clone(),
+        blobs: vec![Blob {
+            id: vec![1; 32].into(),
+            data: vec![0u8; 20 << 20].into(),
+        }],
+    };
+    let err = client
+        .upload_chunks(tokio_stream_once(huge))
+        .await
+        .expect_err("oversized message accepted");
     assert!(
-        matches!(err.code(), tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument),
+        matches!(
+            err.code(),
+            tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument
+        ),
         "{err:?}"
     );
 
-    let garbage = UploadChunksRequest { session_id: session.clone(), blobs: vec![Blob { id: vec![2; 32].into(), data: b"definitely not a blob".to_vec().into() }] };
-    let err = client.upload_chunks(tokio_stream_once(garbage)).await.expect_err("garbage blob accepted");
+    let garbage = UploadChunksRequest {
+        session_id: session.clone(),
+        blobs: vec![Blob {
+            id: vec![2; 32].into(),
+            data: b"definitely not a blob".to_vec().into(),
+        }],
+    };
+    let err = client
+        .upload_chunks(tokio_stream_once(garbage))
+        .await
+        .expect_err("garbage blob accepted");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
-    let bad_id = lifeboat_proto::v1::HaveChunksRequest { session_id: session, ids: vec![vec![1, 2, 3].into()] };
-    let err = client.have_chunks(bad_id).await.expect_err("short id accepted");
+    let bad_id = lifeboat_proto::v1::HaveChunksRequest {
+        session_id: session,
+        ids: vec![vec![1, 2, 3].into()],
+    };
+    let err = client
+        .have_chunks(bad_id)
+        .await
+        .expect_err("short id accepted");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 
     // Still serving.
-    client.who_am_i(lifeboat_proto::v1::WhoAmIRequest {}).await.unwrap();
+    client
+        .who_am_i(lifeboat_proto::v1::WhoAmIRequest {})
+        .await
+        .unwrap();
     let packs = ctl.dir.join("objects/packs");
-    assert!(!packs.exists() || lifeboat_integration_tests::tree::walk(&packs).iter().all(|(_, m)| !m.is_file()));
+    assert!(
+        !packs.exists()
+            || lifeboat_integration_tests::tree::walk(&packs)
+                .iter()
+                .all(|(_, m)| !m.is_file())
+    );
 }
 
 fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::IntoStreamingRequest<Message = T> {

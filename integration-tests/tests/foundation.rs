@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use lifeboat_common::exit;
 use lifeboat_integration_tests::process::{describe, master_key};
-use lifeboat_integration_tests::tree::{assert_same_tree, build_sample_tree, copy_tree, restored_root, write_data};
+use lifeboat_integration_tests::tree::{
+    assert_same_tree, build_sample_tree, copy_tree, restored_root, write_data,
+};
 use lifeboat_integration_tests::{Agent, Controller};
 
 struct Fleet {
@@ -30,14 +32,28 @@ impl Fleet {
     }
 
     fn agent(&self, name: &str, group: Option<&str>, roots: &[&Path]) -> Agent {
-        let paths: Vec<String> = roots.iter().map(|r| format!("{:?}", r.to_str().unwrap())).collect();
-        let sources = format!("[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{}]\n", paths.join(", "));
-        Agent::enroll(&self.ctl, &self.path(name), name, group, &self.key, &sources)
+        let paths: Vec<String> = roots
+            .iter()
+            .map(|r| format!("{:?}", r.to_str().unwrap()))
+            .collect();
+        let sources = format!(
+            "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{}]\n",
+            paths.join(", ")
+        );
+        Agent::enroll(
+            &self.ctl,
+            &self.path(name),
+            name,
+            group,
+            &self.key,
+            &sources,
+        )
     }
 }
 
 fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 /// Backs up a tree with every kind of entry, restores it elsewhere byte for byte, then repairs a
@@ -68,14 +84,22 @@ fn backup_restore_and_in_place_repair() {
     let mut bytes = fs::read(&css).unwrap();
     bytes[100] ^= 0xff;
     fs::write(&css, &bytes).unwrap();
-    fs::File::options().write(true).open(&css).unwrap().set_modified(mtime).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&css)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     fs::write(www.join("html/shell.php"), b"<?php system($_GET['c']); ?>").unwrap();
     fs::create_dir(www.join("html/evil")).unwrap();
     fs::write(www.join("html/evil/x"), b"x").unwrap();
 
     let r = agent.restore("web", &["--in-place", "--delete"]);
     assert!(u(&r, "deleted") >= 2, "{r}");
-    assert!(u(&r, "files_unchanged") >= 45, "unchanged files must not be rewritten: {r}");
+    assert!(
+        u(&r, "files_unchanged") >= 45,
+        "unchanged files must not be rewritten: {r}"
+    );
     assert_same_tree(&pristine, &www);
 }
 
@@ -93,7 +117,11 @@ fn dedup_second_backup_and_small_change() {
     assert_eq!(u(&first, "files_read"), 100);
 
     let second = agent.backup("web");
-    assert_eq!(u(&second, "files_read"), 0, "unchanged files must come from the cache: {second}");
+    assert_eq!(
+        u(&second, "files_read"),
+        0,
+        "unchanged files must come from the cache: {second}"
+    );
     assert_eq!(u(&second, "bytes_read"), 0, "{second}");
     assert_eq!(u(&second, "files"), 100);
 
@@ -102,12 +130,20 @@ fn dedup_second_backup_and_small_change() {
     let third = agent.backup("web");
     assert_eq!(u(&third, "files_read"), 1, "{third}");
     let uploaded = u(&third, "uploaded_bytes");
-    assert!(uploaded >= 300_000, "the changed file must be uploaded: {third}");
-    assert!(uploaded < 300_000 + 64_000, "uploaded {uploaded} bytes for a 300 kB change: {third}");
+    assert!(
+        uploaded >= 300_000,
+        "the changed file must be uploaded: {third}"
+    );
+    assert!(
+        uploaded < 300_000 + 64_000,
+        "uploaded {uploaded} bytes for a 300 kB change: {third}"
+    );
 
     // The second backup uploaded nothing but its manifest.
     assert!(u(&second, "uploaded_bytes") < 16_000, "{second}");
-    let snaps = f.ctl.ctl_json(&["snapshots", "list", "--agent", "web-01", "--json"]);
+    let snaps = f
+        .ctl
+        .ctl_json(&["snapshots", "list", "--agent", "web-01", "--json"]);
     assert_eq!(snaps.as_array().map(Vec::len), Some(3), "{snaps}");
 }
 
@@ -127,9 +163,15 @@ fn dedup_groups() {
     assert!(u(&ba, "uploaded_bytes") >= 4_000_000, "{ba}");
     let bb = b.backup("web");
     assert_eq!(u(&bb, "files_read"), 20);
-    assert!(u(&bb, "uploaded_bytes") < 16_000, "same group must dedup: {bb}");
+    assert!(
+        u(&bb, "uploaded_bytes") < 16_000,
+        "same group must dedup: {bb}"
+    );
     let bc = c.backup("web");
-    assert!(u(&bc, "uploaded_bytes") >= 4_000_000, "another group must not dedup: {bc}");
+    assert!(
+        u(&bc, "uploaded_bytes") >= 4_000_000,
+        "another group must not dedup: {bc}"
+    );
     // And B can restore what it "has" through A's upload.
     let to = f.path("restore-b");
     b.restore("web", &["--to", to.to_str().unwrap()]);
@@ -157,13 +199,22 @@ fn flipped_byte_in_pack_fails_restore() {
     let out = agent.run(&["restore", "--source", "web", "--to", to.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(exit::ERROR), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("victim.bin"), "error must name the damaged file: {stderr}");
+    assert!(
+        stderr.contains("victim.bin"),
+        "error must name the damaged file: {stderr}"
+    );
     let target = restored_root(&to, &www);
-    assert!(!target.join("victim.bin").exists(), "damaged file left under its real name");
+    assert!(
+        !target.join("victim.bin").exists(),
+        "damaged file left under its real name"
+    );
     if let Ok(rd) = fs::read_dir(&target) {
         for e in rd {
             let n = e.unwrap().file_name();
-            assert!(!n.to_string_lossy().contains("lifeboat-tmp"), "temporary file left: {n:?}");
+            assert!(
+                !n.to_string_lossy().contains("lifeboat-tmp"),
+                "temporary file left: {n:?}"
+            );
         }
     }
 }

@@ -14,7 +14,10 @@ use lifeboat_integration_tests::tree::write_data;
 use lifeboat_integration_tests::{Agent, Controller};
 
 fn sources(root: &Path) -> String {
-    format!("[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{:?}]\n", root.to_str().unwrap())
+    format!(
+        "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{:?}]\n",
+        root.to_str().unwrap()
+    )
 }
 
 fn setup() -> (tempfile::TempDir, Controller, PathBuf) {
@@ -48,12 +51,28 @@ fn ctl_config(dir: &Path, ctl: &Controller, cert: &Path, key: &Path) -> PathBuf 
 fn foreign_or_missing_client_certificate_is_refused_at_handshake() {
     let (tmp, ctl, _key) = setup();
     let other = tmp.path().join("other-controller");
-    let out = run(Command::new(bin("lifeboat-controller")).arg("init").arg("--dir").arg(&other));
+    let out = run(Command::new(bin("lifeboat-controller"))
+        .arg("init")
+        .arg("--dir")
+        .arg(&other));
     assert!(out.status.success(), "{}", describe(&out));
 
-    let cfg = ctl_config(tmp.path(), &ctl, &other.join("admin.pem"), &other.join("admin.key"));
-    let out = run(Command::new(bin("lifeboatctl")).arg("--config").arg(&cfg).args(["agent", "list"]));
-    assert_eq!(out.status.code(), Some(exit::CERTIFICATE_REFUSED), "{}", describe(&out));
+    let cfg = ctl_config(
+        tmp.path(),
+        &ctl,
+        &other.join("admin.pem"),
+        &other.join("admin.key"),
+    );
+    let out = run(Command::new(bin("lifeboatctl"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["agent", "list"]));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::CERTIFICATE_REFUSED),
+        "{}",
+        describe(&out)
+    );
 
     // No client certificate at all: a raw TLS client.
     lifeboat_common::tls::install_crypto_provider();
@@ -61,20 +80,30 @@ fn foreign_or_missing_client_certificate_is_refused_at_handshake() {
     for c in lifeboat_common::tls::load_certs(&ctl.dir.join("ca.pem")).unwrap() {
         roots.add(c).unwrap();
     }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    let conn = rustls::ClientConnection::new(Arc::new(config), "lifeboat-controller".try_into().unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), "lifeboat-controller".try_into().unwrap())
+            .unwrap();
     let sock = TcpStream::connect(ctl.addr).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
     let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     let mut buf = [0u8; 64];
     let res = tls.read(&mut buf);
-    assert!(!matches!(res, Ok(n) if n > 0), "controller answered a client without a certificate");
+    assert!(
+        !matches!(res, Ok(n) if n > 0),
+        "controller answered a client without a certificate"
+    );
 
     // The controller logged both refusals with the reason (the log is written as they happen;
     // wait for it by polling the file, bounded).
     let log = wait_for_log(&ctl, "peer sent no certificates");
     assert!(log.contains("TLS handshake refused"), "{log}");
-    assert!(log.to_lowercase().contains("unknownissuer") || log.contains("unknown issuer"), "{log}");
+    assert!(
+        log.to_lowercase().contains("unknownissuer") || log.contains("unknown issuer"),
+        "{log}"
+    );
 }
 
 /// Polls the controller log for a line (the refusal is logged asynchronously); bounded to 10 s.
@@ -100,16 +129,49 @@ fn agents_are_isolated_and_not_admins() {
     fs::create_dir(&root_b).unwrap();
     write_data(&root_a.join("a.html"), 10_000, 1, true);
     write_data(&root_b.join("b.html"), 10_000, 2, true);
-    let a = Agent::enroll(&ctl, &tmp.path().join("a"), "agent-a", Some("shared"), &key, &sources(&root_a));
-    let b = Agent::enroll(&ctl, &tmp.path().join("b"), "agent-b", Some("shared"), &key, &sources(&root_b));
+    let a = Agent::enroll(
+        &ctl,
+        &tmp.path().join("a"),
+        "agent-a",
+        Some("shared"),
+        &key,
+        &sources(&root_a),
+    );
+    let b = Agent::enroll(
+        &ctl,
+        &tmp.path().join("b"),
+        "agent-b",
+        Some("shared"),
+        &key,
+        &sources(&root_b),
+    );
     a.backup("web");
     let snap_b = b.backup("web")["snapshot_id"].as_str().unwrap().to_owned();
 
     // Agent certificate on an admin call.
-    let cfg = ctl_config(tmp.path(), &ctl, &a.dir.join("agent.pem"), &a.dir.join("agent.key"));
-    let out = run(Command::new(bin("lifeboatctl")).arg("--config").arg(&cfg).args(["agent", "list"]));
-    assert_eq!(out.status.code(), Some(exit::CERTIFICATE_REFUSED), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("permission"), "{}", describe(&out));
+    let cfg = ctl_config(
+        tmp.path(),
+        &ctl,
+        &a.dir.join("agent.pem"),
+        &a.dir.join("agent.key"),
+    );
+    let out = run(Command::new(bin("lifeboatctl"))
+        .arg("--config")
+        .arg(&cfg)
+        .args(["agent", "list"]));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::CERTIFICATE_REFUSED),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("permission"),
+        "{}",
+        describe(&out)
+    );
 
     // A lists only its own snapshots.
     let out = a.run(&["snapshots", "--json"]);
@@ -122,19 +184,43 @@ fn agents_are_isolated_and_not_admins() {
     let out = a.run(&["ls", "--source", "web", "--snapshot", &snap_b]);
     assert!(!out.status.success(), "{}", describe(&out));
     let to = tmp.path().join("stolen");
-    let out = a.run(&["restore", "--source", "web", "--snapshot", &snap_b, "--to", to.to_str().unwrap()]);
+    let out = a.run(&[
+        "restore",
+        "--source",
+        "web",
+        "--snapshot",
+        &snap_b,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
     assert!(!out.status.success(), "{}", describe(&out));
-    assert!(!to.join(root_b.strip_prefix("/").unwrap()).join("b.html").exists());
+    assert!(
+        !to.join(root_b.strip_prefix("/").unwrap())
+            .join("b.html")
+            .exists()
+    );
 
     // An agent presenting a certificate from another CA: exit 5 and a hint.
     let other = tmp.path().join("other-controller");
-    let out = run(Command::new(bin("lifeboat-controller")).arg("init").arg("--dir").arg(&other));
+    let out = run(Command::new(bin("lifeboat-controller"))
+        .arg("init")
+        .arg("--dir")
+        .arg(&other));
     assert!(out.status.success());
     fs::copy(other.join("admin.pem"), a.dir.join("agent.pem")).unwrap();
     fs::copy(other.join("admin.key"), a.dir.join("agent.key")).unwrap();
     let out = a.run(&["backup", "--source", "web"]);
-    assert_eq!(out.status.code(), Some(exit::CERTIFICATE_REFUSED), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("lifeboatctl agent add"), "{}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::CERTIFICATE_REFUSED),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("lifeboatctl agent add"),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// A controller that is not running: exit code 4, with the address in the message.
@@ -143,10 +229,30 @@ fn unreachable_controller_exit_code() {
     let (tmp, mut ctl, key) = setup();
     let root = tmp.path().join("www");
     fs::create_dir(&root).unwrap();
-    let a = Agent::enroll(&ctl, &tmp.path().join("a"), "agent-a", None, &key, &sources(&root));
+    let a = Agent::enroll(
+        &ctl,
+        &tmp.path().join("a"),
+        "agent-a",
+        None,
+        &key,
+        &sources(&root),
+    );
     let url = ctl.url();
-    assert_eq!(ctl.stop(), Some(0), "SIGTERM must end the controller cleanly");
+    assert_eq!(
+        ctl.stop(),
+        Some(0),
+        "SIGTERM must end the controller cleanly"
+    );
     let out = a.run(&["backup", "--source", "web", "--json"]);
-    assert_eq!(out.status.code(), Some(exit::UNREACHABLE), "{}", describe(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(url.trim_start_matches("https://")), "{}", describe(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(exit::UNREACHABLE),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(url.trim_start_matches("https://")),
+        "{}",
+        describe(&out)
+    );
 }
