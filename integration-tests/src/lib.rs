@@ -7,6 +7,8 @@
 //! 127.0.0.1:0` and prints `LISTENING <addr>` once it serves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod mariadb;
+pub mod nginx;
 pub mod process;
 pub mod tree;
 
