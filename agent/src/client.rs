@@ -170,6 +170,10 @@ impl GrpcRemote {
     }
 }
 
+fn id_bytes(id: &ChunkId) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(id.as_bytes())
+}
+
 fn status(op: &'static str) -> impl Fn(tonic::Status) -> RemoteError {
     move |status| RemoteError::Status { op, status }
 }
@@ -196,8 +200,8 @@ fn upload_messages(session: &str, blobs: Vec<(ChunkId, Vec<u8>)>, limit: usize) 
         }
         cur_bytes += data.len() + 64;
         cur.push(pb::Blob {
-            id: id.as_bytes().to_vec(),
-            data,
+            id: id_bytes(&id),
+            data: data.into(),
         });
     }
     if !cur.is_empty() {
@@ -236,7 +240,7 @@ impl Remote for GrpcRemote {
         let r = c
             .have_chunks(pb::HaveChunksRequest {
                 session_id: session.to_owned(),
-                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                ids: ids.iter().map(id_bytes).collect(),
             })
             .await
             .map_err(status(OP))?
@@ -276,14 +280,14 @@ impl Remote for GrpcRemote {
                 started_at_unix_ms: req.started_at_unix_ms,
                 finished_at_unix_ms: req.finished_at_unix_ms,
                 stats: Some(req.stats),
-                manifest_ids: req.manifest_ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                manifest_ids: req.manifest_ids.iter().map(id_bytes).collect(),
                 reference_count: req.references.len() as u64,
             })),
         }];
         for batch in req.references.chunks(req.max_ids.max(1)) {
             msgs.push(pb::CommitSnapshotRequest {
                 part: Some(Part::Refs(pb::RefBatch {
-                    ids: batch.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                    ids: batch.iter().map(id_bytes).collect(),
                 })),
             });
         }
@@ -337,7 +341,7 @@ impl Remote for GrpcRemote {
         let mut c = self.client.clone();
         let mut stream = c
             .read_chunks(pb::ReadChunksRequest {
-                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                ids: ids.iter().map(id_bytes).collect(),
             })
             .await
             .map_err(status(OP))?
@@ -345,9 +349,9 @@ impl Remote for GrpcRemote {
         let mut out = Vec::with_capacity(ids.len());
         while let Some(msg) = stream.message().await.map_err(status(OP))? {
             let blob = msg.blob.ok_or_else(|| invalid(OP, "message without a blob"))?;
-            let id = ChunkId::try_from(blob.id.as_slice()).map_err(|e| invalid(OP, e.to_string()))?;
+            let id = ChunkId::try_from(&blob.id[..]).map_err(|e| invalid(OP, e.to_string()))?;
             match ids.get(out.len()) {
-                Some(want) if *want == id => out.push((id, blob.data)),
+                Some(want) if *want == id => out.push((id, blob.data.into())),
                 _ => return Err(invalid(OP, format!("unexpected chunk {} (out of order or not asked for)", id.short()))),
             }
         }
