@@ -16,8 +16,7 @@ use lifeboat_common::clock::now_unix_ms;
 use lifeboat_common::ids::{ADMIN_URI, AgentId};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use thiserror::Error;
 use x509_parser::time::ASN1Time;
@@ -148,7 +147,14 @@ impl Ca {
         let key_pem = key.serialize_pem();
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "Lifeboat controller CA");
+        // A random suffix keeps CAs of different controllers apart (an unknown CA is then
+        // reported as UnknownIssuer rather than as a bad signature from a same-named CA).
+        let mut tag = [0u8; 4];
+        lifeboat_common::keys::fill_random(&mut tag);
+        dn.push(
+            DnType::CommonName,
+            format!("Lifeboat controller CA {}", hex::encode(tag)),
+        );
         params.distinguished_name = dn;
         params.serial_number = Some(random_serial());
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -203,10 +209,11 @@ impl Ca {
         let key = new_key()?;
         let (mut params, _) = leaf_params("lifeboat-controller", SERVICE_CERT_DAYS)?;
         let mut sans = Vec::new();
-        for n in SERVER_NAMES.iter().map(|s| s.to_string()).chain([
-            "127.0.0.1".to_owned(),
-            "::1".to_owned(),
-        ]) {
+        for n in SERVER_NAMES
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["127.0.0.1".to_owned(), "::1".to_owned()])
+        {
             sans.push(parse_san(&n)?);
         }
         for n in extra_sans {
@@ -310,7 +317,9 @@ mod tests {
             uri_sans(&admin.cert_der).expect("parse"),
             vec![ADMIN_URI.to_owned()]
         );
-        let server = ca.issue_server(&["backup.example.com".into()]).expect("srv");
+        let server = ca
+            .issue_server(&["backup.example.com".into()])
+            .expect("srv");
         assert!(server.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
     }
 }

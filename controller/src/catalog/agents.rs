@@ -31,7 +31,13 @@ pub fn insert(conn: &Connection, a: &AgentRow) -> Result<bool, CatalogError> {
     conn.execute(
         "INSERT INTO agents (id, dedup_group, cert_sha256, not_after, created_at, last_seen)
          VALUES (?1, ?2, ?3, ?4, ?5, 0)",
-        params![a.id, a.dedup_group, a.cert_sha256, a.not_after, a.created_at],
+        params![
+            a.id,
+            a.dedup_group,
+            a.cert_sha256,
+            a.not_after,
+            a.created_at
+        ],
     )?;
     Ok(true)
 }
@@ -58,7 +64,10 @@ pub fn list(conn: &Connection) -> Result<Vec<AgentRow>, CatalogError> {
 }
 
 /// The agent (id, dedup group) whose current certificate has this fingerprint.
-pub fn by_fingerprint(conn: &Connection, fp: &str) -> Result<Option<(String, String)>, CatalogError> {
+pub fn by_fingerprint(
+    conn: &Connection,
+    fp: &str,
+) -> Result<Option<(String, String)>, CatalogError> {
     Ok(conn
         .prepare_cached("SELECT id, dedup_group FROM agents WHERE cert_sha256 = ?1")?
         .query_row([fp], |r| Ok((r.get(0)?, r.get(1)?)))

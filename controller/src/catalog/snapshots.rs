@@ -1,0 +1,299 @@
+//! Committed snapshots and their reference sets.
+//!
+//! A snapshot row and its `snapshot_refs` rows are inserted in one transaction, after the
+//! record and segment objects are durable, so a visible snapshot always has all of its data.
+
+use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{CatalogError, to_i64, to_u64};
+use crate::record::SnapshotStats;
+
+/// One committed snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub agent: String,
+    pub source: String,
+    pub session_id: String,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub committed_at: i64,
+    pub stats: SnapshotStats,
+    pub stored_bytes: u64,
+    pub manifest_ids: Vec<ChunkId>,
+    pub reference_count: u64,
+    pub record_key: String,
+}
+
+/// How a snapshot is named in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selector {
+    /// A full id or a prefix of one (lowercase hex).
+    IdOrPrefix(String),
+    /// The most recent snapshot of a source.
+    Latest { source: String },
+}
+
+/// Why a lookup found no single snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Box<SnapshotRow>),
+    NotFound,
+    Ambiguous(Vec<String>),
+}
+
+const COLUMNS: &str =
+    "id, agent, source, session_id, started_at, finished_at, committed_at, files, dirs,
+    symlinks, logical_bytes, new_logical_bytes, chunks, new_chunks, unreadable, files_read,
+    stored_bytes, manifest_ids, reference_count, record_key";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<(SnapshotRow, Vec<u8>)> {
+    let u = |i: usize| r.get::<_, i64>(i).map(to_u64);
+    let row = SnapshotRow {
+        id: r.get(0)?,
+        agent: r.get(1)?,
+        source: r.get(2)?,
+        session_id: r.get(3)?,
+        started_at: r.get(4)?,
+        finished_at: r.get(5)?,
+        committed_at: r.get(6)?,
+        stats: SnapshotStats {
+            files: u(7)?,
+            dirs: u(8)?,
+            symlinks: u(9)?,
+            logical_bytes: u(10)?,
+            new_logical_bytes: u(11)?,
+            chunks: u(12)?,
+            new_chunks: u(13)?,
+            unreadable: u(14)?,
+            files_read: u(15)?,
+        },
+        stored_bytes: u(16)?,
+        manifest_ids: Vec::new(),
+        reference_count: u(18)?,
+        record_key: r.get(19)?,
+    };
+    Ok((row, r.get(17)?))
+}
+
+fn finish(pair: (SnapshotRow, Vec<u8>)) -> Result<SnapshotRow, CatalogError> {
+    let (mut row, raw) = pair;
+    if !raw.len().is_multiple_of(CHUNK_ID_LEN) {
+        return Err(CatalogError::Corrupt(format!(
+            "manifest ids of snapshot {} are {} bytes, not a multiple of 32",
+            row.id,
+            raw.len()
+        )));
+    }
+    row.manifest_ids = raw
+        .chunks_exact(CHUNK_ID_LEN)
+        .map(|c| {
+            let mut a = [0u8; CHUNK_ID_LEN];
+            a.copy_from_slice(c);
+            ChunkId(a)
+        })
+        .collect();
+    Ok(row)
+}
+
+/// Inserts a snapshot and its reference set (sorted, distinct) in one transaction.
+pub fn insert(
+    conn: &mut Connection,
+    s: &SnapshotRow,
+    refs: &[ChunkId],
+) -> Result<(), CatalogError> {
+    let tx = conn.transaction()?;
+    let manifest: Vec<u8> = s.manifest_ids.iter().flat_map(|i| i.0).collect();
+    let st = &s.stats;
+    tx.execute(
+        &format!(
+            "INSERT INTO snapshots ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+            ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        ),
+        params![
+            s.id,
+            s.agent,
+            s.source,
+            s.session_id,
+            s.started_at,
+            s.finished_at,
+            s.committed_at,
+            to_i64(st.files),
+            to_i64(st.dirs),
+            to_i64(st.symlinks),
+            to_i64(st.logical_bytes),
+            to_i64(st.new_logical_bytes),
+            to_i64(st.chunks),
+            to_i64(st.new_chunks),
+            to_i64(st.unreadable),
+            to_i64(st.files_read),
+            to_i64(s.stored_bytes),
+            manifest,
+            to_i64(s.reference_count),
+            s.record_key
+        ],
+    )?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT OR IGNORE INTO snapshot_refs (snapshot_id, chunk_id) VALUES (?1, ?2)",
+        )?;
+        for id in refs {
+            ins.execute(params![s.id, &id.0[..]])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Snapshots, oldest first, optionally of one agent and/or one source.
+pub fn list(
+    conn: &Connection,
+    agent: Option<&str>,
+    source: Option<&str>,
+) -> Result<Vec<SnapshotRow>, CatalogError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM snapshots WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR source = ?2)
+         ORDER BY committed_at, id"
+    ))?;
+    let rows = st.query_map(params![agent, source], from_row)?;
+    rows.map(|r| finish(r?)).collect()
+}
+
+/// Finds one snapshot, optionally restricted to one agent.
+pub fn find(
+    conn: &Connection,
+    agent: Option<&str>,
+    sel: &Selector,
+) -> Result<Lookup, CatalogError> {
+    match sel {
+        Selector::Latest { source } => {
+            let row = conn
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM snapshots WHERE (?1 IS NULL OR agent = ?1) AND source = ?2
+                     ORDER BY committed_at DESC, id DESC LIMIT 1"
+                ))?
+                .query_row(params![agent, source], from_row)
+                .optional()?;
+            Ok(match row {
+                Some(r) => Lookup::Found(Box::new(finish(r)?)),
+                None => Lookup::NotFound,
+            })
+        }
+        Selector::IdOrPrefix(prefix) => {
+            // The prefix is validated hex by the caller, so it holds no LIKE wildcards.
+            let mut st = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM snapshots WHERE (?1 IS NULL OR agent = ?1) AND id LIKE ?2 || '%'
+                 ORDER BY id LIMIT 11"
+            ))?;
+            let mut rows = st
+                .query_map(params![agent, prefix], from_row)?
+                .map(|r| finish(r?))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(match rows.len() {
+                0 => Lookup::NotFound,
+                1 => Lookup::Found(Box::new(rows.remove(0))),
+                _ => Lookup::Ambiguous(rows.into_iter().map(|r| r.id).collect()),
+            })
+        }
+    }
+}
+
+/// Whether any of `agent`'s snapshots references `id`.
+pub fn referenced_by_agent(
+    conn: &Connection,
+    agent: &str,
+    id: &ChunkId,
+) -> Result<bool, CatalogError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM snapshot_refs r JOIN snapshots s ON s.id = r.snapshot_id
+             WHERE r.chunk_id = ?2 AND s.agent = ?1 LIMIT 1",
+        )?
+        .query_row(params![agent, &id.0[..]], |r| r.get::<_, i64>(0))
+        .optional()?
+        .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Catalog, agents};
+
+    fn row(id: &str, agent: &str, source: &str, at: i64) -> SnapshotRow {
+        SnapshotRow {
+            id: id.into(),
+            agent: agent.into(),
+            source: source.into(),
+            session_id: "s".into(),
+            started_at: at,
+            finished_at: at,
+            committed_at: at,
+            stats: SnapshotStats {
+                files: 3,
+                ..Default::default()
+            },
+            stored_bytes: 9,
+            manifest_ids: vec![ChunkId([4; 32])],
+            reference_count: 1,
+            record_key: format!("snapshots/{agent}/{id}"),
+        }
+    }
+
+    #[test]
+    fn insert_list_find_and_refs() {
+        let cat = Catalog::open_in_memory().expect("open");
+        cat.run_blocking(|c| {
+            for (a, fp) in [("a", "fa"), ("b", "fb")] {
+                agents::insert(
+                    c,
+                    &agents::AgentRow {
+                        id: a.into(),
+                        dedup_group: a.into(),
+                        cert_sha256: fp.into(),
+                        not_after: 0,
+                        created_at: 0,
+                        last_seen: 0,
+                        snapshots: 0,
+                    },
+                )?;
+            }
+            insert(
+                c,
+                &row("aaaa000000000000000a", "a", "web", 1),
+                &[ChunkId([4; 32])],
+            )?;
+            insert(
+                c,
+                &row("aaaa000000000000000b", "a", "web", 2),
+                &[ChunkId([5; 32])],
+            )?;
+            insert(
+                c,
+                &row("bbbb000000000000000b", "b", "web", 3),
+                &[ChunkId([6; 32])],
+            )?;
+            let l = list(c, Some("a"), None)?;
+            assert_eq!(l.len(), 2);
+            assert_eq!(l[0].manifest_ids, vec![ChunkId([4; 32])]);
+            assert_eq!(l[0].stats.files, 3);
+            assert_eq!(list(c, None, Some("web"))?.len(), 3);
+            let latest = find(
+                c,
+                Some("a"),
+                &Selector::Latest {
+                    source: "web".into(),
+                },
+            )?;
+            assert!(matches!(latest, Lookup::Found(r) if r.id == "aaaa000000000000000b"));
+            let amb = find(c, Some("a"), &Selector::IdOrPrefix("aaaa".into()))?;
+            assert!(matches!(amb, Lookup::Ambiguous(v) if v.len() == 2));
+            let other = find(c, Some("a"), &Selector::IdOrPrefix("bbbb".into()))?;
+            assert_eq!(other, Lookup::NotFound, "agent a cannot see b's snapshot");
+            assert!(referenced_by_agent(c, "a", &ChunkId([5; 32]))?);
+            assert!(!referenced_by_agent(c, "a", &ChunkId([6; 32]))?);
+            Ok(())
+        })
+        .expect("ops");
+    }
+}

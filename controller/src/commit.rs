@@ -1,0 +1,184 @@
+//! The commit path (CommitSnapshot): header, reference batches → checks → objects → catalog.
+//!
+//! Order of effects (acknowledged means durable; a snapshot is visible only when complete):
+//! 1. every referenced id and manifest id must be stored for the caller's dedup group; otherwise
+//!    the response lists (up to [`MAX_MISSING_REPORTED`]) missing ids and nothing is written;
+//! 2. the reference set (sorted, distinct, manifest ids included) is written as segment objects
+//!    ([`crate::refset`]), then the snapshot record ([`crate::record`]), each fsync'd;
+//! 3. one catalog transaction inserts the snapshot and its `snapshot_refs`;
+//! 4. the response carries the new snapshot id.
+//!
+//! A crash between 2 and 3 leaves unreferenced objects (harmless, collectable), never a visible
+//! snapshot with missing data. Memory is bounded by the header's `reference_count`
+//! (≤ [`crate::MAX_REFERENCE_COUNT`]): more ids than announced is rejected as they arrive.
+
+use bytes::Bytes;
+use lifeboat_common::clock::now_unix_ms;
+use lifeboat_common::ids::{ChunkId, SnapshotId};
+use lifeboat_proto::v1 as pb;
+use lifeboat_proto::v1::commit_snapshot_request::Part;
+use tonic::Streaming;
+
+use crate::auth::AgentCtx;
+use crate::catalog::Catalog;
+use crate::catalog::chunks::{self, SessionRow};
+use crate::catalog::snapshots::{self, SnapshotRow};
+use crate::error::ServiceError;
+use crate::ingest::owned_session;
+use crate::record::{RECORD_FORMAT, SnapshotRecord, record_key};
+use crate::refset;
+use crate::store::Store;
+use crate::wire::{self, CommitHeader};
+
+/// At most this many missing ids are returned by one rejected commit.
+pub const MAX_MISSING_REPORTED: usize = 65_536;
+
+async fn next(
+    stream: &mut Streaming<pb::CommitSnapshotRequest>,
+) -> Result<Option<Part>, ServiceError> {
+    let msg = stream
+        .message()
+        .await
+        .map_err(|s| ServiceError::invalid(format!("commit stream broken: {}", s.message())))?;
+    match msg {
+        None => Ok(None),
+        Some(m) => m
+            .part
+            .map(Some)
+            .ok_or_else(|| ServiceError::invalid("commit message has neither header nor refs")),
+    }
+}
+
+/// Reads the header and every reference batch; returns the header and the sorted distinct ids.
+async fn read_commit(
+    stream: &mut Streaming<pb::CommitSnapshotRequest>,
+) -> Result<(CommitHeader, Vec<ChunkId>), ServiceError> {
+    let header = match next(stream).await? {
+        Some(Part::Header(h)) => CommitHeader::try_from(h)?,
+        Some(Part::Refs(_)) => {
+            return Err(ServiceError::invalid(
+                "the first commit message must be the header",
+            ));
+        }
+        None => return Err(ServiceError::invalid("empty commit stream")),
+    };
+    let limit = usize::try_from(header.reference_count).unwrap_or(usize::MAX);
+    let mut refs: Vec<ChunkId> = Vec::new();
+    while let Some(part) = next(stream).await? {
+        let Part::Refs(batch) = part else {
+            return Err(ServiceError::invalid("a commit carries exactly one header"));
+        };
+        let ids = wire::ids(&batch.ids, "refs.ids")?;
+        if refs.len() + ids.len() > limit {
+            return Err(ServiceError::invalid(format!(
+                "the commit carries more ids than its header's reference_count ({limit})"
+            )));
+        }
+        refs.extend(ids);
+    }
+    refs.sort_unstable();
+    refs.dedup();
+    if refs.len() as u64 != header.reference_count {
+        return Err(ServiceError::invalid(format!(
+            "the commit carries {} distinct ids but its header announced reference_count = {}",
+            refs.len(),
+            header.reference_count
+        )));
+    }
+    Ok((header, refs))
+}
+
+/// Runs one CommitSnapshot stream.
+pub async fn commit(
+    catalog: &Catalog,
+    store: &Store,
+    agent: &AgentCtx,
+    mut stream: Streaming<pb::CommitSnapshotRequest>,
+) -> Result<pb::CommitSnapshotResponse, ServiceError> {
+    let (header, mut all) = read_commit(&mut stream).await?;
+    let session = owned_session(catalog, agent, &header.session).await?;
+    all.extend(header.manifest_ids.iter().copied());
+    all.sort_unstable();
+    all.dedup();
+    let group = agent.group.clone();
+    let (all, mut missing) = catalog
+        .run(move |c| {
+            let missing = chunks::missing(c, &group, &all)?;
+            Ok((all, missing))
+        })
+        .await?;
+    if !missing.is_empty() {
+        tracing::info!(agent = %agent.id, missing = missing.len(), "commit refused: chunks missing");
+        missing.truncate(MAX_MISSING_REPORTED);
+        return Ok(pb::CommitSnapshotResponse {
+            snapshot_id: String::new(),
+            missing: missing
+                .iter()
+                .map(|i| Bytes::copy_from_slice(i.as_bytes()))
+                .collect(),
+        });
+    }
+    let id = write_snapshot(catalog, store, agent, &session, header, all).await?;
+    Ok(pb::CommitSnapshotResponse {
+        snapshot_id: id.to_string(),
+        missing: Vec::new(),
+    })
+}
+
+async fn write_snapshot(
+    catalog: &Catalog,
+    store: &Store,
+    agent: &AgentCtx,
+    session: &SessionRow,
+    header: CommitHeader,
+    all: Vec<ChunkId>,
+) -> Result<SnapshotId, ServiceError> {
+    let segments = refset::segments(&all);
+    for s in &segments {
+        store.put_new(&s.key, Bytes::from(s.bytes.clone())).await?;
+    }
+    let now = now_unix_ms();
+    let id = SnapshotId::generate(now);
+    // Re-read the session: its stored bytes include every upload that finished before now.
+    let sid = session.id.clone();
+    let stored_bytes = catalog
+        .run(move |c| chunks::session(c, &sid))
+        .await?
+        .map_or(session.stored_bytes, |s| s.stored_bytes);
+    let key = record_key(agent.id.as_str(), id.as_str());
+    let record = SnapshotRecord {
+        format: RECORD_FORMAT,
+        id: id.to_string(),
+        agent: agent.id.to_string(),
+        source: session.source.clone(),
+        started_at_unix_ms: header.started_at,
+        finished_at_unix_ms: header.finished_at,
+        committed_at_unix_ms: now,
+        stats: header.stats,
+        stored_bytes,
+        manifest_ids: header.manifest_ids.iter().map(|i| i.to_hex()).collect(),
+        ref_segments: segments.iter().map(|s| s.key.clone()).collect(),
+        reference_count: header.reference_count,
+    };
+    store.put_new(&key, Bytes::from(record.to_bytes())).await?;
+    let row = SnapshotRow {
+        id: id.to_string(),
+        agent: agent.id.to_string(),
+        source: session.source.clone(),
+        session_id: session.id.clone(),
+        started_at: header.started_at,
+        finished_at: header.finished_at,
+        committed_at: now,
+        stats: header.stats,
+        stored_bytes,
+        manifest_ids: header.manifest_ids,
+        reference_count: header.reference_count,
+        record_key: key,
+    };
+    let refs_count = all.len();
+    catalog
+        .run(move |c| snapshots::insert(c, &row, &all))
+        .await?;
+    tracing::info!(agent = %agent.id, snapshot = %id, source = %session.source, refs = refs_count, stored_bytes, "snapshot committed");
+    Ok(id)
+}

@@ -1,0 +1,189 @@
+//! `lifeboatctl`: the admin CLI. One subcommand per file under `ctl/`, each a thin `run()` over
+//! library calls. Failures carry their exit code ([`Failure`]): 4 unreachable, 5 certificate
+//! refused, 1 other errors (clap exits with 2 on usage errors).
+
+pub mod agent_add;
+pub mod agent_list;
+pub mod key_init;
+pub mod output;
+pub mod snapshots_list;
+pub mod snapshots_show;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lifeboat_common::exit;
+use tonic::transport::Channel;
+
+use crate::client;
+use crate::config::{CtlConfig, ENV_ADDRESS};
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn error(message: impl Into<String>) -> Self {
+        Failure {
+            code: exit::ERROR,
+            message: message.into(),
+        }
+    }
+
+    /// A failed call: the message says what failed and the code is classified.
+    pub fn call(what: &str, status: &tonic::Status) -> Self {
+        let code = client::classify(status);
+        let hint = match code {
+            exit::CERTIFICATE_REFUSED => {
+                "; the controller refused the admin certificate: check cert/key/ca in lifeboatctl.toml"
+            }
+            exit::UNREACHABLE => "; is lifeboat-controller running and the address right?",
+            _ => "",
+        };
+        Failure {
+            code,
+            message: format!("{what} failed: {}{hint}", client::describe(status)),
+        }
+    }
+}
+
+impl From<client::ClientError> for Failure {
+    fn from(e: client::ClientError) -> Self {
+        Failure {
+            code: e.exit_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lifeboatctl",
+    version,
+    about = "Administer a Lifeboat controller: enroll agents, list agents and snapshots, create the fleet master key.",
+    after_help = lifeboat_common::exit::HELP_TABLE
+)]
+pub struct Cli {
+    /// Config file (address, CA, admin certificate and key).
+    #[arg(
+        long,
+        env = "LIFEBOATCTL_CONFIG",
+        default_value = "lifeboatctl.toml",
+        global = true
+    )]
+    pub config: PathBuf,
+    /// Controller address, e.g. https://controller:7443 (overrides the config and LIFEBOAT_ADDRESS).
+    #[arg(long, global = true)]
+    pub address: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enroll and list agents.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// The fleet master key.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// List and inspect snapshots.
+    #[command(subcommand)]
+    Snapshots(SnapshotsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Sign an agent's CSR: writes DIR/agent.pem and DIR/ca.pem.
+    Add(agent_add::Args),
+    /// List enrolled agents.
+    List(agent_list::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create the fleet master key file locally (never sent to the controller).
+    Init(key_init::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotsCommand {
+    /// List snapshots (all agents, or one).
+    List(snapshots_list::Args),
+    /// Show one snapshot by id or unique id prefix.
+    Show(snapshots_show::Args),
+}
+
+/// What subcommands need to reach the controller.
+#[derive(Debug)]
+pub struct Ctx {
+    pub config: PathBuf,
+    pub address: Option<String>,
+}
+
+impl Ctx {
+    /// Turns a failed call into a [`Failure`]. A transport failure right after connecting may be
+    /// the controller refusing our certificate (TLS 1.3 reports it late): probe to tell.
+    pub async fn failure(&self, what: &str, status: &tonic::Status) -> Failure {
+        let mut f = Failure::call(what, status);
+        if f.code == exit::UNREACHABLE
+            && let Ok(cfg) = self.load()
+            && let (Ok(ca), Ok(cert), Ok(key)) = (
+                std::fs::read(&cfg.ca),
+                std::fs::read(&cfg.cert),
+                std::fs::read(&cfg.key),
+            )
+            && let Some(why) =
+                client::probe_refusal(&cfg.address, &cfg.server_name, &ca, &cert, &key).await
+        {
+            f = Failure {
+                code: exit::CERTIFICATE_REFUSED,
+                message: format!(
+                    "{what} failed: the controller refused the admin certificate ({why}); check cert/key/ca in {}",
+                    self.config.display()
+                ),
+            };
+        }
+        f
+    }
+
+    fn load(&self) -> Result<CtlConfig, Failure> {
+        let mut cfg = CtlConfig::load(&self.config).map_err(|e| {
+            Failure::error(format!(
+                "{e} (pass --config FILE or set LIFEBOATCTL_CONFIG; `lifeboat-controller init` writes lifeboatctl.toml)"
+            ))
+        })?;
+        if let Ok(a) = std::env::var(ENV_ADDRESS)
+            && !a.is_empty()
+        {
+            cfg.address = a;
+        }
+        if let Some(a) = &self.address {
+            cfg.address = a.clone();
+        }
+        Ok(cfg)
+    }
+
+    /// Loads the config (flag > env LIFEBOAT_ADDRESS > file for the address) and connects.
+    pub async fn channel(&self) -> Result<Channel, Failure> {
+        Ok(client::connect(&self.load()?).await?)
+    }
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = Ctx {
+        config: cli.config,
+        address: cli.address,
+    };
+    match cli.command {
+        Command::Agent(AgentCommand::Add(a)) => agent_add::run(&ctx, a).await,
+        Command::Agent(AgentCommand::List(a)) => agent_list::run(&ctx, a).await,
+        Command::Key(KeyCommand::Init(a)) => key_init::run(a),
+        Command::Snapshots(SnapshotsCommand::List(a)) => snapshots_list::run(&ctx, a).await,
+        Command::Snapshots(SnapshotsCommand::Show(a)) => snapshots_show::run(&ctx, a).await,
+    }
+}

@@ -1,0 +1,19 @@
+//! gRPC handlers. Each handler authenticates first ([`crate::auth`]), converts the request
+//! ([`crate::wire`]), calls the library, and maps errors once (`From<ServiceError> for Status`).
+
+pub mod admin;
+pub mod agent;
+
+use std::sync::Arc;
+
+use crate::ca::Ca;
+use crate::catalog::Catalog;
+use crate::store::Store;
+
+/// What every handler needs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub catalog: Catalog,
+    pub store: Store,
+    pub ca: Arc<Ca>,
+}

@@ -1,0 +1,264 @@
+//! AgentService: what an agent may do — add chunks, commit snapshots of itself, list and read
+//! its own snapshots. Nothing here deletes or overwrites.
+
+use bytes::Bytes;
+use lifeboat_common::clock::now_unix_ms;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_proto::v1 as pb;
+use lifeboat_proto::v1::agent_service_server::AgentService;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::State;
+use crate::auth::{AgentCtx, require_agent};
+use crate::catalog::chunks::{self, ChunkLocation, SessionRow};
+use crate::catalog::snapshots::{self, Lookup};
+use crate::error::ServiceError;
+use crate::store::Store;
+use crate::wire::{self, HaveChunks, SessionId};
+use crate::{MAX_IDS, MAX_MESSAGE_BYTES, VERSION, commit, ingest};
+
+/// The AgentService implementation.
+#[derive(Clone, Debug)]
+pub struct AgentApi {
+    state: State,
+}
+
+impl AgentApi {
+    pub fn new(state: State) -> Self {
+        AgentApi { state }
+    }
+
+    async fn agent<T>(&self, req: &Request<T>) -> Result<AgentCtx, Status> {
+        Ok(require_agent(&self.state.catalog, req).await?)
+    }
+}
+
+/// Resolves a snapshot selector within the caller's own snapshots (or all, for admins).
+pub async fn find_snapshot(
+    state: &State,
+    agent: Option<String>,
+    id: &str,
+    source: &str,
+) -> Result<pb::Snapshot, ServiceError> {
+    let sel = wire::selector(id, source)?;
+    let sel2 = sel.clone();
+    let found = state
+        .catalog
+        .run(move |c| snapshots::find(c, agent.as_deref(), &sel2))
+        .await?;
+    match found {
+        Lookup::Found(row) => Ok(wire::snapshot_to_pb(&row)),
+        Lookup::NotFound => Err(ServiceError::NotFound(match sel {
+            snapshots::Selector::Latest { source } => {
+                format!("no snapshot of source {source:?} yet")
+            }
+            snapshots::Selector::IdOrPrefix(p) => format!("no snapshot matches {p:?}"),
+        })),
+        Lookup::Ambiguous(ids) => Err(ServiceError::invalid(format!(
+            "snapshot prefix {id:?} is ambiguous; it matches {}; give more characters",
+            ids.join(", ")
+        ))),
+    }
+}
+
+/// Checks every id is referenced by the agent's snapshots and returns where each blob lives.
+async fn authorize_reads(
+    state: &State,
+    agent: &AgentCtx,
+    ids: Vec<ChunkId>,
+) -> Result<Vec<(ChunkId, ChunkLocation)>, ServiceError> {
+    let (name, group) = (agent.id.to_string(), agent.group.clone());
+    state
+        .catalog
+        .run(move |c| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if !snapshots::referenced_by_agent(c, &name, &id)? {
+                    return Ok(Err(ServiceError::PermissionDenied(format!(
+                        "chunk {id} is not referenced by any snapshot of agent {name}"
+                    ))));
+                }
+                let Some(loc) = chunks::location(c, &group, &id)? else {
+                    return Ok(Err(ServiceError::DataLoss(format!(
+                        "chunk {id} is referenced by a snapshot of agent {name} but has no stored copy"
+                    ))));
+                };
+                out.push((id, loc));
+            }
+            Ok(Ok(out))
+        })
+        .await?
+}
+
+/// Reads one blob by ranged GET and verifies its BLAKE3 against the catalog.
+async fn read_blob(
+    store: &Store,
+    id: &ChunkId,
+    loc: &ChunkLocation,
+) -> Result<Bytes, ServiceError> {
+    let end = loc.offset + u64::from(loc.length);
+    let data = store.get_range(&loc.pack_key, loc.offset..end).await?;
+    if data.len() != loc.length as usize || blake3::hash(&data).as_bytes() != &loc.blob_hash {
+        return Err(ServiceError::DataLoss(format!(
+            "chunk {id} in pack {} does not match its recorded hash (damaged object)",
+            loc.pack_key
+        )));
+    }
+    Ok(data)
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentApi {
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let a = self.agent(&req).await?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            agent_id: a.id.to_string(),
+            dedup_group: a.group,
+            controller_version: VERSION.to_owned(),
+        }))
+    }
+
+    async fn begin_session(
+        &self,
+        req: Request<pb::BeginSessionRequest>,
+    ) -> Result<Response<pb::BeginSessionResponse>, Status> {
+        let a = self.agent(&req).await?;
+        let source = wire::source(&req.get_ref().source)?;
+        let row = SessionRow {
+            id: SessionId::generate().as_str().to_owned(),
+            agent: a.id.to_string(),
+            source,
+            started_at: now_unix_ms(),
+            stored_bytes: 0,
+            stored_chunks: 0,
+        };
+        let id = row.id.clone();
+        self.state
+            .catalog
+            .run(move |c| chunks::create_session(c, &row))
+            .await
+            .map_err(ServiceError::from)?;
+        tracing::info!(agent = %a.id, session = %id, "upload session opened");
+        Ok(Response::new(pb::BeginSessionResponse {
+            session_id: id,
+            max_ids_per_request: MAX_IDS as u32,
+            max_message_bytes: MAX_MESSAGE_BYTES as u64,
+        }))
+    }
+
+    async fn have_chunks(
+        &self,
+        req: Request<pb::HaveChunksRequest>,
+    ) -> Result<Response<pb::HaveChunksResponse>, Status> {
+        let a = self.agent(&req).await?;
+        let r = HaveChunks::try_from(req.into_inner())?;
+        ingest::owned_session(&self.state.catalog, &a, &r.session).await?;
+        let group = a.group.clone();
+        let missing = self
+            .state
+            .catalog
+            .run(move |c| chunks::missing(c, &group, &r.ids))
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::HaveChunksResponse {
+            missing: missing
+                .iter()
+                .map(|i| Bytes::copy_from_slice(i.as_bytes()))
+                .collect(),
+        }))
+    }
+
+    async fn upload_chunks(
+        &self,
+        req: Request<Streaming<pb::UploadChunksRequest>>,
+    ) -> Result<Response<pb::UploadChunksResponse>, Status> {
+        let a = self.agent(&req).await?;
+        let r =
+            ingest::upload(&self.state.catalog, &self.state.store, &a, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn commit_snapshot(
+        &self,
+        req: Request<Streaming<pb::CommitSnapshotRequest>>,
+    ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
+        let a = self.agent(&req).await?;
+        let r =
+            commit::commit(&self.state.catalog, &self.state.store, &a, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::ListSnapshotsResponse>, Status> {
+        let a = self.agent(&req).await?;
+        let source = match req.get_ref().source.as_str() {
+            "" => None,
+            s => Some(wire::source(s)?),
+        };
+        let name = a.id.to_string();
+        let rows = self
+            .state
+            .catalog
+            .run(move |c| snapshots::list(c, Some(&name), source.as_deref()))
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListSnapshotsResponse {
+            snapshots: rows.iter().map(wire::snapshot_to_pb).collect(),
+        }))
+    }
+
+    async fn get_snapshot(
+        &self,
+        req: Request<pb::GetSnapshotRequest>,
+    ) -> Result<Response<pb::Snapshot>, Status> {
+        let a = self.agent(&req).await?;
+        let r = req.get_ref();
+        let s = find_snapshot(
+            &self.state,
+            Some(a.id.to_string()),
+            &r.snapshot_id,
+            &r.source,
+        )
+        .await?;
+        Ok(Response::new(s))
+    }
+
+    type ReadChunksStream = ReceiverStream<Result<pb::ReadChunksResponse, Status>>;
+
+    async fn read_chunks(
+        &self,
+        req: Request<pb::ReadChunksRequest>,
+    ) -> Result<Response<Self::ReadChunksStream>, Status> {
+        let a = self.agent(&req).await?;
+        let ids = wire::ids(&req.get_ref().ids, "ids")?;
+        let plan = authorize_reads(&self.state, &a, ids).await?;
+        // Two blobs in flight at most: memory stays bounded whatever the request size.
+        let (tx, rx) = mpsc::channel(2);
+        let store = self.state.store.clone();
+        tokio::spawn(async move {
+            for (id, loc) in plan {
+                let msg = match read_blob(&store, &id, &loc).await {
+                    Ok(data) => Ok(pb::ReadChunksResponse {
+                        blob: Some(pb::Blob {
+                            id: Bytes::copy_from_slice(id.as_bytes()),
+                            data,
+                        }),
+                    }),
+                    Err(e) => Err(Status::from(e)),
+                };
+                let failed = msg.is_err();
+                if tx.send(msg).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
