@@ -19,9 +19,11 @@ use lifeboat_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ControllerConfig;
+
+pub mod probe;
 use crate::remote::{
-    CommitOutcome, CommitRequest, MAX_IDS_PER_REQUEST, MIN_IDS_PER_REQUEST, Remote, RemoteError, Session,
-    SnapshotInfo, UploadReceipt, snapshot_from_wire,
+    CommitOutcome, CommitRequest, MAX_IDS_PER_REQUEST, MIN_IDS_PER_REQUEST, Remote, RemoteError,
+    Session, SnapshotInfo, UploadReceipt, snapshot_from_wire,
 };
 
 /// How long to wait for the TCP + TLS connection.
@@ -42,12 +44,17 @@ pub enum FailureClass {
 /// Classifies a failed call (see the module docs).
 pub fn classify(err: &RemoteError) -> FailureClass {
     if let RemoteError::Status { status, .. } = err
-        && matches!(status.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied)
+        && matches!(
+            status.code(),
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+        )
     {
         return FailureClass::CertificateRefused;
     }
     let mut unreachable = matches!(err, RemoteError::Transport { .. })
-        || err.code().is_some_and(|c| matches!(c, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded));
+        || err
+            .code()
+            .is_some_and(|c| matches!(c, tonic::Code::Unavailable | tonic::Code::DeadlineExceeded));
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
         if is_tls_refusal(e) {
@@ -65,10 +72,15 @@ pub fn classify(err: &RemoteError) -> FailureClass {
         if text.contains("certificate") || text.contains("alert") {
             return FailureClass::CertificateRefused;
         }
-        unreachable |= text.contains("connect") || text.contains("dns") || text.contains("timed out");
+        unreachable |=
+            text.contains("connect") || text.contains("dns") || text.contains("timed out");
         cur = e.source();
     }
-    if unreachable { FailureClass::Unreachable } else { FailureClass::Other }
+    if unreachable {
+        FailureClass::Unreachable
+    } else {
+        FailureClass::Other
+    }
 }
 
 fn is_tls_refusal(e: &(dyn StdError + 'static)) -> bool {
@@ -147,13 +159,29 @@ impl GrpcRemote {
             })
     }
 
-    /// Connects (TCP + TLS handshake) to the controller.
-    pub async fn connect(endpoint: Endpoint) -> Result<Self, RemoteError> {
-        let channel = endpoint.connect().await.map_err(|e| RemoteError::Transport {
-            op: "connect",
-            source: Box::new(e),
-        })?;
-        Ok(Self::from_channel(channel))
+    /// Connects to the controller and checks with `WhoAmI` that it accepts our certificate.
+    /// A refusal that tonic reports only as a cancelled or failed call is explained with a
+    /// separate handshake ([`probe::tls_refusal`]), so it classifies as a certificate problem.
+    pub async fn connect(endpoint: Endpoint, cfg: &ControllerConfig) -> Result<Self, RemoteError> {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| RemoteError::Transport {
+                op: "connect",
+                source: Box::new(e),
+            })?;
+        let remote = Self::from_channel(channel);
+        match remote.who_am_i().await {
+            Ok(_) => Ok(remote),
+            Err(e) if classify(&e) == FailureClass::CertificateRefused => Err(e),
+            Err(e) => match probe::tls_refusal(cfg).await {
+                Some(tls) => Err(RemoteError::Transport {
+                    op: "TLS handshake",
+                    source: Box::new(tls),
+                }),
+                None => Err(e),
+            },
+        }
     }
 
     pub fn from_channel(channel: Channel) -> Self {
@@ -166,7 +194,10 @@ impl GrpcRemote {
     /// Who the controller thinks we are (agent id, dedup group).
     pub async fn who_am_i(&self) -> Result<pb::WhoAmIResponse, RemoteError> {
         let mut c = self.client.clone();
-        Ok(c.who_am_i(pb::WhoAmIRequest {}).await.map_err(status("WhoAmI"))?.into_inner())
+        Ok(c.who_am_i(pb::WhoAmIRequest {})
+            .await
+            .map_err(status("WhoAmI"))?
+            .into_inner())
     }
 }
 
@@ -186,7 +217,11 @@ fn invalid(op: &'static str, reason: impl Into<String>) -> RemoteError {
 }
 
 /// Splits blobs into messages of about [`UPLOAD_MESSAGE_BYTES`] (at least one blob each).
-fn upload_messages(session: &str, blobs: Vec<(ChunkId, Vec<u8>)>, limit: usize) -> Vec<pb::UploadChunksRequest> {
+fn upload_messages(
+    session: &str,
+    blobs: Vec<(ChunkId, Vec<u8>)>,
+    limit: usize,
+) -> Vec<pb::UploadChunksRequest> {
     let mut out = Vec::new();
     let mut cur: Vec<pb::Blob> = Vec::new();
     let mut cur_bytes = 0usize;
@@ -229,12 +264,18 @@ impl Remote for GrpcRemote {
         }
         Ok(Session {
             id: r.session_id,
-            max_ids: r.max_ids_per_request.clamp(MIN_IDS_PER_REQUEST, MAX_IDS_PER_REQUEST) as usize,
+            max_ids: r
+                .max_ids_per_request
+                .clamp(MIN_IDS_PER_REQUEST, MAX_IDS_PER_REQUEST) as usize,
             max_message_bytes: r.max_message_bytes,
         })
     }
 
-    async fn have_chunks(&self, session: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, RemoteError> {
+    async fn have_chunks(
+        &self,
+        session: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, RemoteError> {
         const OP: &str = "HaveChunks";
         let mut c = self.client.clone();
         let r = c
@@ -253,7 +294,11 @@ impl Remote for GrpcRemote {
         Ok(missing)
     }
 
-    async fn upload(&self, session: &str, blobs: Vec<(ChunkId, Vec<u8>)>) -> Result<UploadReceipt, RemoteError> {
+    async fn upload(
+        &self,
+        session: &str,
+        blobs: Vec<(ChunkId, Vec<u8>)>,
+    ) -> Result<UploadReceipt, RemoteError> {
         if blobs.is_empty() {
             return Ok(UploadReceipt::default());
         }
@@ -298,7 +343,8 @@ impl Remote for GrpcRemote {
             .map_err(status(OP))?
             .into_inner();
         if !r.missing.is_empty() {
-            let missing = chunk_ids_from_bytes(&r.missing).map_err(|e| invalid(OP, e.to_string()))?;
+            let missing =
+                chunk_ids_from_bytes(&r.missing).map_err(|e| invalid(OP, e.to_string()))?;
             return Ok(CommitOutcome::Missing(missing));
         }
         if r.snapshot_id.is_empty() {
@@ -319,7 +365,10 @@ impl Remote for GrpcRemote {
             .await
             .map_err(status(OP))?
             .into_inner();
-        r.snapshots.into_iter().map(|s| snapshot_from_wire(s, OP)).collect()
+        r.snapshots
+            .into_iter()
+            .map(|s| snapshot_from_wire(s, OP))
+            .collect()
     }
 
     async fn get_snapshot(&self, id: &str, source: &str) -> Result<SnapshotInfo, RemoteError> {
@@ -348,15 +397,28 @@ impl Remote for GrpcRemote {
             .into_inner();
         let mut out = Vec::with_capacity(ids.len());
         while let Some(msg) = stream.message().await.map_err(status(OP))? {
-            let blob = msg.blob.ok_or_else(|| invalid(OP, "message without a blob"))?;
+            let blob = msg
+                .blob
+                .ok_or_else(|| invalid(OP, "message without a blob"))?;
             let id = ChunkId::try_from(&blob.id[..]).map_err(|e| invalid(OP, e.to_string()))?;
             match ids.get(out.len()) {
                 Some(want) if *want == id => out.push((id, blob.data.into())),
-                _ => return Err(invalid(OP, format!("unexpected chunk {} (out of order or not asked for)", id.short()))),
+                _ => {
+                    return Err(invalid(
+                        OP,
+                        format!(
+                            "unexpected chunk {} (out of order or not asked for)",
+                            id.short()
+                        ),
+                    ));
+                }
             }
         }
         if out.len() != ids.len() {
-            return Err(invalid(OP, format!("asked for {} chunks, received {}", ids.len(), out.len())));
+            return Err(invalid(
+                OP,
+                format!("asked for {} chunks, received {}", ids.len(), out.len()),
+            ));
         }
         Ok(out)
     }
@@ -381,8 +443,13 @@ mod tests {
             io::ErrorKind::InvalidData,
             rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired),
         );
-        assert_eq!(classify(&transport(alert)), FailureClass::CertificateRefused);
-        let unknown_ca = transport(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+        assert_eq!(
+            classify(&transport(alert)),
+            FailureClass::CertificateRefused
+        );
+        let unknown_ca = transport(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::UnknownIssuer,
+        ));
         assert_eq!(classify(&unknown_ca), FailureClass::CertificateRefused);
         let unauth = RemoteError::Status {
             op: "BeginSession",
@@ -396,7 +463,9 @@ mod tests {
         assert_eq!(classify(&perm), FailureClass::CertificateRefused);
         let tls_in_status = RemoteError::Status {
             op: "BeginSession",
-            status: tonic::Status::unavailable("error trying to connect: received fatal alert: BadCertificate"),
+            status: tonic::Status::unavailable(
+                "error trying to connect: received fatal alert: BadCertificate",
+            ),
         };
         assert_eq!(classify(&tls_in_status), FailureClass::CertificateRefused);
         let unavailable = RemoteError::Status {
@@ -413,10 +482,15 @@ mod tests {
 
     #[test]
     fn upload_messages_are_bounded() {
-        let blobs: Vec<_> = (0..10u8).map(|i| (ChunkId([i; 32]), vec![0u8; 1000])).collect();
+        let blobs: Vec<_> = (0..10u8)
+            .map(|i| (ChunkId([i; 32]), vec![0u8; 1000]))
+            .collect();
         let msgs = upload_messages("s", blobs, 3000);
         assert_eq!(msgs.len(), 5);
-        assert!(msgs.iter().all(|m| m.blobs.len() == 2 && m.session_id == "s"));
+        assert!(
+            msgs.iter()
+                .all(|m| m.blobs.len() == 2 && m.session_id == "s")
+        );
         let big = vec![(ChunkId([1; 32]), vec![0u8; 10_000])];
         assert_eq!(upload_messages("s", big, 3000).len(), 1);
     }

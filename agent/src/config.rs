@@ -42,6 +42,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawController {
     address: String,
+    #[serde(default = "default_server_name")]
     server_name: String,
     ca: PathBuf,
     cert: PathBuf,
@@ -58,6 +59,13 @@ struct RawSource {
     exclude: Vec<String>,
     interval: Option<String>,
     chunker: Option<ChunkerParams>,
+}
+
+/// The name in the controller's certificate when `server_name` is not set.
+pub const DEFAULT_SERVER_NAME: &str = "lifeboat-controller";
+
+fn default_server_name() -> String {
+    DEFAULT_SERVER_NAME.into()
 }
 
 /// How to reach the controller.
@@ -167,18 +175,21 @@ impl AgentConfig {
 
     /// The source named `name`, or an error listing the configured ones.
     pub fn source(&self, name: &str) -> Result<&SourceConfig, ConfigError> {
-        self.sources
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| self.invalid(format!(
+        self.sources.iter().find(|s| s.name == name).ok_or_else(|| {
+            self.invalid(format!(
                 "no source named {name:?}; configured sources: {}",
                 self.source_names()
-            )))
+            ))
+        })
     }
 
     fn source_names(&self) -> String {
         let names: Vec<&str> = self.sources.iter().map(|s| s.name.as_str()).collect();
-        if names.is_empty() { "(none)".into() } else { names.join(", ") }
+        if names.is_empty() {
+            "(none)".into()
+        } else {
+            names.join(", ")
+        }
     }
 
     fn invalid(&self, message: String) -> ConfigError {
@@ -188,14 +199,20 @@ impl AgentConfig {
         }
     }
 
-    fn validate(path: &Path, raw: RawConfig, env_address: Option<String>) -> Result<Self, ConfigError> {
+    fn validate(
+        path: &Path,
+        raw: RawConfig,
+        env_address: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
             message,
         };
         let zstd_level = raw.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
         if !(0..=22).contains(&zstd_level) {
-            return Err(invalid(format!("zstd_level {zstd_level} is out of range: use 0 (none) to 22")));
+            return Err(invalid(format!(
+                "zstd_level {zstd_level} is out of range: use 0 (none) to 22"
+            )));
         }
         let c = raw.controller;
         let address = env_address.unwrap_or(c.address);
@@ -261,17 +278,28 @@ fn validate_source(s: RawSource) -> Result<SourceConfig, String> {
     let ctx = format!("source {:?}", s.name);
     let kind = match s.kind.as_str() {
         "files" => SourceKind::Files,
-        other => return Err(format!("{ctx}: unknown kind {other:?} (known kinds: files)")),
+        other => {
+            return Err(format!(
+                "{ctx}: unknown kind {other:?} (known kinds: files)"
+            ));
+        }
     };
     if s.paths.is_empty() {
-        return Err(format!("{ctx}: paths is empty; list at least one absolute directory"));
+        return Err(format!(
+            "{ctx}: paths is empty; list at least one absolute directory"
+        ));
     }
     let mut seen = HashSet::new();
     for p in &s.paths {
         if !p.is_absolute() {
-            return Err(format!("{ctx}: path {} is relative; source paths must be absolute", p.display()));
+            return Err(format!(
+                "{ctx}: path {} is relative; source paths must be absolute",
+                p.display()
+            ));
         }
-        if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        if p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
             return Err(format!("{ctx}: path {} must not contain '..'", p.display()));
         }
         if !seen.insert(p.clone()) {
@@ -285,7 +313,9 @@ fn validate_source(s: RawSource) -> Result<SourceConfig, String> {
         return Err(format!("{ctx}: interval must be more than zero"));
     }
     let chunker = s.chunker.unwrap_or(ChunkerParams::FILES);
-    chunker.validate().map_err(|e| format!("{ctx}: chunker: {e}"))?;
+    chunker
+        .validate()
+        .map_err(|e| format!("{ctx}: chunker: {e}"))?;
     let excludes = Excludes::new(&s.exclude).map_err(|e| format!("{ctx}: {e}"))?;
     Ok(SourceConfig {
         name: s.name,
@@ -322,7 +352,6 @@ state_dir = "state"
 master_key = "master.key"
 [controller]
 address = "https://127.0.0.1:7443"
-server_name = "lifeboat-controller"
 ca = "ca.pem"
 cert = "agent.pem"
 key = "agent.key"
@@ -341,23 +370,34 @@ key = "agent.key"
         );
         let (dir, p) = setup(&body);
         let raw: RawConfig = load_toml(&p).expect("parse");
-        let c = AgentConfig::validate(&p, raw, Some("https://10.0.0.1:7443".into())).expect("valid");
+        let c =
+            AgentConfig::validate(&p, raw, Some("https://10.0.0.1:7443".into())).expect("valid");
         assert_eq!(c.state_dir, dir.path().join("state"));
         assert_eq!(c.controller.ca, dir.path().join("ca.pem"));
         assert_eq!(c.controller.address, "https://10.0.0.1:7443");
         assert_eq!(c.zstd_level, DEFAULT_ZSTD_LEVEL);
+        assert_eq!(c.controller.server_name, DEFAULT_SERVER_NAME);
         let s = c.source("web").expect("source");
         assert_eq!(s.paths[0], PathBuf::from("/var/www"));
         assert_eq!(s.interval, Duration::from_secs(3600));
         assert_eq!(s.chunker, ChunkerParams::FILES);
-        assert!(c.source("db").expect_err("unknown").to_string().contains("web"));
+        assert!(
+            c.source("db")
+                .expect_err("unknown")
+                .to_string()
+                .contains("web")
+        );
     }
 
     #[test]
     fn misspelt_key_is_named() {
-        let e = load(&BASE.replace("state_dir", "stat_dir")).expect_err("must fail").to_string();
+        let e = load(&BASE.replace("state_dir", "stat_dir"))
+            .expect_err("must fail")
+            .to_string();
         assert!(e.contains("stat_dir") && e.contains("agent.toml"), "{e}");
-        let body = format!("{BASE}[[source]]\nname = \"w\"\nkind = \"files\"\npaths = [\"/x\"]\nexcludes = []\n");
+        let body = format!(
+            "{BASE}[[source]]\nname = \"w\"\nkind = \"files\"\npaths = [\"/x\"]\nexcludes = []\n"
+        );
         let e = load(&body).expect_err("must fail").to_string();
         assert!(e.contains("excludes"), "{e}");
     }
@@ -367,8 +407,13 @@ key = "agent.key"
         let (dir, p) = setup(BASE);
         fs::remove_file(dir.path().join("master.key")).expect("rm");
         let raw: RawConfig = load_toml(&p).expect("parse");
-        let e = AgentConfig::validate(&p, raw, None).expect_err("missing").to_string();
-        assert!(e.contains("master.key") && e.contains("does not exist"), "{e}");
+        let e = AgentConfig::validate(&p, raw, None)
+            .expect_err("missing")
+            .to_string();
+        assert!(
+            e.contains("master.key") && e.contains("does not exist"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -377,10 +422,26 @@ key = "agent.key"
         let cases = [
             (src("kind = \"tape\"\npaths = [\"/x\"]"), "unknown kind"),
             (src("kind = \"files\"\npaths = [\"var/www\"]"), "relative"),
-            (src("kind = \"files\"\npaths = [\"/x\"]\ninterval = \"5y\""), "interval"),
-            (src("kind = \"files\"\npaths = [\"/x\"]\nchunker = { min = 1, avg = 2, max = 3 }"), "chunker"),
-            (format!("{}{}", src("kind = \"files\"\npaths = [\"/x\"]"), "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [\"/y\"]\n"), "duplicate"),
-            (src("kind = \"files\"\npaths = [\"/x\"]\nexclude = [\"a[\"]"), "exclude"),
+            (
+                src("kind = \"files\"\npaths = [\"/x\"]\ninterval = \"5y\""),
+                "interval",
+            ),
+            (
+                src("kind = \"files\"\npaths = [\"/x\"]\nchunker = { min = 1, avg = 2, max = 3 }"),
+                "chunker",
+            ),
+            (
+                format!(
+                    "{}{}",
+                    src("kind = \"files\"\npaths = [\"/x\"]"),
+                    "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [\"/y\"]\n"
+                ),
+                "duplicate",
+            ),
+            (
+                src("kind = \"files\"\npaths = [\"/x\"]\nexclude = [\"a[\"]"),
+                "exclude",
+            ),
         ];
         for (body, want) in cases {
             let e = load(&body).expect_err(want).to_string();
@@ -389,9 +450,25 @@ key = "agent.key"
     }
 
     #[test]
+    fn example_configs_in_deploy_parse() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for name in ["agent.example.toml", "nginx-preset.toml"] {
+            let raw: RawConfig = load_toml(&deploy.join(name)).expect(name);
+            assert!(!raw.source.is_empty(), "{name}");
+            for s in raw.source {
+                validate_source(s).expect(name);
+            }
+        }
+    }
+
+    #[test]
     fn excludes_match_names_and_absolute_paths() {
-        let ex = Excludes::new(&["*.swp".into(), "/var/www/*/tmp".into(), "/var/www/**/*.log".into()])
-            .expect("compile");
+        let ex = Excludes::new(&[
+            "*.swp".into(),
+            "/var/www/*/tmp".into(),
+            "/var/www/**/*.log".into(),
+        ])
+        .expect("compile");
         assert!(ex.is_excluded(Path::new("/var/www/a/.x.swp")));
         assert!(ex.is_excluded(Path::new("/var/www/site/tmp")));
         assert!(!ex.is_excluded(Path::new("/var/www/a/b/tmp")));

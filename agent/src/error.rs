@@ -35,7 +35,10 @@ pub enum AgentError {
         source: io::Error,
     },
     #[error("manifest of snapshot {snapshot} is unusable: {source}")]
-    Manifest { snapshot: String, source: ManifestError },
+    Manifest {
+        snapshot: String,
+        source: ManifestError,
+    },
     #[error("chunk {} of {what} failed verification: {source}", .id.short())]
     Blob {
         what: String,
@@ -43,13 +46,18 @@ pub enum AgentError {
         source: BlobError,
     },
     #[error("restore of {path} failed: {source}; no damaged file was left under its real name")]
-    RestoreFile { path: String, source: Box<AgentError> },
+    RestoreFile {
+        path: String,
+        source: Box<AgentError>,
+    },
     #[error(
         "restore refused {} entr{} that would have been written through a symlink or non-directory (the target tree may have been tampered with): {}",
         .0.len(), if .0.len() == 1 { "y" } else { "ies" }, .0.join("; ")
     )]
     Refused(Vec<String>),
-    #[error("commit of source {source_name} still misses {missing} chunks after {attempts} attempts; the controller may be losing data, check its logs")]
+    #[error(
+        "commit of source {source_name} still misses {missing} chunks after {attempts} attempts; the controller may be losing data, check its logs"
+    )]
     CommitGaveUp {
         source_name: String,
         missing: usize,
@@ -123,8 +131,15 @@ mod tests {
             status: tonic::Status::unauthenticated("revoked"),
         });
         assert_eq!(unauth.exit_code(), exit::CERTIFICATE_REFUSED);
-        let msg = describe(&unauth, "https://x:1", Path::new("/etc/lifeboat/agent.toml"));
-        assert!(msg.contains("lifeboatctl agent add") && msg.contains("/etc/lifeboat/agent.toml"), "{msg}");
+        let msg = describe(
+            &unauth,
+            "https://x:1",
+            Path::new("/etc/lifeboat/agent.toml"),
+        );
+        assert!(
+            msg.contains("lifeboatctl agent add") && msg.contains("/etc/lifeboat/agent.toml"),
+            "{msg}"
+        );
         let nested = AgentError::RestoreFile {
             path: "/var/www/a".into(),
             source: Box::new(AgentError::Remote(RemoteError::Transport {

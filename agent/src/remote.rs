@@ -103,7 +103,10 @@ pub struct SnapshotInfo {
 
 /// The controller's agent-facing API.
 pub trait Remote: Send + Sync {
-    fn begin_session(&self, source: &str) -> impl Future<Output = Result<Session, RemoteError>> + Send;
+    fn begin_session(
+        &self,
+        source: &str,
+    ) -> impl Future<Output = Result<Session, RemoteError>> + Send;
     /// The subset of `ids` that must be uploaded.
     fn have_chunks(
         &self,
@@ -116,9 +119,15 @@ pub trait Remote: Send + Sync {
         session: &str,
         blobs: Vec<(ChunkId, Vec<u8>)>,
     ) -> impl Future<Output = Result<UploadReceipt, RemoteError>> + Send;
-    fn commit(&self, req: CommitRequest) -> impl Future<Output = Result<CommitOutcome, RemoteError>> + Send;
+    fn commit(
+        &self,
+        req: CommitRequest,
+    ) -> impl Future<Output = Result<CommitOutcome, RemoteError>> + Send;
     /// The caller's snapshots, oldest first; `source` empty means all.
-    fn list_snapshots(&self, source: &str) -> impl Future<Output = Result<Vec<SnapshotInfo>, RemoteError>> + Send;
+    fn list_snapshots(
+        &self,
+        source: &str,
+    ) -> impl Future<Output = Result<Vec<SnapshotInfo>, RemoteError>> + Send;
     /// One snapshot by id, unique prefix, or "latest" (with source).
     fn get_snapshot(
         &self,
@@ -133,11 +142,17 @@ pub trait Remote: Send + Sync {
 }
 
 /// Converts a wire snapshot into [`SnapshotInfo`], validating its ids.
-pub fn snapshot_from_wire(s: lifeboat_proto::v1::Snapshot, op: &'static str) -> Result<SnapshotInfo, RemoteError> {
-    let manifest_ids = lifeboat_common::ids::chunk_ids_from_bytes(&s.manifest_ids).map_err(|e| RemoteError::Invalid {
-        op,
-        reason: format!("snapshot {}: {e}", s.id),
-    })?;
+pub fn snapshot_from_wire(
+    s: lifeboat_proto::v1::Snapshot,
+    op: &'static str,
+) -> Result<SnapshotInfo, RemoteError> {
+    let manifest_ids =
+        lifeboat_common::ids::chunk_ids_from_bytes(&s.manifest_ids).map_err(|e| {
+            RemoteError::Invalid {
+                op,
+                reason: format!("snapshot {}: {e}", s.id),
+            }
+        })?;
     if s.id.is_empty() || manifest_ids.is_empty() {
         return Err(RemoteError::Invalid {
             op,

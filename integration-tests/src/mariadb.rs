@@ -97,13 +97,12 @@ impl MariaDb {
                 "mariadbd not ready after 120 s:\n{}",
                 self.error_log()
             );
-            if let Ok(n) = listener.recv(&mut buf) {
-                if String::from_utf8_lossy(&buf[..n])
+            if let Ok(n) = listener.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n])
                     .lines()
                     .any(|l| l == "READY=1")
-                {
-                    break;
-                }
+            {
+                break;
             }
         }
         self.child = Some(child);

@@ -1,0 +1,384 @@
+//! One backup of one source: walk, read (or answer from the cache), deduplicate and upload,
+//! build and upload the manifest, commit.
+//!
+//! Pipeline: [`walk`] lists the entries; a [`read`] thread chunks files (bounded channel, so
+//! memory does not grow with file size); an [`upload::Uploader`] batches ids through
+//! `HaveChunks` and uploads only the missing chunks; then the manifest is chunked and uploaded the
+//! same way and `CommitSnapshot` streams every referenced id. Failure modes:
+//! - an unreadable input is listed in the report and skipped; the snapshot still commits
+//!   (`partial`, exit code 3);
+//! - a cached id the controller does not have: those files are read again in the same pass;
+//! - a commit answered with `missing`: the whole pass runs again without the cache (all chunks
+//!   are offered again), at most [`MAX_ATTEMPTS`] times, then a clear error;
+//! - cancellation (dropping the future) stops before the commit: nothing partial is committed,
+//!   uploaded chunks are durable and found by the next run's `HaveChunks`.
+//!
+//! The file cache is updated only after a successful commit.
+
+pub mod read;
+pub mod upload;
+pub mod walk;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use lifeboat_common::clock::now_unix_ms;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_common::keys::DataKeys;
+use lifeboat_common::manifest::{Entry, EntryKind, ManifestHeader, ManifestWriter};
+use lifeboat_proto::v1::SnapshotStats;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::cache::{CachedFile, FileCache, NoCache};
+use crate::chunking::for_each_chunk;
+use crate::config::SourceConfig;
+use crate::error::AgentError;
+use crate::remote::{CommitOutcome, CommitRequest, Remote};
+use read::{FileDone, Opener, ReadJob, ReadMsg};
+use upload::{UploadStats, Uploader};
+use walk::{Unreadable, WalkItem};
+
+/// Commit attempts before giving up on a controller that keeps reporting missing chunks.
+pub const MAX_ATTEMPTS: u32 = 2;
+/// Messages buffered between the reader thread and the uploader (each at most one chunk).
+const READ_CHANNEL: usize = 4;
+
+/// What a backup needs besides the source.
+pub struct BackupContext<'a, R: Remote> {
+    pub remote: &'a R,
+    pub keys: DataKeys,
+    pub zstd_level: i32,
+    pub cache: Arc<dyn FileCache>,
+    pub opener: Arc<dyn Opener>,
+}
+
+/// The outcome of one backup, as printed by `backup --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackupReport {
+    pub snapshot_id: String,
+    pub source: String,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub logical_bytes: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    pub new_logical_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub unreadable: Vec<Unreadable>,
+    pub partial: bool,
+    pub duration_ms: u64,
+}
+
+/// Everything one pass produced.
+struct Pass {
+    outcome: CommitOutcome,
+    report: BackupReport,
+    cache_entries: Vec<(Vec<u8>, CachedFile)>,
+}
+
+/// Backs up one source now.
+pub async fn backup_source<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+) -> Result<BackupReport, AgentError> {
+    let started = Instant::now();
+    let started_ms = now_unix_ms();
+    let mut last_missing = 0;
+    for attempt in 1..=MAX_ATTEMPTS {
+        let pass = run_pass(ctx, src, attempt == 1, started_ms).await?;
+        match pass.outcome {
+            CommitOutcome::Committed { snapshot_id } => {
+                ctx.cache.put_all(&pass.cache_entries);
+                let mut report = pass.report;
+                report.snapshot_id = snapshot_id;
+                report.duration_ms =
+                    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                info!(source = %src.name, snapshot = %report.snapshot_id, files = report.files, new_chunks = report.new_chunks, uploaded_bytes = report.uploaded_bytes, unreadable = report.unreadable.len(), "snapshot committed");
+                return Ok(report);
+            }
+            CommitOutcome::Missing(missing) => {
+                warn!(source = %src.name, missing = missing.len(), attempt, "controller reports referenced chunks missing; backing up again without the file cache");
+                last_missing = missing.len();
+            }
+        }
+    }
+    Err(AgentError::CommitGaveUp {
+        source_name: src.name.clone(),
+        missing: last_missing,
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// Files read in one pass: results by walk index, plus what could not be read.
+#[derive(Default)]
+struct FileResults {
+    done: HashMap<usize, FileDone>,
+    unreadable: Vec<Unreadable>,
+    bytes_read: u64,
+}
+
+async fn run_pass<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    use_cache: bool,
+    started_ms: i64,
+) -> Result<Pass, AgentError> {
+    let (roots, excludes) = (src.paths.clone(), src.excludes.clone());
+    let walked = tokio::task::spawn_blocking(move || walk::walk(&roots, &excludes))
+        .await
+        .map_err(|e| AgentError::Worker(e.to_string()))?;
+    let items = Arc::new(walked.items);
+    let session = ctx.remote.begin_session(&src.name).await?;
+    let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level);
+    let mut results = FileResults {
+        unreadable: walked.unreadable,
+        ..FileResults::default()
+    };
+    let files: Vec<usize> = (0..items.len())
+        .filter(|&i| items[i].kind == EntryKind::File)
+        .collect();
+    let cache: Arc<dyn FileCache> = if use_cache {
+        ctx.cache.clone()
+    } else {
+        Arc::new(NoCache)
+    };
+    read_pass(ctx, src, &items, files, cache, &mut up, &mut results).await?;
+    up.flush().await?;
+    if !up.reread.is_empty() {
+        let again: Vec<usize> = std::mem::take(&mut up.reread).into_iter().collect();
+        warn!(source = %src.name, files = again.len(), "file cache named chunks the controller does not have; reading those files again");
+        read_pass(
+            ctx,
+            src,
+            &items,
+            again,
+            Arc::new(NoCache),
+            &mut up,
+            &mut results,
+        )
+        .await?;
+        up.flush().await?;
+    }
+    let (entries, stats) = build_entries(&items, &results);
+    let manifest = manifest_bytes(src, started_ms, &entries);
+    let mut manifest_ids = Vec::new();
+    for (id, data) in chunk_bytes(&ctx.keys, src, &manifest)? {
+        manifest_ids.push(id);
+        up.add(id, data).await?;
+    }
+    up.flush().await?;
+    let references = references(&entries, &manifest_ids);
+    let stats = SnapshotStats {
+        new_chunks: up.stats.new_chunks,
+        new_logical_bytes: up.stats.new_logical_bytes,
+        unreadable: results.unreadable.len() as u64,
+        ..stats
+    };
+    let outcome = ctx
+        .remote
+        .commit(CommitRequest {
+            session_id: up.session().id.clone(),
+            started_at_unix_ms: started_ms,
+            finished_at_unix_ms: now_unix_ms(),
+            stats,
+            manifest_ids,
+            references,
+            max_ids: up.session().max_ids,
+        })
+        .await?;
+    let report = make_report(src, &stats, up.stats, &mut results);
+    let cache_entries = results
+        .done
+        .into_values()
+        .filter_map(|d| d.cache_entry)
+        .collect();
+    Ok(Pass {
+        outcome,
+        report,
+        cache_entries,
+    })
+}
+
+/// Reads the files `todo` (walk indices) on a thread and feeds their chunks to the uploader.
+async fn read_pass<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    items: &Arc<Vec<WalkItem>>,
+    todo: Vec<usize>,
+    cache: Arc<dyn FileCache>,
+    up: &mut Uploader<'_, R>,
+    results: &mut FileResults,
+) -> Result<(), AgentError> {
+    let job = ReadJob {
+        items: items.clone(),
+        todo,
+        roots: src.paths.iter().map(|p| path_bytes(p)).collect(),
+        source: src.name.clone(),
+        params: src.chunker,
+        keys: ctx.keys.clone(),
+        cache,
+        cache_stamp: cache_stamp(&ctx.keys, src),
+        opener: ctx.opener.clone(),
+    };
+    let (tx, mut rx) = mpsc::channel(READ_CHANNEL);
+    std::thread::Builder::new()
+        .name("lifeboat-read".into())
+        .spawn(move || read::run(job, tx))
+        .map_err(|e| AgentError::Worker(format!("cannot start the file reader thread: {e}")))?;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ReadMsg::Chunk { id, data } => {
+                results.bytes_read += data.len() as u64;
+                up.add(id, data).await?;
+            }
+            ReadMsg::FileDone(done) => {
+                if done.cached {
+                    up.add_cached(done.index, &done.ids).await?;
+                }
+                results.done.insert(done.index, done);
+            }
+            ReadMsg::FileFailed { index, error } => {
+                let path = items.get(index).map(|i| i.abs.clone()).unwrap_or_default();
+                warn!(path = %path.display(), error = %error, "cannot read file; it is left out of this snapshot");
+                results.done.remove(&index);
+                results.unreadable.push(Unreadable::new(&path, error));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn path_bytes(p: &std::path::Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes().to_vec()
+}
+
+/// Cache keys depend on the chunk-id key and the chunker parameters (see [`crate::cache`]).
+fn cache_stamp(keys: &DataKeys, src: &SourceConfig) -> [u8; 8] {
+    let mut input = b"lifeboat file cache stamp v1".to_vec();
+    for v in [src.chunker.min, src.chunker.avg, src.chunker.max] {
+        input.extend_from_slice(&v.to_le_bytes());
+    }
+    let id = keys.chunk_id(&input);
+    let mut stamp = [0u8; 8];
+    stamp.copy_from_slice(&id.as_bytes()[..8]);
+    stamp
+}
+
+/// Manifest entries in walk order (unreadable files left out) and the snapshot's counts.
+fn build_entries(items: &[WalkItem], results: &FileResults) -> (Vec<Entry>, SnapshotStats) {
+    let mut stats = SnapshotStats::default();
+    let mut entries = Vec::with_capacity(items.len());
+    let mut distinct: BTreeSet<ChunkId> = BTreeSet::new();
+    for (i, item) in items.iter().enumerate() {
+        let mut e = Entry {
+            root: item.root,
+            path: item.rel.clone(),
+            kind: item.kind as i32,
+            mode: item.stat.mode,
+            uid: item.stat.uid,
+            gid: item.stat.gid,
+            mtime_sec: item.stat.mtime_sec,
+            mtime_nsec: item.stat.mtime_nsec,
+            ..Entry::default()
+        };
+        match item.kind {
+            EntryKind::File => {
+                let Some(done) = results.done.get(&i) else {
+                    continue;
+                };
+                e.size = done.size;
+                e.chunks = done.ids.iter().map(|id| id.as_bytes().to_vec()).collect();
+                e.chunk_sizes = done.sizes.clone();
+                distinct.extend(done.ids.iter().copied());
+                stats.files += 1;
+                stats.logical_bytes += done.size;
+                stats.files_read += u64::from(!done.cached);
+            }
+            EntryKind::Dir => stats.dirs += 1,
+            EntryKind::Symlink => {
+                e.symlink_target = item.symlink_target.clone();
+                stats.symlinks += 1;
+            }
+            EntryKind::Unspecified => continue,
+        }
+        entries.push(e);
+    }
+    stats.chunks = distinct.len() as u64;
+    (entries, stats)
+}
+
+fn manifest_bytes(src: &SourceConfig, created_ms: i64, entries: &[Entry]) -> Vec<u8> {
+    let header = ManifestHeader {
+        source: src.name.clone(),
+        kind: src.kind.as_str().into(),
+        roots: src.paths.iter().map(|p| path_bytes(p)).collect(),
+        chunker: Some(src.chunker.into()),
+        created_at_unix_ms: created_ms,
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let mut w = ManifestWriter::new(&header);
+    for e in entries {
+        w.push(e);
+    }
+    w.finish()
+}
+
+/// Chunks an in-memory buffer (the manifest) the same way as files.
+fn chunk_bytes(
+    keys: &DataKeys,
+    src: &SourceConfig,
+    bytes: &[u8],
+) -> Result<Vec<(ChunkId, Vec<u8>)>, AgentError> {
+    let mut out = Vec::new();
+    for_each_chunk(bytes, src.chunker, keys.chunker_seed(), |c: Vec<u8>| {
+        out.push((keys.chunk_id(&c), c));
+        Ok::<(), std::io::Error>(())
+    })
+    .map_err(|e| AgentError::Worker(format!("chunking the manifest failed: {e}")))?;
+    Ok(out)
+}
+
+/// Every distinct id the snapshot references, sorted.
+fn references(entries: &[Entry], manifest_ids: &[ChunkId]) -> Vec<ChunkId> {
+    let mut set: BTreeSet<ChunkId> = manifest_ids.iter().copied().collect();
+    for e in entries {
+        set.extend(e.chunk_ids());
+    }
+    set.into_iter().collect()
+}
+
+fn make_report(
+    src: &SourceConfig,
+    stats: &SnapshotStats,
+    up: UploadStats,
+    results: &mut FileResults,
+) -> BackupReport {
+    let unreadable = std::mem::take(&mut results.unreadable);
+    BackupReport {
+        snapshot_id: String::new(),
+        source: src.name.clone(),
+        files: stats.files,
+        dirs: stats.dirs,
+        symlinks: stats.symlinks,
+        files_read: stats.files_read,
+        bytes_read: results.bytes_read,
+        logical_bytes: stats.logical_bytes,
+        chunks: stats.chunks,
+        new_chunks: up.new_chunks,
+        new_logical_bytes: up.new_logical_bytes,
+        uploaded_bytes: up.uploaded_bytes,
+        partial: !unreadable.is_empty(),
+        unreadable,
+        duration_ms: 0,
+    }
+}

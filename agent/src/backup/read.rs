@@ -1,0 +1,175 @@
+//! Reading files into chunks on a worker thread (the producer side of the backup pipeline).
+//!
+//! The thread takes files in walk order. A file whose stat matches the cache is answered from
+//! it (no read); any other file is opened, chunked and hashed, each chunk sent as it is made, so
+//! memory is bounded by the channel's capacity times the largest chunk, whatever the file sizes.
+//! A file that cannot be opened or read is reported as failed and skipped. A file whose size
+//! differs after reading (it changed meanwhile) is recorded with what was read, a warning is
+//! logged, and it is not cached. If the receiver goes away (cancellation), the thread stops.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use lifeboat_common::chunker::ChunkerParams;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_common::keys::DataKeys;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::walk::WalkItem;
+use crate::cache::{CachedFile, FileCache, cache_key};
+use crate::chunking::for_each_chunk;
+
+/// Opens files for reading; a seam so tests can inject read errors.
+pub trait Opener: Send + Sync {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>>;
+}
+
+/// Opens files with `std::fs`.
+pub struct FsOpener;
+
+impl Opener for FsOpener {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(File::open(path)?))
+    }
+}
+
+/// What the reader thread sends.
+pub enum ReadMsg {
+    Chunk { id: ChunkId, data: Vec<u8> },
+    FileDone(FileDone),
+    FileFailed { index: usize, error: String },
+}
+
+/// A file's contents as chunk ids.
+pub struct FileDone {
+    pub index: usize,
+    pub ids: Vec<ChunkId>,
+    pub sizes: Vec<u32>,
+    pub size: u64,
+    /// The ids came from the cache (their chunks were not sent).
+    pub cached: bool,
+    /// To record in the cache after a successful commit.
+    pub cache_entry: Option<(Vec<u8>, CachedFile)>,
+}
+
+/// Everything the reader thread needs.
+pub struct ReadJob {
+    pub items: Arc<Vec<WalkItem>>,
+    pub todo: Vec<usize>,
+    pub roots: Vec<Vec<u8>>,
+    pub source: String,
+    pub params: ChunkerParams,
+    pub keys: DataKeys,
+    pub cache: Arc<dyn FileCache>,
+    pub cache_stamp: [u8; 8],
+    pub opener: Arc<dyn Opener>,
+}
+
+/// The receiver went away: stop reading.
+struct Stopped;
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
+enum ReadError {
+    Io(io::Error),
+    Stopped(Stopped),
+}
+
+/// Runs the job, sending results to `tx`. Meant for a dedicated thread.
+pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
+    for &index in &job.todo {
+        let Some(item) = job.items.get(index) else {
+            continue;
+        };
+        let root = job
+            .roots
+            .get(item.root as usize)
+            .map_or(&[][..], |r| r.as_slice());
+        let key = cache_key(&job.cache_stamp, &job.source, root, &item.rel);
+        let now = CachedFile {
+            size: item.stat.size,
+            mtime_ns: item.stat.mtime_ns(),
+            ctime_ns: item.stat.ctime_ns,
+            inode: item.stat.inode,
+            ids: Vec::new(),
+            sizes: Vec::new(),
+        };
+        if let Some(hit) = job.cache.get(&key).filter(|c| c.matches(&now)) {
+            let msg = ReadMsg::FileDone(FileDone {
+                index,
+                size: hit.size,
+                ids: hit.ids,
+                sizes: hit.sizes,
+                cached: true,
+                cache_entry: None,
+            });
+            if tx.blocking_send(msg).is_err() {
+                return;
+            }
+            continue;
+        }
+        let msg = match read_file(&job, item, &tx) {
+            Ok((ids, sizes, size)) => {
+                let cache_entry = if size == item.stat.size {
+                    Some((
+                        key,
+                        CachedFile {
+                            ids: ids.clone(),
+                            sizes: sizes.clone(),
+                            ..now
+                        },
+                    ))
+                } else {
+                    warn!(path = %item.abs.display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
+                    None
+                };
+                ReadMsg::FileDone(FileDone {
+                    index,
+                    ids,
+                    sizes,
+                    size,
+                    cached: false,
+                    cache_entry,
+                })
+            }
+            Err(ReadError::Io(e)) => ReadMsg::FileFailed {
+                index,
+                error: e.to_string(),
+            },
+            Err(ReadError::Stopped(Stopped)) => return,
+        };
+        if tx.blocking_send(msg).is_err() {
+            return;
+        }
+    }
+}
+
+fn read_file(
+    job: &ReadJob,
+    item: &WalkItem,
+    tx: &mpsc::Sender<ReadMsg>,
+) -> Result<(Vec<ChunkId>, Vec<u32>, u64), ReadError> {
+    let reader = job.opener.open(&item.abs)?;
+    let mut ids = Vec::new();
+    let mut sizes = Vec::new();
+    let size = for_each_chunk(
+        reader,
+        job.params,
+        job.keys.chunker_seed(),
+        |data: Vec<u8>| {
+            let id = job.keys.chunk_id(&data);
+            ids.push(id);
+            sizes.push(data.len() as u32);
+            tx.blocking_send(ReadMsg::Chunk { id, data })
+                .map_err(|_| ReadError::Stopped(Stopped))
+        },
+    )?;
+    Ok((ids, sizes, size))
+}

@@ -1,0 +1,227 @@
+//! Walking a source's roots: which entries a snapshot holds.
+//!
+//! Symlinks are never followed (`symlink_metadata`, `read_link`); directory entries are sorted
+//! by name bytes, so two walks of the same tree give the same order. Directories (also empty
+//! ones), regular files and symlinks are recorded; sockets, fifos and devices are skipped with a
+//! debug note. Excludes (see [`crate::config::Excludes`]) apply below each root, and an excluded
+//! directory is not descended into. Anything that cannot be read (a root that is missing, a
+//! directory that cannot be listed, a symlink whose target cannot be read) is reported in
+//! `unreadable` and skipped; the walk goes on.
+
+use std::ffi::OsStr;
+use std::fs::{self, Metadata};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use lifeboat_common::manifest::EntryKind;
+use serde::Serialize;
+use tracing::debug;
+
+use crate::config::Excludes;
+
+/// An input that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Unreadable {
+    pub path: String,
+    pub error: String,
+}
+
+impl Unreadable {
+    pub fn new(path: &Path, error: impl ToString) -> Self {
+        Unreadable {
+            path: path.display().to_string(),
+            error: error.to_string(),
+        }
+    }
+}
+
+/// Metadata recorded for an entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stat {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub ctime_ns: i64,
+    pub inode: u64,
+    pub size: u64,
+}
+
+impl Stat {
+    pub fn from_metadata(m: &Metadata) -> Self {
+        Stat {
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+            mtime_sec: m.mtime(),
+            mtime_nsec: u32::try_from(m.mtime_nsec()).unwrap_or(0),
+            ctime_ns: m
+                .ctime()
+                .saturating_mul(1_000_000_000)
+                .saturating_add(m.ctime_nsec()),
+            inode: m.ino(),
+            size: m.size(),
+        }
+    }
+
+    pub fn mtime_ns(&self) -> i64 {
+        self.mtime_sec
+            .saturating_mul(1_000_000_000)
+            .saturating_add(i64::from(self.mtime_nsec))
+    }
+}
+
+/// One entry found by the walk.
+#[derive(Clone, Debug)]
+pub struct WalkItem {
+    pub root: u32,
+    /// Relative to the root, `/`-separated; empty for the root itself.
+    pub rel: Vec<u8>,
+    pub abs: PathBuf,
+    pub kind: EntryKind,
+    pub stat: Stat,
+    pub symlink_target: Vec<u8>,
+}
+
+/// What a walk found.
+#[derive(Debug, Default)]
+pub struct WalkResult {
+    pub items: Vec<WalkItem>,
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// Walks every root in order.
+pub fn walk(roots: &[PathBuf], excludes: &Excludes) -> WalkResult {
+    let mut out = WalkResult::default();
+    for (i, root) in roots.iter().enumerate() {
+        let meta = match fs::symlink_metadata(root) {
+            Ok(m) => m,
+            Err(e) => {
+                out.unreadable.push(Unreadable::new(root, e));
+                continue;
+            }
+        };
+        visit(i as u32, root, Vec::new(), &meta, excludes, &mut out);
+    }
+    out
+}
+
+fn visit(
+    root: u32,
+    abs: &Path,
+    rel: Vec<u8>,
+    meta: &Metadata,
+    excludes: &Excludes,
+    out: &mut WalkResult,
+) {
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        EntryKind::Dir
+    } else if ft.is_file() {
+        EntryKind::File
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else {
+        debug!(path = %abs.display(), "skipping special file (socket, fifo or device)");
+        return;
+    };
+    let mut symlink_target = Vec::new();
+    if kind == EntryKind::Symlink {
+        match fs::read_link(abs) {
+            Ok(t) => symlink_target = t.as_os_str().as_bytes().to_vec(),
+            Err(e) => {
+                out.unreadable.push(Unreadable::new(abs, e));
+                return;
+            }
+        }
+    }
+    let mut stat = Stat::from_metadata(meta);
+    if kind != EntryKind::File {
+        stat.size = 0;
+    }
+    out.items.push(WalkItem {
+        root,
+        rel: rel.clone(),
+        abs: abs.to_owned(),
+        kind,
+        stat,
+        symlink_target,
+    });
+    if kind == EntryKind::Dir {
+        visit_children(root, abs, &rel, excludes, out);
+    }
+}
+
+fn visit_children(root: u32, abs: &Path, rel: &[u8], excludes: &Excludes, out: &mut WalkResult) {
+    let mut names: Vec<Vec<u8>> = match fs::read_dir(abs) {
+        Ok(rd) => {
+            let mut names = Vec::new();
+            for entry in rd {
+                match entry {
+                    Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
+                    Err(e) => out.unreadable.push(Unreadable::new(abs, e)),
+                }
+            }
+            names
+        }
+        Err(e) => {
+            out.unreadable.push(Unreadable::new(abs, e));
+            return;
+        }
+    };
+    names.sort();
+    for name in names {
+        let child = abs.join(OsStr::from_bytes(&name));
+        if excludes.is_excluded(&child) {
+            debug!(path = %child.display(), "excluded");
+            continue;
+        }
+        let meta = match fs::symlink_metadata(&child) {
+            Ok(m) => m,
+            Err(e) => {
+                out.unreadable.push(Unreadable::new(&child, e));
+                continue;
+            }
+        };
+        let mut child_rel = rel.to_vec();
+        if !child_rel.is_empty() {
+            child_rel.push(b'/');
+        }
+        child_rel.extend_from_slice(&name);
+        visit(root, &child, child_rel, &meta, excludes, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn walks_sorted_without_following_symlinks_and_applies_excludes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("www");
+        fs::create_dir_all(root.join("b/empty")).expect("mkdir");
+        fs::create_dir_all(root.join("cache/x")).expect("mkdir");
+        fs::write(root.join("a.txt"), b"a").expect("write");
+        fs::write(root.join("b/.x.swp"), b"s").expect("write");
+        fs::write(root.join("cache/x/big"), b"c").expect("write");
+        symlink("/etc", root.join("link")).expect("symlink");
+        let ex = Excludes::new(&["*.swp".into(), format!("{}/cache", root.display())]).expect("ex");
+        let missing = dir.path().join("missing");
+        let r = walk(&[root.clone(), missing.clone()], &ex);
+        let rels: Vec<String> = r
+            .items
+            .iter()
+            .map(|i| String::from_utf8_lossy(&i.rel).into_owned())
+            .collect();
+        assert_eq!(rels, ["", "a.txt", "b", "b/empty", "link"]);
+        let link = r.items.iter().find(|i| i.rel == b"link").expect("link");
+        assert_eq!(link.kind, EntryKind::Symlink);
+        assert_eq!(link.symlink_target, b"/etc");
+        assert_eq!(r.unreadable.len(), 1);
+        assert_eq!(r.unreadable[0].path, missing.display().to_string());
+    }
+}

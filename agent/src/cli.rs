@@ -1,0 +1,175 @@
+//! The `lifeboat-agent` command line (clap derive). The subcommands and flags are a contract
+//! used by operators, scripts and the end-to-end tests: change them only compatibly.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+const EXAMPLES: &str = "Examples:
+  lifeboat-agent init --name web-01 --dir /etc/lifeboat --controller https://dr.example.com:7443
+  lifeboat-agent --config /etc/lifeboat/agent.toml backup
+  lifeboat-agent --config /etc/lifeboat/agent.toml backup --source web --json
+  lifeboat-agent --config /etc/lifeboat/agent.toml run
+  lifeboat-agent --config /etc/lifeboat/agent.toml snapshots --source web
+  lifeboat-agent --config /etc/lifeboat/agent.toml ls --source web /var/www/html
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source web --to /srv/restore
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source web --in-place --delete";
+
+fn after_help() -> String {
+    format!("{EXAMPLES}\n\n{}", lifeboat_common::exit::HELP_TABLE)
+}
+
+/// Lifeboat agent: backs up this VM's files to the Lifeboat controller and restores them.
+#[derive(Debug, Parser)]
+#[command(name = "lifeboat-agent", version, about, after_help = after_help())]
+pub struct Cli {
+    /// The agent's config file (agent.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "LIFEBOAT_AGENT_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines on stderr.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this agent's key pair, CSR and a commented agent.toml in DIR.
+    Init(InitArgs),
+    /// Back up each source (or one) now.
+    Backup(BackupArgs),
+    /// Run as a daemon: back up each source every `interval` until SIGTERM/SIGINT.
+    Run,
+    /// List this agent's snapshots.
+    Snapshots(SnapshotsArgs),
+    /// List the entries of a snapshot.
+    Ls(LsArgs),
+    /// Restore a snapshot to a directory or in place.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The agent's name (its id in the fleet): 1-64 of a-z, 0-9, '.', '_', '-'.
+    #[arg(long)]
+    pub name: String,
+    /// Directory for agent.key, agent.csr and agent.toml (created with mode 0700).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The controller's address, e.g. https://dr.example.com:7443.
+    #[arg(long, value_name = "URL")]
+    pub controller: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Back up only this source.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+    /// Print one JSON object per source on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotsArgs {
+    /// Only this source's snapshots.
+    #[arg(long, value_name = "NAME")]
+    pub source: Option<String>,
+    /// Print one JSON object per snapshot on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[arg(long, value_name = "NAME")]
+    pub source: String,
+    /// A snapshot id, a unique prefix of one, or "latest".
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    pub snapshot: String,
+    /// Only this original absolute path and below.
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Print one JSON object per entry on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["to", "in_place"])))]
+pub struct RestoreArgs {
+    #[arg(long, value_name = "NAME")]
+    pub source: String,
+    /// A snapshot id, a unique prefix of one, or "latest".
+    #[arg(long, value_name = "ID", default_value = "latest")]
+    pub snapshot: String,
+    /// Restore each root /a/b to DIR/a/b.
+    #[arg(long, value_name = "DIR")]
+    pub to: Option<PathBuf>,
+    /// Restore to the original paths.
+    #[arg(long)]
+    pub in_place: bool,
+    /// Only this original absolute path and below.
+    #[arg(long, value_name = "SUBPATH")]
+    pub path: Option<PathBuf>,
+    /// Remove entries under each restored root (or --path) that are not in the snapshot,
+    /// except paths matching the source's excludes.
+    #[arg(long)]
+    pub delete: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_parses_the_contract() {
+        Cli::command().debug_assert();
+        let c = Cli::try_parse_from([
+            "lifeboat-agent",
+            "--config",
+            "a.toml",
+            "restore",
+            "--source",
+            "web",
+            "--to",
+            "/r",
+            "--delete",
+            "--json",
+        ])
+        .expect("parse");
+        let Command::Restore(r) = c.command else {
+            panic!("restore expected")
+        };
+        assert_eq!(
+            (r.snapshot.as_str(), r.delete, r.json),
+            ("latest", true, true)
+        );
+        assert!(Cli::try_parse_from(["lifeboat-agent", "restore", "--source", "web"]).is_err());
+        assert!(
+            Cli::try_parse_from([
+                "lifeboat-agent",
+                "restore",
+                "--source",
+                "w",
+                "--to",
+                "/r",
+                "--in-place"
+            ])
+            .is_err()
+        );
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("certificate refused"), "{help}");
+    }
+}

@@ -1,0 +1,127 @@
+//! An in-memory controller for tests: stores blobs and snapshots, checks commits like the real
+//! one (every referenced id must be stored), and can be told to forget chunks or fail reads.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lifeboat_common::ids::ChunkId;
+use lifeboat_proto::v1::SnapshotStats;
+
+use super::{
+    CommitOutcome, CommitRequest, Remote, RemoteError, Session, SnapshotInfo, UploadReceipt,
+};
+
+#[derive(Default)]
+pub struct MemoryRemote {
+    pub blobs: Mutex<HashMap<ChunkId, Vec<u8>>>,
+    pub snapshots: Mutex<Vec<SnapshotInfo>>,
+    /// Ids whose reads fail with DataLoss.
+    pub damaged: Mutex<HashSet<ChunkId>>,
+    pub uploads: AtomicU64,
+    pub uploaded_ids: Mutex<Vec<ChunkId>>,
+    next: AtomicU64,
+}
+
+impl MemoryRemote {
+    pub fn forget_all_blobs(&self) {
+        self.blobs.lock().expect("lock").clear();
+    }
+}
+
+impl Remote for MemoryRemote {
+    async fn begin_session(&self, _source: &str) -> Result<Session, RemoteError> {
+        Ok(Session {
+            id: format!("s{}", self.next.fetch_add(1, Ordering::SeqCst)),
+            max_ids: 16,
+            max_message_bytes: 4 << 20,
+        })
+    }
+
+    async fn have_chunks(
+        &self,
+        _session: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, RemoteError> {
+        let blobs = self.blobs.lock().expect("lock");
+        Ok(ids
+            .iter()
+            .filter(|i| !blobs.contains_key(i))
+            .copied()
+            .collect())
+    }
+
+    async fn upload(
+        &self,
+        _session: &str,
+        blobs: Vec<(ChunkId, Vec<u8>)>,
+    ) -> Result<UploadReceipt, RemoteError> {
+        self.uploads.fetch_add(1, Ordering::SeqCst);
+        let mut store = self.blobs.lock().expect("lock");
+        let mut ids = self.uploaded_ids.lock().expect("lock");
+        for (id, b) in blobs {
+            ids.push(id);
+            store.insert(id, b);
+        }
+        Ok(UploadReceipt::default())
+    }
+
+    async fn commit(&self, req: CommitRequest) -> Result<CommitOutcome, RemoteError> {
+        let missing: Vec<ChunkId> = {
+            let blobs = self.blobs.lock().expect("lock");
+            req.references
+                .iter()
+                .filter(|i| !blobs.contains_key(i))
+                .copied()
+                .collect()
+        };
+        if !missing.is_empty() {
+            return Ok(CommitOutcome::Missing(missing));
+        }
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{:020x}", 0x1000 + n);
+        self.snapshots.lock().expect("lock").push(SnapshotInfo {
+            id: id.clone(),
+            source: String::new(),
+            started_at_unix_ms: req.started_at_unix_ms,
+            finished_at_unix_ms: req.finished_at_unix_ms,
+            committed_at_unix_ms: req.finished_at_unix_ms,
+            stats: SnapshotStats { ..req.stats },
+            stored_bytes: 0,
+            manifest_ids: req.manifest_ids,
+            reference_count: req.references.len() as u64,
+        });
+        Ok(CommitOutcome::Committed { snapshot_id: id })
+    }
+
+    async fn list_snapshots(&self, _source: &str) -> Result<Vec<SnapshotInfo>, RemoteError> {
+        Ok(self.snapshots.lock().expect("lock").clone())
+    }
+
+    async fn get_snapshot(&self, id: &str, _source: &str) -> Result<SnapshotInfo, RemoteError> {
+        let snaps = self.snapshots.lock().expect("lock");
+        let found = if id == "latest" {
+            snaps.last()
+        } else {
+            snaps.iter().find(|s| s.id.starts_with(id))
+        };
+        found.cloned().ok_or_else(|| RemoteError::Status {
+            op: "GetSnapshot",
+            status: tonic::Status::not_found("no such snapshot"),
+        })
+    }
+
+    async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
+        let blobs = self.blobs.lock().expect("lock");
+        let damaged = self.damaged.lock().expect("lock");
+        ids.iter()
+            .map(|id| match blobs.get(id) {
+                Some(b) if !damaged.contains(id) => Ok((*id, b.clone())),
+                _ => Err(RemoteError::Status {
+                    op: "ReadChunks",
+                    status: tonic::Status::data_loss(format!("chunk {} is damaged", id.short())),
+                }),
+            })
+            .collect()
+    }
+}

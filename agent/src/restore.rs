@@ -1,0 +1,293 @@
+//! Restoring a snapshot of a source, to another directory or in place.
+//!
+//! Order: resolve the snapshot and verify its manifest ([`fetch`]); for each selected entry (walk
+//! order, parents first) check the path ([`target`]), then create the directory, or write the
+//! file or symlink through a temporary name ([`write`]); apply directory metadata last, deepest
+//! first (directories are created 0700 so read-only trees restore), after `--delete` has removed
+//! what the snapshot does not hold ([`delete`]), so directory mtimes end up as in the snapshot.
+//!
+//! Failure modes: an entry whose path would go through a symlink or a file is refused, the rest
+//! is restored, and the restore then fails listing the refusals (and skips `--delete`). A file
+//! whose chunks cannot be read or verified stops the restore with an error naming the file's
+//! original path; its temporary file is removed, so no damaged file is left under its real name.
+
+pub mod delete;
+pub mod fetch;
+pub mod target;
+pub mod write;
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use lifeboat_common::chunker::ChunkerParams;
+use lifeboat_common::keys::DataKeys;
+use lifeboat_common::manifest::{Entry, EntryKind, Manifest};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::config::Excludes;
+use crate::error::AgentError;
+use crate::remote::Remote;
+use delete::{DeleteScope, delete_extraneous};
+use target::{RootTarget, Target, ensure_real_dir, prepare_parents, root_target};
+
+/// What to restore and where.
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub source: String,
+    /// A snapshot id, a unique prefix, or "latest".
+    pub snapshot: String,
+    pub target: Target,
+    /// Restrict to this original absolute path and below.
+    pub path: Option<PathBuf>,
+    pub delete: bool,
+    /// The source's current excludes (kept by `--delete`).
+    pub excludes: Excludes,
+}
+
+/// The outcome, as printed by `restore --json`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub snapshot_id: String,
+    pub files_written: u64,
+    pub files_unchanged: u64,
+    pub bytes_written: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub deleted: u64,
+    pub duration_ms: u64,
+}
+
+/// Restores `opts.snapshot` of `opts.source`.
+pub async fn restore<R: Remote>(
+    remote: &R,
+    keys: &DataKeys,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, AgentError> {
+    let started = Instant::now();
+    let (info, manifest) = fetch::load_manifest(remote, keys, &opts.snapshot, &opts.source).await?;
+    let mut report = restore_manifest(remote, keys, &manifest, opts).await?;
+    report.snapshot_id = info.id;
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    info!(snapshot = %report.snapshot_id, files_written = report.files_written, files_unchanged = report.files_unchanged, deleted = report.deleted, "restore finished");
+    Ok(report)
+}
+
+/// The original absolute path of an entry.
+pub fn original_path(m: &Manifest, e: &Entry) -> PathBuf {
+    let root = m.root_path(e.root);
+    if e.path.is_empty() {
+        root.to_owned()
+    } else {
+        root.join(e.rel_path())
+    }
+}
+
+/// Whether an entry is selected by `--path` (itself, below it, or a directory above it).
+fn selected(orig: &Path, kind: EntryKind, filter: Option<&Path>) -> bool {
+    filter.is_none_or(|p| orig.starts_with(p) || (kind == EntryKind::Dir && p.starts_with(orig)))
+}
+
+/// Restores the entries of an already verified manifest.
+pub async fn restore_manifest<R: Remote>(
+    remote: &R,
+    keys: &DataKeys,
+    m: &Manifest,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, AgentError> {
+    let params = m
+        .header
+        .chunker
+        .as_ref()
+        .map(|c| ChunkerParams {
+            min: c.min,
+            avg: c.avg,
+            max: c.max,
+        })
+        .filter(|p| p.validate().is_ok())
+        .unwrap_or(ChunkerParams::FILES);
+    if let Target::To(dir) = &opts.target {
+        fs::create_dir_all(dir)
+            .map_err(|e| AgentError::io("cannot create restore directory", dir, e))?;
+    }
+    let roots: Vec<RootTarget> = m
+        .header
+        .roots
+        .iter()
+        .enumerate()
+        .map(|(i, _)| root_target(&opts.target, m.root_path(i as u32)))
+        .collect();
+    let as_root = write::running_as_root();
+    let mut report = RestoreReport::default();
+    let mut created = Vec::new();
+    let mut dirs: Vec<(PathBuf, &Entry)> = Vec::new();
+    let mut refused = Vec::new();
+    for e in &m.entries {
+        let orig = original_path(m, e);
+        if !selected(&orig, e.entry_kind(), opts.path.as_deref()) {
+            continue;
+        }
+        let rt = &roots[e.root as usize];
+        let rel = if e.path.is_empty() {
+            rt.rel.clone()
+        } else {
+            rt.rel.join(e.rel_path())
+        };
+        let dest = rt.base.join(&rel);
+        if let Err(why) = prepare_parents(&rt.base, &rel, &mut created) {
+            warn!(path = %orig.display(), reason = %why, "restore refused entry");
+            refused.push(format!("{}: {why}", orig.display()));
+            continue;
+        }
+        let res = restore_entry(remote, keys, e, &dest, params, as_root, &mut report).await;
+        match res {
+            Ok(true) => dirs.push((dest, e)),
+            Ok(false) => {}
+            Err(AgentError::Refused(why)) => {
+                refused.extend(why.into_iter().map(|w| format!("{}: {w}", orig.display())))
+            }
+            Err(source) => {
+                return Err(AgentError::RestoreFile {
+                    path: orig.display().to_string(),
+                    source: Box::new(source),
+                });
+            }
+        }
+    }
+    // Deleting changes directory mtimes, so it runs before directory metadata is applied.
+    if opts.delete && refused.is_empty() {
+        report.deleted = delete_phase(m, &roots, opts)?;
+    }
+    finish_dirs(&mut dirs, &created, as_root)?;
+    if !refused.is_empty() {
+        return Err(AgentError::Refused(refused));
+    }
+    Ok(report)
+}
+
+/// Restores one entry at `dest`; returns whether it is a directory (metadata applied later).
+async fn restore_entry<R: Remote>(
+    remote: &R,
+    keys: &DataKeys,
+    e: &Entry,
+    dest: &Path,
+    params: ChunkerParams,
+    as_root: bool,
+    report: &mut RestoreReport,
+) -> Result<bool, AgentError> {
+    match e.entry_kind() {
+        EntryKind::Dir => {
+            ensure_dir_entry(dest)?;
+            report.dirs += 1;
+            Ok(true)
+        }
+        EntryKind::Symlink => {
+            write::write_symlink(e, dest, as_root)?;
+            report.symlinks += 1;
+            Ok(false)
+        }
+        EntryKind::File => {
+            let (d, en, k) = (dest.to_owned(), e.clone(), keys.clone());
+            let unchanged =
+                tokio::task::spawn_blocking(move || write::is_unchanged(&d, &en, &k, params))
+                    .await
+                    .map_err(|err| AgentError::Worker(err.to_string()))?;
+            if unchanged {
+                write::apply_metadata(dest, e, false, as_root)?;
+                report.files_unchanged += 1;
+            } else {
+                report.bytes_written += write::write_file(remote, keys, e, dest, as_root).await?;
+                report.files_written += 1;
+            }
+            Ok(false)
+        }
+        EntryKind::Unspecified => Ok(false),
+    }
+}
+
+/// Makes `dest` a real directory, replacing a symlink or file that is in the way (removing a
+/// symlink never touches what it points to).
+fn ensure_dir_entry(dest: &Path) -> Result<(), AgentError> {
+    if let Ok(m) = fs::symlink_metadata(dest)
+        && !m.is_dir()
+    {
+        fs::remove_file(dest)
+            .map_err(|e| AgentError::io("cannot remove what is in the way at", dest, e))?;
+    }
+    let mut created = Vec::new();
+    ensure_real_dir(dest, &mut created).map_err(|why| AgentError::Refused(vec![why.to_string()]))
+}
+
+/// Applies directory metadata deepest first; directories created only as parents get 0755.
+fn finish_dirs(
+    dirs: &mut [(PathBuf, &Entry)],
+    created: &[PathBuf],
+    as_root: bool,
+) -> Result<(), AgentError> {
+    let listed: HashSet<&Path> = dirs.iter().map(|(p, _)| p.as_path()).collect();
+    for p in created
+        .iter()
+        .rev()
+        .filter(|p| !listed.contains(p.as_path()))
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(p, fs::Permissions::from_mode(0o755))
+            .map_err(|e| AgentError::io("cannot set the mode of", p, e))?;
+    }
+    dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+    for (p, e) in dirs.iter() {
+        write::apply_metadata(p, e, false, as_root)?;
+    }
+    Ok(())
+}
+
+fn delete_phase(
+    m: &Manifest,
+    roots: &[RootTarget],
+    opts: &RestoreOptions,
+) -> Result<u64, AgentError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut deleted = 0;
+    for (i, rt) in roots.iter().enumerate() {
+        let orig_root = m.root_path(i as u32);
+        let rel: PathBuf = match opts.path.as_deref() {
+            None => PathBuf::new(),
+            Some(p) if orig_root.starts_with(p) => PathBuf::new(),
+            Some(p) => match p.strip_prefix(orig_root) {
+                Ok(r) => r.to_owned(),
+                Err(_) => continue,
+            },
+        };
+        let keep: HashSet<Vec<u8>> = m
+            .entries
+            .iter()
+            .filter(|e| e.root == i as u32)
+            .map(|e| e.path.clone())
+            .collect();
+        let rel_bytes = rel.as_os_str().as_bytes().to_vec();
+        if !rel_bytes.is_empty() && !keep.contains(&rel_bytes) {
+            continue;
+        }
+        let target = rt.path().join(&rel);
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(AgentError::io("cannot inspect", &target, e)),
+        }
+        deleted += delete_extraneous(&DeleteScope {
+            target: &target,
+            original: orig_root,
+            rel: rel_bytes,
+            keep: &keep,
+            excludes: &opts.excludes,
+        })?;
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests;

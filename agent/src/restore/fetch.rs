@@ -1,0 +1,129 @@
+//! Fetching and verifying what a restore reads: the snapshot, its manifest, and chunk batches.
+//!
+//! Every blob is opened with [`lifeboat_common::blob::open`], which checks the AEAD tag (so the
+//! controller cannot alter it) and that the plaintext hashes to the id (so it cannot swap one
+//! chunk for another). Chunks are fetched in batches of at most [`BATCH_IDS`] distinct ids and
+//! about [`BATCH_BYTES`] of plaintext, so memory is bounded whatever the file size.
+
+use std::collections::HashMap;
+
+use lifeboat_common::blob;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_common::keys::DataKeys;
+use lifeboat_common::manifest::{self, Manifest};
+
+use crate::error::AgentError;
+use crate::remote::{Remote, SnapshotInfo};
+
+/// Most distinct ids in one `ReadChunks` call.
+pub const BATCH_IDS: usize = 64;
+/// Plaintext bytes per batch (a batch always holds at least one chunk).
+pub const BATCH_BYTES: u64 = 16 << 20;
+
+/// Resolves `snapshot` (id, prefix or "latest") for `source`, fetches and decodes its manifest.
+pub async fn load_manifest<R: Remote>(
+    remote: &R,
+    keys: &DataKeys,
+    snapshot: &str,
+    source: &str,
+) -> Result<(SnapshotInfo, Manifest), AgentError> {
+    let info = remote.get_snapshot(snapshot, source).await?;
+    if !info.source.is_empty() && info.source != source {
+        return Err(AgentError::Invalid(format!(
+            "snapshot {} belongs to source {:?}, not {source:?}; pass --source {}",
+            info.id, info.source, info.source
+        )));
+    }
+    let mut bytes = Vec::new();
+    for batch in info.manifest_ids.chunks(BATCH_IDS) {
+        let what = format!("the manifest of snapshot {}", info.id);
+        let plain = read_verified(remote, keys, batch, &what).await?;
+        for id in batch {
+            let chunk = plain.get(id).ok_or_else(|| {
+                AgentError::Invalid(format!("chunk {} of {what} was not returned", id.short()))
+            })?;
+            bytes.extend_from_slice(chunk);
+        }
+    }
+    let m = manifest::decode(&bytes).map_err(|source| AgentError::Manifest {
+        snapshot: info.id.clone(),
+        source,
+    })?;
+    if m.header.source != source {
+        return Err(AgentError::Invalid(format!(
+            "snapshot {}'s manifest is for source {:?}, not {source:?}",
+            info.id, m.header.source
+        )));
+    }
+    Ok((info, m))
+}
+
+/// Reads `ids` (duplicates allowed) and returns each verified plaintext by id. `what` names the
+/// file or manifest in errors.
+pub async fn read_verified<R: Remote>(
+    remote: &R,
+    keys: &DataKeys,
+    ids: &[ChunkId],
+    what: &str,
+) -> Result<HashMap<ChunkId, Vec<u8>>, AgentError> {
+    let mut distinct = Vec::with_capacity(ids.len());
+    let mut seen = std::collections::HashSet::new();
+    for id in ids {
+        if seen.insert(*id) {
+            distinct.push(*id);
+        }
+    }
+    let blobs = remote.read_chunks(&distinct).await?;
+    let keys = keys.clone();
+    let what = what.to_owned();
+    tokio::task::spawn_blocking(move || {
+        blobs
+            .into_iter()
+            .map(|(id, data)| {
+                blob::open(&keys, &id, &data)
+                    .map(|p| (id, p))
+                    .map_err(|source| AgentError::Blob {
+                        what: what.clone(),
+                        id,
+                        source,
+                    })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| AgentError::Worker(e.to_string()))?
+}
+
+/// Splits a file's chunk list into fetch batches (index ranges) by id count and bytes.
+pub fn batches(sizes: &[u32]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0u64;
+    for (i, &s) in sizes.iter().enumerate() {
+        if i > start && (i - start >= BATCH_IDS || bytes + u64::from(s) > BATCH_BYTES) {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += u64::from(s);
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_and_cover_everything() {
+        assert!(batches(&[]).is_empty());
+        let sizes = vec![4 << 20; 10];
+        let b = batches(&sizes);
+        assert_eq!(b, vec![0..4, 4..8, 8..10]);
+        let small = vec![10; 130];
+        assert_eq!(batches(&small), vec![0..64, 64..128, 128..130]);
+    }
+}

@@ -1,0 +1,420 @@
+//! Backup → restore round trips against the in-memory controller, and restore safety.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_common::blob;
+use lifeboat_common::chunker::ChunkerParams;
+use lifeboat_common::keys::{DataKeys, MasterKey};
+use lifeboat_common::manifest::{self, Entry, EntryKind, ManifestHeader, ManifestWriter};
+
+use super::*;
+use crate::backup::read::{FsOpener, Opener};
+use crate::backup::{BackupContext, BackupReport, backup_source};
+use crate::cache::{FileCache, SledCache};
+use crate::config::{Excludes, SourceConfig, SourceKind};
+use crate::remote::memory::MemoryRemote;
+
+const SMALL: ChunkerParams = ChunkerParams {
+    min: 1024,
+    avg: 4096,
+    max: 16384,
+};
+
+fn keys() -> DataKeys {
+    MasterKey::from_bytes([7; 32]).data_keys()
+}
+
+fn source(root: &Path, excludes: &[&str]) -> SourceConfig {
+    SourceConfig {
+        name: "web".into(),
+        kind: SourceKind::Files,
+        paths: vec![root.to_owned()],
+        excludes: Excludes::new(&excludes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .expect("excludes"),
+        interval: Duration::from_secs(60),
+        chunker: SMALL,
+    }
+}
+
+fn pseudo_random(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small web root: nested dirs, an empty dir, a big file, a duplicate, a symlink.
+fn make_tree(root: &Path) {
+    fs::create_dir_all(root.join("site/empty")).expect("mkdir");
+    fs::write(root.join("site/index.html"), b"<h1>hello</h1>").expect("write");
+    fs::write(root.join("site/big.bin"), pseudo_random(100_000, 1)).expect("write");
+    fs::write(root.join("site/copy.bin"), pseudo_random(100_000, 1)).expect("write");
+    fs::write(root.join("site/x.swp"), b"swap").expect("write");
+    fs::set_permissions(
+        root.join("site/index.html"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .expect("chmod");
+    symlink("index.html", root.join("site/home.html")).expect("symlink");
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    out: PathBuf,
+    remote: MemoryRemote,
+    cache: Arc<dyn FileCache>,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("www");
+    make_tree(&root);
+    let cache: Arc<dyn FileCache> = Arc::from(SledCache::open(&dir.path().join("state/cache")));
+    Fixture {
+        root,
+        out: dir.path().join("restore"),
+        _dir: dir,
+        remote: MemoryRemote::default(),
+        cache,
+    }
+}
+
+async fn backup(f: &Fixture, opener: Arc<dyn Opener>) -> BackupReport {
+    let ctx = BackupContext {
+        remote: &f.remote,
+        keys: keys(),
+        zstd_level: 3,
+        cache: f.cache.clone(),
+        opener,
+    };
+    backup_source(&ctx, &source(&f.root, &["*.swp"]))
+        .await
+        .expect("backup")
+}
+
+fn opts(f: &Fixture, delete: bool, path: Option<PathBuf>) -> RestoreOptions {
+    RestoreOptions {
+        source: "web".into(),
+        snapshot: "latest".into(),
+        target: Target::To(f.out.clone()),
+        path,
+        delete,
+        excludes: Excludes::new(&["*.swp".into()]).expect("excludes"),
+    }
+}
+
+/// Where `rel` (under the source root) lands in the restore directory.
+fn restored(f: &Fixture, rel: &str) -> PathBuf {
+    let below: PathBuf = f.root.components().skip(1).collect();
+    f.out.join(below).join(rel)
+}
+
+#[tokio::test]
+async fn backup_then_restore_round_trips_and_the_cache_skips_reads() {
+    let f = fixture();
+    let r1 = backup(&f, Arc::new(FsOpener)).await;
+    assert_eq!(
+        (r1.files, r1.dirs, r1.symlinks, r1.files_read),
+        (3, 3, 1, 3)
+    );
+    assert!(!r1.partial && r1.new_chunks > 0);
+    let uploaded = f.remote.uploaded_ids.lock().expect("lock").clone();
+    assert_eq!(
+        uploaded.len(),
+        uploaded.iter().collect::<HashSet<_>>().len(),
+        "no id uploaded twice"
+    );
+
+    let r2 = backup(&f, Arc::new(FsOpener)).await;
+    // Only the manifest (it carries the snapshot's time) is new.
+    assert_eq!(
+        (r2.files_read, r2.bytes_read, r2.new_chunks),
+        (0, 0, 1),
+        "second backup answered from the cache"
+    );
+
+    let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    assert_eq!(
+        (rep.files_written, rep.symlinks, rep.snapshot_id.as_str()),
+        (3, 1, r2.snapshot_id.as_str())
+    );
+    for name in ["site/index.html", "site/big.bin", "site/copy.bin"] {
+        assert_eq!(
+            fs::read(restored(&f, name)).expect("read"),
+            fs::read(f.root.join(name)).expect("read"),
+            "{name}"
+        );
+    }
+    assert!(
+        !restored(&f, "site/x.swp").exists(),
+        "excluded file was not backed up"
+    );
+    assert!(restored(&f, "site/empty").is_dir());
+    assert_eq!(
+        fs::read_link(restored(&f, "site/home.html")).expect("link"),
+        PathBuf::from("index.html")
+    );
+    let mode = fs::metadata(restored(&f, "site/index.html"))
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o640);
+    let (a, b) = (
+        fs::metadata(restored(&f, "site/big.bin")).expect("m"),
+        fs::metadata(f.root.join("site/big.bin")).expect("m"),
+    );
+    assert_eq!(a.modified().expect("mtime"), b.modified().expect("mtime"));
+
+    // Unchanged files are not rewritten; a changed one is.
+    fs::write(restored(&f, "site/index.html"), b"<h1>HACKED</h1>").expect("write");
+    let t = filetime::FileTime::from_last_modification_time(
+        &fs::metadata(f.root.join("site/index.html")).expect("m"),
+    );
+    filetime::set_file_mtime(restored(&f, "site/index.html"), t).expect("mtime");
+    let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore again");
+    assert_eq!(
+        (rep.files_written, rep.files_unchanged),
+        (1, 2),
+        "same size+mtime but other content is rewritten"
+    );
+    assert_eq!(
+        fs::read(restored(&f, "site/index.html")).expect("read"),
+        b"<h1>hello</h1>"
+    );
+}
+
+/// Fails to open one file, as an unreadable file would.
+struct FailingOpener(PathBuf);
+
+impl Opener for FailingOpener {
+    fn open(&self, path: &Path) -> io::Result<Box<dyn Read + Send>> {
+        if path == self.0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "Permission denied (injected)",
+            ));
+        }
+        FsOpener.open(path)
+    }
+}
+
+#[tokio::test]
+async fn unreadable_file_is_reported_and_the_snapshot_commits() {
+    let f = fixture();
+    let bad = f.root.join("site/big.bin");
+    let r = backup(&f, Arc::new(FailingOpener(bad.clone()))).await;
+    assert!(r.partial);
+    assert_eq!(r.unreadable.len(), 1);
+    assert_eq!(r.unreadable[0].path, bad.display().to_string());
+    assert!(r.unreadable[0].error.contains("Permission denied"));
+    assert_eq!(r.files, 2);
+    let snaps = f.remote.snapshots.lock().expect("lock").clone();
+    assert_eq!((snaps.len(), snaps[0].stats.unreadable), (1, 1));
+}
+
+#[tokio::test]
+async fn lost_chunks_are_uploaded_again_although_the_cache_has_the_file() {
+    let f = fixture();
+    backup(&f, Arc::new(FsOpener)).await;
+    f.remote.forget_all_blobs();
+    let r = backup(&f, Arc::new(FsOpener)).await;
+    assert_eq!(
+        r.files_read, 3,
+        "cached ids reported missing make the files be read again"
+    );
+    let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    assert_eq!(rep.files_written, 3);
+    assert_eq!(
+        fs::read(restored(&f, "site/big.bin")).expect("read"),
+        pseudo_random(100_000, 1)
+    );
+}
+
+#[tokio::test]
+async fn damaged_chunk_fails_naming_the_file_and_leaves_no_damaged_file() {
+    let f = fixture();
+    backup(&f, Arc::new(FsOpener)).await;
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+        .await
+        .expect("manifest");
+    let big = m
+        .entries
+        .iter()
+        .find(|e| e.path == b"site/big.bin")
+        .expect("entry");
+    let bad = big.chunk_ids()[0];
+    // Corrupt the stored blob: restore must notice (AEAD) and name the file.
+    f.remote
+        .blobs
+        .lock()
+        .expect("lock")
+        .get_mut(&bad)
+        .expect("blob")[40] ^= 1;
+    let err = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect_err("must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("big.bin") && msg.contains("authentication"),
+        "{msg}"
+    );
+    assert_eq!(err.exit_code(), lifeboat_common::exit::ERROR);
+    let dir = restored(&f, "site");
+    assert!(!dir.join("big.bin").exists());
+    let leftovers: Vec<_> = fs::read_dir(&dir)
+        .expect("ls")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(write::TMP_PREFIX)
+        })
+        .collect();
+    assert!(leftovers.is_empty());
+    // A DataLoss answer from the controller is reported the same way.
+    f.remote.damaged.lock().expect("lock").insert(bad);
+    let msg = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect_err("must fail")
+        .to_string();
+    assert!(msg.contains("big.bin") && msg.contains("damaged"), "{msg}");
+}
+
+#[tokio::test]
+async fn delete_removes_what_the_snapshot_lacks_but_keeps_excluded_paths() {
+    let f = fixture();
+    backup(&f, Arc::new(FsOpener)).await;
+    restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    fs::write(restored(&f, "site/shell.php"), b"<?php system($_GET['c']);").expect("write");
+    fs::write(restored(&f, "site/keep.swp"), b"swap").expect("write");
+    let rep = restore(
+        &f.remote,
+        &keys(),
+        &opts(&f, false, Some(f.root.join("site"))),
+    )
+    .await
+    .expect("restore");
+    assert_eq!(rep.deleted, 0);
+    assert!(
+        restored(&f, "site/shell.php").exists(),
+        "nothing is deleted without --delete"
+    );
+    let rep = restore(
+        &f.remote,
+        &keys(),
+        &opts(&f, true, Some(f.root.join("site"))),
+    )
+    .await
+    .expect("restore");
+    assert_eq!(rep.deleted, 1);
+    assert!(!restored(&f, "site/shell.php").exists());
+    assert!(
+        restored(&f, "site/keep.swp").exists(),
+        "excluded paths survive --delete"
+    );
+}
+
+/// Seals `data` into the remote and returns its manifest entry at `path`.
+fn stored_file(remote: &MemoryRemote, path: &str, data: &[u8]) -> Entry {
+    let k = keys();
+    let id = k.chunk_id(data);
+    remote
+        .blobs
+        .lock()
+        .expect("lock")
+        .insert(id, blob::seal(&k, &id, data, 3).expect("seal"));
+    Entry {
+        path: path.as_bytes().to_vec(),
+        kind: EntryKind::File as i32,
+        mode: 0o644,
+        size: data.len() as u64,
+        chunks: vec![id.as_bytes().to_vec()],
+        chunk_sizes: vec![data.len() as u32],
+        ..Entry::default()
+    }
+}
+
+#[tokio::test]
+async fn crafted_symlink_escape_is_refused_and_nothing_is_written_outside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).expect("mkdir");
+    let remote = MemoryRemote::default();
+    let header = ManifestHeader {
+        source: "web".into(),
+        kind: "files".into(),
+        roots: vec![b"/var/www".to_vec()],
+        chunker: Some(SMALL.into()),
+        ..ManifestHeader::default()
+    };
+    let mut w = ManifestWriter::new(&header);
+    w.push(&Entry {
+        kind: EntryKind::Dir as i32,
+        mode: 0o755,
+        ..Entry::default()
+    });
+    w.push(&Entry {
+        path: b"a".to_vec(),
+        kind: EntryKind::Symlink as i32,
+        symlink_target: outside.display().to_string().into_bytes(),
+        ..Entry::default()
+    });
+    w.push(&stored_file(&remote, "a/x", b"pwned"));
+    w.push(&stored_file(&remote, "ok.txt", b"fine"));
+    let m = manifest::decode(&w.finish()).expect("decode");
+    let out = dir.path().join("restore");
+    let o = RestoreOptions {
+        source: "web".into(),
+        snapshot: "latest".into(),
+        target: Target::To(out.clone()),
+        path: None,
+        delete: true,
+        excludes: Excludes::default(),
+    };
+    let err = restore_manifest(&remote, &keys(), &m, &o)
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, AgentError::Refused(v) if v.len() == 1 && v[0].contains("/var/www/a/x")),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&outside).expect("ls").count(),
+        0,
+        "nothing written outside the root"
+    );
+    assert_eq!(
+        fs::read(out.join("var/www/ok.txt")).expect("read"),
+        b"fine",
+        "the rest is restored"
+    );
+
+    // `..` entries never get this far: decode rejects them.
+    let mut w = ManifestWriter::new(&header);
+    w.push(&stored_file(&remote, "../escape", b"x"));
+    assert!(matches!(
+        manifest::decode(&w.finish()),
+        Err(manifest::ManifestError::InvalidEntry { .. })
+    ));
+}

@@ -1,0 +1,209 @@
+//! Writing one entry: files and symlinks go to a temporary name in the target directory and are
+//! renamed into place, so a crash or a damaged chunk never leaves a partial file under its real
+//! name. Metadata (owner, mode, mtime) is applied to the temporary name before the rename.
+//!
+//! Owner changes need root: `lchown` failing with EPERM while not running as root is ignored
+//! (debug log); any other failure is an error. An existing regular file with the same size and
+//! mtime is re-chunked with the manifest's chunker parameters; if its chunk ids equal the
+//! manifest's, it is kept and only its metadata is fixed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
+
+use filetime::FileTime;
+use lifeboat_common::chunker::ChunkerParams;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_common::keys::{DataKeys, fill_random};
+use lifeboat_common::manifest::Entry;
+use tracing::debug;
+
+use super::fetch::{batches, read_verified};
+use crate::chunking::for_each_chunk;
+use crate::error::AgentError;
+use crate::remote::Remote;
+
+/// Prefix of temporary names; leftovers from a crash are removed by `--delete`.
+pub const TMP_PREFIX: &str = ".lifeboat-tmp-";
+
+/// Whether this process runs as root (owner of `/proc/self` is the effective uid).
+pub fn running_as_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// A fresh temporary path beside `target`.
+pub fn temp_path(target: &Path) -> PathBuf {
+    let mut r = [0u8; 8];
+    fill_random(&mut r);
+    target.with_file_name(format!("{TMP_PREFIX}{}", hex::encode(r)))
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl Fn(io::Error) -> AgentError {
+    let path = path.to_owned();
+    move |e| AgentError::io(what, &path, e)
+}
+
+/// Applies owner, then mode (chown may clear setuid bits), then mtime. `symlink`: no mode, and
+/// times set on the link itself.
+pub fn apply_metadata(
+    path: &Path,
+    e: &Entry,
+    is_symlink: bool,
+    as_root: bool,
+) -> Result<(), AgentError> {
+    if let Err(err) = lchown(path, Some(e.uid), Some(e.gid)) {
+        if err.kind() == io::ErrorKind::PermissionDenied && !as_root {
+            debug!(path = %path.display(), "not root: owner left as is");
+        } else {
+            return Err(AgentError::io("cannot set the owner of", path, err));
+        }
+    }
+    let t = FileTime::from_unix_time(e.mtime_sec, e.mtime_nsec);
+    if is_symlink {
+        filetime::set_symlink_file_times(path, t, t)
+            .map_err(io_err("cannot set the mtime of", path))
+    } else {
+        fs::set_permissions(path, fs::Permissions::from_mode(e.mode))
+            .map_err(io_err("cannot set the mode of", path))?;
+        filetime::set_file_times(path, t, t).map_err(io_err("cannot set the mtime of", path))
+    }
+}
+
+/// Whether the existing file at `target` already holds the entry's contents.
+pub fn is_unchanged(target: &Path, e: &Entry, keys: &DataKeys, params: ChunkerParams) -> bool {
+    let Ok(m) = fs::symlink_metadata(target) else {
+        return false;
+    };
+    if !m.is_file()
+        || m.len() != e.size
+        || m.mtime() != e.mtime_sec
+        || m.mtime_nsec() != i64::from(e.mtime_nsec)
+    {
+        return false;
+    }
+    let Ok(f) = File::open(target) else {
+        return false;
+    };
+    let want = e.chunk_ids();
+    let mut got: Vec<ChunkId> = Vec::with_capacity(want.len());
+    let res = for_each_chunk(f, params, keys.chunker_seed(), |c: Vec<u8>| {
+        got.push(keys.chunk_id(&c));
+        Ok::<(), io::Error>(())
+    });
+    res.is_ok() && got == want
+}
+
+/// Removes whatever is at `target` if it is a directory (a file or link replaces it).
+pub fn clear_dir_in_the_way(target: &Path) -> Result<(), AgentError> {
+    match fs::symlink_metadata(target) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(target)
+            .map_err(io_err("cannot remove directory in the way at", target)),
+        _ => Ok(()),
+    }
+}
+
+/// Writes a file entry to `target` via a temporary name. Returns bytes written.
+pub async fn write_file<R: Remote>(
+    remote: &R,
+    keys: &DataKeys,
+    e: &Entry,
+    target: &Path,
+    as_root: bool,
+) -> Result<u64, AgentError> {
+    let tmp = temp_path(target);
+    let res = write_file_inner(remote, keys, e, target, &tmp, as_root).await;
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+async fn write_file_inner<R: Remote>(
+    remote: &R,
+    keys: &DataKeys,
+    e: &Entry,
+    target: &Path,
+    tmp: &Path,
+    as_root: bool,
+) -> Result<u64, AgentError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(io_err("cannot create temporary file", tmp))?;
+    let ids = e.chunk_ids();
+    let what = format!("file {}", target.display());
+    let mut written = 0u64;
+    for range in batches(&e.chunk_sizes) {
+        let plain = read_verified(remote, keys, &ids[range.clone()], &what).await?;
+        let (f, n) = write_batch(file, &ids[range], plain, tmp).await?;
+        file = f;
+        written += n;
+    }
+    if written != e.size {
+        return Err(AgentError::Invalid(format!(
+            "wrote {written} bytes, the manifest says {}",
+            e.size
+        )));
+    }
+    file.sync_all().map_err(io_err("cannot fsync", tmp))?;
+    drop(file);
+    apply_metadata(tmp, e, false, as_root)?;
+    clear_dir_in_the_way(target)?;
+    fs::rename(tmp, target).map_err(io_err("cannot rename into place", target))?;
+    Ok(written)
+}
+
+/// Writes one batch's chunks in order on a blocking thread.
+async fn write_batch(
+    mut file: File,
+    ids: &[ChunkId],
+    mut plain: std::collections::HashMap<ChunkId, Vec<u8>>,
+    tmp: &Path,
+) -> Result<(File, u64), AgentError> {
+    let ids = ids.to_vec();
+    let tmp = tmp.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut n = 0u64;
+        for (i, id) in ids.iter().enumerate() {
+            let last_use = !ids[i + 1..].contains(id);
+            let data = if last_use {
+                plain.remove(id)
+            } else {
+                plain.get(id).cloned()
+            };
+            let data = data.ok_or_else(|| {
+                AgentError::Invalid(format!(
+                    "chunk {} was not returned by the controller",
+                    id.short()
+                ))
+            })?;
+            file.write_all(&data)
+                .map_err(|e| AgentError::io("cannot write", &tmp, e))?;
+            n += data.len() as u64;
+        }
+        Ok((file, n))
+    })
+    .await
+    .map_err(|e| AgentError::Worker(e.to_string()))?
+}
+
+/// Creates a symlink entry at `target` via a temporary name.
+pub fn write_symlink(e: &Entry, target: &Path, as_root: bool) -> Result<(), AgentError> {
+    use std::os::unix::ffi::OsStrExt;
+    let tmp = temp_path(target);
+    let link_to = Path::new(std::ffi::OsStr::from_bytes(&e.symlink_target));
+    let res = symlink(link_to, &tmp)
+        .map_err(io_err("cannot create symlink", &tmp))
+        .and_then(|()| apply_metadata(&tmp, e, true, as_root))
+        .and_then(|()| clear_dir_in_the_way(target))
+        .and_then(|()| {
+            fs::rename(&tmp, target).map_err(io_err("cannot rename into place", target))
+        });
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
