@@ -15,6 +15,7 @@
 //!
 //! The file cache is updated only after a successful commit.
 
+pub mod database;
 pub mod read;
 pub mod upload;
 pub mod walk;
@@ -73,6 +74,9 @@ pub struct BackupReport {
     pub unreadable: Vec<Unreadable>,
     pub partial: bool,
     pub duration_ms: u64,
+    /// Databases dumped (mysql sources only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub databases: Vec<database::DatabaseSummary>,
 }
 
 /// Everything one pass produced.
@@ -82,13 +86,46 @@ struct Pass {
     cache_entries: Vec<(Vec<u8>, CachedFile)>,
 }
 
-/// Backs up one source now.
+/// Backs up one source now. A backup that fails for a reason other than the controller being
+/// unreachable or refusing us (a dump that failed validation, an unreadable config) is reported
+/// to the controller, so `lifeboatctl snapshots list` shows it.
 pub async fn backup_source<R: Remote>(
     ctx: &BackupContext<'_, R>,
     src: &SourceConfig,
 ) -> Result<BackupReport, AgentError> {
     let started = Instant::now();
     let started_ms = now_unix_ms();
+    let res = match &src.mysql {
+        Some(cfg) => database::backup_mysql(ctx, src, cfg, started, started_ms).await,
+        None => backup_files(ctx, src, started, started_ms).await,
+    };
+    if let Err(e) = &res
+        && e.class() == crate::client::FailureClass::Other
+    {
+        let report = crate::remote::FailureReport {
+            source: src.name.clone(),
+            started_at_unix_ms: started_ms,
+            finished_at_unix_ms: now_unix_ms(),
+            reason: e.to_string(),
+        };
+        match ctx.remote.report_failure(report).await {
+            Ok(id) => {
+                warn!(source = %src.name, failure = %id, "failed backup reported to the controller")
+            }
+            Err(re) => {
+                warn!(source = %src.name, error = %re, "could not report the failed backup to the controller")
+            }
+        }
+    }
+    res
+}
+
+async fn backup_files<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    started: Instant,
+    started_ms: i64,
+) -> Result<BackupReport, AgentError> {
     let mut last_missing = 0;
     for attempt in 1..=MAX_ATTEMPTS {
         let pass = run_pass(ctx, src, attempt == 1, started_ms).await?;
@@ -180,6 +217,7 @@ async fn run_pass<R: Remote>(
         unreadable: results.unreadable.len() as u64,
         ..stats
     };
+    lifeboat_common::failpoint::hit("agent.before_commit");
     let outcome = ctx
         .remote
         .commit(CommitRequest {
@@ -325,6 +363,7 @@ fn manifest_bytes(src: &SourceConfig, created_ms: i64, entries: &[Entry]) -> Vec
             .map(|h| h.trim().to_owned())
             .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
+        database: None,
     };
     let mut w = ManifestWriter::new(&header);
     for e in entries {
@@ -380,5 +419,6 @@ fn make_report(
         partial: !unreadable.is_empty(),
         unreadable,
         duration_ms: 0,
+        databases: Vec::new(),
     }
 }

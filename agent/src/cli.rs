@@ -13,7 +13,12 @@ const EXAMPLES: &str = "Examples:
   lifeboat-agent --config /etc/lifeboat/agent.toml snapshots --source web
   lifeboat-agent --config /etc/lifeboat/agent.toml ls --source web /var/www/html
   lifeboat-agent --config /etc/lifeboat/agent.toml restore --source web --to /srv/restore
-  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source web --in-place --delete";
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source web --in-place --delete
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source nginx --in-place --reload
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source db
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source db --database shop --as shop_check
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --source db --database shop --drop-existing --users
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --from-agent old-vm --source db";
 
 fn after_help() -> String {
     format!("{EXAMPLES}\n\n{}", lifeboat_common::exit::HELP_TABLE)
@@ -103,7 +108,7 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("where").required(true).args(["to", "in_place"])))]
+#[command(group(clap::ArgGroup::new("where").args(["to", "in_place"])))]
 pub struct RestoreArgs {
     #[arg(long, value_name = "NAME")]
     pub source: String,
@@ -126,6 +131,27 @@ pub struct RestoreArgs {
     /// Print a JSON summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Databases: restore only this database of the snapshot.
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
+    /// Databases: load into this new database name (with --database when the snapshot has several).
+    #[arg(long = "as", value_name = "NEW_NAME")]
+    pub as_name: Option<String>,
+    /// Databases: replace an existing database (only after the restored copy is verified).
+    #[arg(long)]
+    pub drop_existing: bool,
+    /// Databases: also restore users and grants (unknown users are reported, never removed).
+    #[arg(long)]
+    pub users: bool,
+    /// Databases: restore only users and grants, no database.
+    #[arg(long, conflicts_with_all = ["database", "as_name", "drop_existing"])]
+    pub users_only: bool,
+    /// Read the snapshots of another agent (a lost VM); needs `lifeboatctl agent allow-restore`.
+    #[arg(long, value_name = "AGENT")]
+    pub from_agent: Option<String>,
+    /// nginx: reload nginx after an in-place restore if `nginx -t` passed.
+    #[arg(long)]
+    pub reload: bool,
 }
 
 #[cfg(test)]
@@ -156,7 +182,10 @@ mod tests {
             (r.snapshot.as_str(), r.delete, r.json),
             ("latest", true, true)
         );
-        assert!(Cli::try_parse_from(["lifeboat-agent", "restore", "--source", "web"]).is_err());
+        assert!(
+            Cli::try_parse_from(["lifeboat-agent", "restore", "--source", "db", "--as", "x"])
+                .is_ok()
+        );
         assert!(
             Cli::try_parse_from([
                 "lifeboat-agent",

@@ -22,8 +22,8 @@ use crate::config::ControllerConfig;
 
 pub mod probe;
 use crate::remote::{
-    CommitOutcome, CommitRequest, MAX_IDS_PER_REQUEST, MIN_IDS_PER_REQUEST, Remote, RemoteError,
-    Session, SnapshotInfo, UploadReceipt, snapshot_from_wire,
+    CommitOutcome, CommitRequest, FailureReport, MAX_IDS_PER_REQUEST, MIN_IDS_PER_REQUEST, Remote,
+    RemoteError, Session, SnapshotInfo, UploadReceipt, snapshot_from_wire,
 };
 
 /// How long to wait for the TCP + TLS connection.
@@ -132,6 +132,8 @@ pub enum ClientSetupError {
 #[derive(Clone)]
 pub struct GrpcRemote {
     client: AgentServiceClient<Channel>,
+    /// Read another agent's snapshots (needs an admin's `allow-restore` grant); empty: our own.
+    from_agent: String,
 }
 
 impl GrpcRemote {
@@ -188,7 +190,17 @@ impl GrpcRemote {
         let client = AgentServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        GrpcRemote { client }
+        GrpcRemote {
+            client,
+            from_agent: String::new(),
+        }
+    }
+
+    /// Lists, gets and reads the snapshots of agent `from` instead of our own (a replacement VM
+    /// restoring a lost VM; the controller checks the grant on every call).
+    pub fn reading_from(mut self, from: &str) -> Self {
+        self.from_agent = from.to_owned();
+        self
     }
 
     /// Who the controller thinks we are (agent id, dedup group).
@@ -361,6 +373,7 @@ impl Remote for GrpcRemote {
         let r = c
             .list_snapshots(pb::ListSnapshotsRequest {
                 source: source.to_owned(),
+                from_agent: self.from_agent.clone(),
             })
             .await
             .map_err(status(OP))?
@@ -378,11 +391,28 @@ impl Remote for GrpcRemote {
             .get_snapshot(pb::GetSnapshotRequest {
                 snapshot_id: id.to_owned(),
                 source: source.to_owned(),
+                from_agent: self.from_agent.clone(),
             })
             .await
             .map_err(status(OP))?
             .into_inner();
         snapshot_from_wire(r, OP)
+    }
+
+    async fn report_failure(&self, f: FailureReport) -> Result<String, RemoteError> {
+        const OP: &str = "ReportFailure";
+        let mut c = self.client.clone();
+        let r = c
+            .report_failure(pb::ReportFailureRequest {
+                source: f.source,
+                started_at_unix_ms: f.started_at_unix_ms,
+                finished_at_unix_ms: f.finished_at_unix_ms,
+                reason: f.reason,
+            })
+            .await
+            .map_err(status(OP))?
+            .into_inner();
+        Ok(r.failure_id)
     }
 
     async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
@@ -391,6 +421,7 @@ impl Remote for GrpcRemote {
         let mut stream = c
             .read_chunks(pb::ReadChunksRequest {
                 ids: ids.iter().map(id_bytes).collect(),
+                from_agent: self.from_agent.clone(),
             })
             .await
             .map_err(status(OP))?

@@ -20,6 +20,10 @@ use lifeboat_common::chunker::ChunkerParams;
 use lifeboat_common::config::{ConfigError, load_toml, resolve};
 use serde::Deserialize;
 
+pub mod database;
+pub use database::{MysqlConfig, NginxCheck, Verify};
+use database::{RawMysql, validate_mysql};
+
 /// Environment variable that overrides `[controller] address`.
 pub const ADDRESS_ENV: &str = "LIFEBOAT_ADDRESS";
 /// Default zstd level for blobs.
@@ -54,11 +58,27 @@ struct RawController {
 struct RawSource {
     name: String,
     kind: String,
+    #[serde(default)]
     paths: Vec<PathBuf>,
     #[serde(default)]
     exclude: Vec<String>,
     interval: Option<String>,
     chunker: Option<ChunkerParams>,
+    // kind = "mysql" (see `database`)
+    #[serde(default)]
+    databases: Vec<String>,
+    defaults_file: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    user: Option<String>,
+    dump_command: Option<PathBuf>,
+    client_command: Option<PathBuf>,
+    verify: Option<String>,
+    users: Option<bool>,
+    // nginx check after a restore (files sources; implied by kind = "nginx")
+    nginx_test: Option<bool>,
+    nginx_command: Option<PathBuf>,
+    nginx_conf: Option<PathBuf>,
+    nginx_prefix: Option<PathBuf>,
 }
 
 /// The name in the controller's certificate when `server_name` is not set.
@@ -81,17 +101,24 @@ pub struct ControllerConfig {
 /// The kinds of source this agent knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SourceKind {
-    /// A file tree (web root, nginx configuration).
+    /// A file tree (web root, nginx configuration). `kind = "nginx"` is a file tree too (the
+    /// preset: `/var/www` and `/etc/nginx` unless `paths` says otherwise, with `nginx -t`).
     Files,
+    /// MySQL/MariaDB logical dumps, one stream per database.
+    Mysql,
 }
 
 impl SourceKind {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceKind::Files => "files",
+            SourceKind::Mysql => "mysql",
         }
     }
 }
+
+/// Paths of the `nginx` preset when `paths` is not given.
+pub const NGINX_PRESET_PATHS: [&str; 2] = ["/var/www", "/etc/nginx"];
 
 /// Compiled exclude patterns (see the module docs for the rule).
 #[derive(Clone, Debug, Default)]
@@ -151,6 +178,10 @@ pub struct SourceConfig {
     pub excludes: Excludes,
     pub interval: Duration,
     pub chunker: ChunkerParams,
+    /// Set for `kind = "mysql"`.
+    pub mysql: Option<MysqlConfig>,
+    /// Set when `nginx -t` runs after a restore of this source.
+    pub nginx: Option<NginxCheck>,
 }
 
 /// The validated agent configuration.
@@ -245,7 +276,22 @@ impl AgentConfig {
         }
         let mut sources = Vec::new();
         let mut names = HashSet::new();
-        for s in raw.source {
+        for mut s in raw.source {
+            for p in [
+                &mut s.defaults_file,
+                &mut s.socket,
+                &mut s.dump_command,
+                &mut s.client_command,
+                &mut s.nginx_conf,
+                &mut s.nginx_prefix,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.components().count() > 1 {
+                    *p = resolve(path, p);
+                }
+            }
             let src = validate_source(s).map_err(&invalid)?;
             if !names.insert(src.name.clone()) {
                 return Err(invalid(format!("duplicate source name {:?}", src.name)));
@@ -273,18 +319,59 @@ fn missing_hint(what: &str) -> &'static str {
     }
 }
 
-fn validate_source(s: RawSource) -> Result<SourceConfig, String> {
+fn validate_source(mut s: RawSource) -> Result<SourceConfig, String> {
     lifeboat_common::ids::validate_source_name(&s.name).map_err(|e| e.to_string())?;
     let ctx = format!("source {:?}", s.name);
     let kind = match s.kind.as_str() {
-        "files" => SourceKind::Files,
+        "files" | "nginx" => SourceKind::Files,
+        "mysql" => SourceKind::Mysql,
         other => {
             return Err(format!(
-                "{ctx}: unknown kind {other:?} (known kinds: files)"
+                "{ctx}: unknown kind {other:?} (known kinds: files, nginx, mysql)"
             ));
         }
     };
-    if s.paths.is_empty() {
+    let preset = s.kind == "nginx";
+    if preset && s.paths.is_empty() {
+        s.paths = NGINX_PRESET_PATHS.iter().map(PathBuf::from).collect();
+    }
+    let raw_mysql = RawMysql {
+        databases: std::mem::take(&mut s.databases),
+        defaults_file: s.defaults_file.take(),
+        socket: s.socket.take(),
+        user: s.user.take(),
+        dump_command: s.dump_command.take(),
+        client_command: s.client_command.take(),
+        verify: s.verify.take(),
+        users: s.users.take(),
+    };
+    let mysql = match kind {
+        SourceKind::Mysql => {
+            if !s.paths.is_empty() || !s.exclude.is_empty() {
+                return Err(format!(
+                    "{ctx}: a mysql source has no paths or exclude; list databases = [...] instead"
+                ));
+            }
+            Some(validate_mysql(&ctx, raw_mysql)?)
+        }
+        SourceKind::Files => {
+            if !raw_mysql.is_empty() {
+                return Err(format!(
+                    "{ctx}: databases, defaults_file, socket, user, dump_command, client_command, verify and users apply to kind = \"mysql\" only"
+                ));
+            }
+            None
+        }
+    };
+    let nginx = (s.nginx_test.unwrap_or(preset) && kind == SourceKind::Files).then(|| NginxCheck {
+        command: s
+            .nginx_command
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("nginx")),
+        conf: s.nginx_conf.clone(),
+        prefix: s.nginx_prefix.clone(),
+    });
+    if kind == SourceKind::Files && s.paths.is_empty() {
         return Err(format!(
             "{ctx}: paths is empty; list at least one absolute directory"
         ));
@@ -312,7 +399,10 @@ fn validate_source(s: RawSource) -> Result<SourceConfig, String> {
     if interval.is_zero() {
         return Err(format!("{ctx}: interval must be more than zero"));
     }
-    let chunker = s.chunker.unwrap_or(ChunkerParams::FILES);
+    let chunker = s.chunker.unwrap_or(match kind {
+        SourceKind::Files => ChunkerParams::FILES,
+        SourceKind::Mysql => ChunkerParams::DUMPS,
+    });
     chunker
         .validate()
         .map_err(|e| format!("{ctx}: chunker: {e}"))?;
@@ -324,6 +414,8 @@ fn validate_source(s: RawSource) -> Result<SourceConfig, String> {
         excludes,
         interval,
         chunker,
+        mysql,
+        nginx,
     })
 }
 

@@ -69,6 +69,25 @@ pub enum AgentError {
     Cancelled(String),
     #[error("internal worker failed: {0}")]
     Worker(String),
+    #[error(transparent)]
+    Mysql(#[from] crate::mysql::MysqlError),
+    /// A dump failed validation: a failed backup, nothing committed.
+    #[error(
+        "backup of source {source_name} FAILED, nothing was committed (the latest snapshot is unchanged): {what}: {reason}"
+    )]
+    DumpFailed {
+        source_name: String,
+        /// "database app", "users and grants", "the server check".
+        what: String,
+        reason: String,
+    },
+    /// A restored database does not match the snapshot.
+    #[error("restore of database {database} FAILED verification: {differences}; {outcome}")]
+    RestoreVerify {
+        database: String,
+        differences: String,
+        outcome: String,
+    },
 }
 
 impl AgentError {

@@ -25,5 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod enroll;
 pub mod error;
+pub mod mysql;
+pub mod nginx;
 pub mod remote;
 pub mod restore;

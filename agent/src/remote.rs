@@ -101,6 +101,15 @@ pub struct SnapshotInfo {
     pub reference_count: u64,
 }
 
+/// A backup that failed (nothing committed), as reported to the controller.
+#[derive(Clone, Debug)]
+pub struct FailureReport {
+    pub source: String,
+    pub started_at_unix_ms: i64,
+    pub finished_at_unix_ms: i64,
+    pub reason: String,
+}
+
 /// The controller's agent-facing API.
 pub trait Remote: Send + Sync {
     fn begin_session(
@@ -134,6 +143,11 @@ pub trait Remote: Send + Sync {
         id: &str,
         source: &str,
     ) -> impl Future<Output = Result<SnapshotInfo, RemoteError>> + Send;
+    /// Records a failed backup; returns the controller's id for it.
+    fn report_failure(
+        &self,
+        report: FailureReport,
+    ) -> impl Future<Output = Result<String, RemoteError>> + Send;
     /// The blobs of `ids` (distinct), in request order. The caller bounds the batch size.
     fn read_chunks(
         &self,

@@ -11,6 +11,7 @@
 //! whose chunks cannot be read or verified stops the restore with an error naming the file's
 //! original path; its temporary file is removed, so no damaged file is left under its real name.
 
+pub mod database;
 pub mod delete;
 pub mod fetch;
 pub mod target;
@@ -59,6 +60,9 @@ pub struct RestoreReport {
     pub symlinks: u64,
     pub deleted: u64,
     pub duration_ms: u64,
+    /// `nginx -t` (and reload) after restoring nginx configuration in place.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nginx: Option<crate::nginx::NginxReport>,
 }
 
 /// Restores `opts.snapshot` of `opts.source`.

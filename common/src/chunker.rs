@@ -43,6 +43,14 @@ impl ChunkerParams {
         max: 4 << 20,
     };
 
+    /// Defaults for database dumps: rows change in place, so smaller chunks re-store far less
+    /// after a small change (measured in `docs/adr/0005-dump-chunking.md`).
+    pub const DUMPS: ChunkerParams = ChunkerParams {
+        min: 4 << 10,
+        avg: 16 << 10,
+        max: 64 << 10,
+    };
+
     pub fn validate(&self) -> Result<(), ChunkerParamsError> {
         let ok = self.min >= 64
             && self.avg >= 256

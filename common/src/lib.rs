@@ -7,6 +7,8 @@
 //! - [`blob`]: the encrypted chunk format (versioned header, XChaCha20-Poly1305, zstd).
 //! - [`manifest`]: the encrypted description of a snapshot (paths, metadata, chunk ids).
 //! - [`tls`], [`config`], [`telemetry`], [`exit`], [`clock`]: process plumbing shared by binaries.
+//! - [`failpoint`]: named crash/error points for the crash tests (a test hook, off unless
+//!   `LIFEBOAT_FAILPOINTS` is set).
 //!
 //! Byte layouts are documented in `docs/format.md`; every format constant here is marked
 //! "do not modify": a shipped format is never changed, only superseded by a new version.
@@ -16,6 +18,7 @@ pub mod chunker;
 pub mod clock;
 pub mod config;
 pub mod exit;
+pub mod failpoint;
 pub mod ids;
 pub mod keys;
 pub mod manifest;

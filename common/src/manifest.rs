@@ -31,6 +31,9 @@ use crate::blob::MAX_CHUNK_LEN;
 use crate::chunker::ChunkerParams;
 use crate::ids::{CHUNK_ID_LEN, ChunkId};
 
+pub mod database;
+pub use database::{DatabaseDump, DatabaseMeta, TableInfo};
+
 /// Magic at the start of a manifest. Do not modify.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"LBMF";
 /// Current manifest format version.
@@ -78,6 +81,9 @@ pub struct ManifestHeader {
     pub hostname: String,
     #[prost(string, tag = "7")]
     pub agent_version: String,
+    /// Set for `mysql` sources: server, databases, tables, row counts (see [`database`]).
+    #[prost(message, optional, tag = "8")]
+    pub database: Option<DatabaseMeta>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
@@ -376,6 +382,7 @@ mod tests {
             created_at_unix_ms: 1_795_590_289_000,
             hostname: "vm1".into(),
             agent_version: "0.1.0".into(),
+            database: None,
         }
     }
 

@@ -35,6 +35,7 @@ fn sample_manifest() -> Vec<u8> {
         created_at_unix_ms: 1_795_590_289_000,
         hostname: "vm1".into(),
         agent_version: "0.1.0".into(),
+        database: None,
     };
     let mut w = ManifestWriter::new(&header);
     w.push(&Entry {

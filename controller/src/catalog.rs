@@ -17,6 +17,9 @@
 
 pub mod agents;
 pub mod chunks;
+pub mod failures;
+pub mod grants;
+pub mod inventory;
 pub mod schema;
 pub mod snapshots;
 

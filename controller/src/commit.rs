@@ -9,11 +9,27 @@
 //! 4. the response carries the new snapshot id.
 //!
 //! A crash between 2 and 3 leaves unreferenced objects (harmless, collectable), never a visible
-//! snapshot with missing data. Memory is bounded by the header's `reference_count`
+//! snapshot with missing data. Every put runs under the server's store deadline
+//! ([`crate::deadline`]).
+//!
+//! The check in 1 trusts the catalog: a chunk row exists only after its pack was put and
+//! fsync'd, and only an admin action (GC) removes packs, after their rows. Commit therefore does
+//! not HEAD every pack: an object lost behind the controller's back (deleted by hand, a damaged
+//! disk) cannot be healed by re-upload anyway (ingest dedups against the catalog), and is
+//! caught where it matters: by ReadChunks (`DATA_LOSS` naming chunk and pack) on restore and
+//! by verification runs. When the catalog lacks an id (a catalog restored from an older copy),
+//! the commit answers `missing` and the agent re-sends those chunks.
+//!
+//! Failpoints (crash tests): `commit.after_refs` (segments written), `commit.after_record`
+//! (record object written, catalog not yet), `commit.after_catalog` (visible, response not
+//! sent). Memory is bounded by the header's `reference_count`
 //! (≤ [`crate::MAX_REFERENCE_COUNT`]): more ids than announced is rejected as they arrive.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use lifeboat_common::clock::now_unix_ms;
+use lifeboat_common::failpoint;
 use lifeboat_common::ids::{ChunkId, SnapshotId};
 use lifeboat_proto::v1 as pb;
 use lifeboat_proto::v1::commit_snapshot_request::Part;
@@ -23,6 +39,7 @@ use crate::auth::AgentCtx;
 use crate::catalog::Catalog;
 use crate::catalog::chunks::{self, SessionRow};
 use crate::catalog::snapshots::{self, SnapshotRow};
+use crate::deadline;
 use crate::error::ServiceError;
 use crate::ingest::owned_session;
 use crate::record::{RECORD_FORMAT, SnapshotRecord, record_key};
@@ -92,6 +109,7 @@ async fn read_commit(
 pub async fn commit(
     catalog: &Catalog,
     store: &Store,
+    deadline: Duration,
     agent: &AgentCtx,
     mut stream: Streaming<pb::CommitSnapshotRequest>,
 ) -> Result<pb::CommitSnapshotResponse, ServiceError> {
@@ -118,7 +136,7 @@ pub async fn commit(
                 .collect(),
         });
     }
-    let id = write_snapshot(catalog, store, agent, &session, header, all).await?;
+    let id = write_snapshot(catalog, (store, deadline), agent, &session, header, all).await?;
     Ok(pb::CommitSnapshotResponse {
         snapshot_id: id.to_string(),
         missing: Vec::new(),
@@ -127,7 +145,7 @@ pub async fn commit(
 
 async fn write_snapshot(
     catalog: &Catalog,
-    store: &Store,
+    (store, deadline): (&Store, Duration),
     agent: &AgentCtx,
     session: &SessionRow,
     header: CommitHeader,
@@ -135,8 +153,9 @@ async fn write_snapshot(
 ) -> Result<SnapshotId, ServiceError> {
     let segments = refset::segments(&all);
     for s in &segments {
-        store.put_new(&s.key, Bytes::from(s.bytes.clone())).await?;
+        deadline::put(store, deadline, &s.key, Bytes::from(s.bytes.clone())).await?;
     }
+    failpoint::hit("commit.after_refs");
     let now = now_unix_ms();
     let id = SnapshotId::generate(now);
     // Re-read the session: its stored bytes include every upload that finished before now.
@@ -160,7 +179,8 @@ async fn write_snapshot(
         ref_segments: segments.iter().map(|s| s.key.clone()).collect(),
         reference_count: header.reference_count,
     };
-    store.put_new(&key, Bytes::from(record.to_bytes())).await?;
+    deadline::put(store, deadline, &key, Bytes::from(record.to_bytes())).await?;
+    failpoint::hit("commit.after_record");
     let row = SnapshotRow {
         id: id.to_string(),
         agent: agent.id.to_string(),
@@ -179,6 +199,7 @@ async fn write_snapshot(
     catalog
         .run(move |c| snapshots::insert(c, &row, &all))
         .await?;
+    failpoint::hit("commit.after_catalog");
     tracing::info!(agent = %agent.id, snapshot = %id, source = %session.source, refs = refs_count, stored_bytes, "snapshot committed");
     Ok(id)
 }

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use lifeboat_common::config::{ConfigError, load_toml, resolve};
 use serde::Deserialize;
 
+mod store;
+
+pub use store::{ConditionalPut, S3Config, StoreConfig};
+
 /// Default listen address of the controller.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 /// Environment variable that overrides `listen` in `controller.toml`.
@@ -24,7 +28,7 @@ struct ControllerFile {
     listen: Option<String>,
     tls: TlsFile,
     catalog: CatalogFile,
-    store: StoreFile,
+    store: store::StoreFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -40,20 +44,6 @@ struct TlsFile {
 #[serde(deny_unknown_fields)]
 struct CatalogFile {
     path: PathBuf,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoreFile {
-    kind: String,
-    path: Option<PathBuf>,
-}
-
-/// Where the controller keeps its objects.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreConfig {
-    /// A local directory (fsync'd after every write).
-    Local { path: PathBuf },
 }
 
 /// The controller's validated configuration, all paths absolute or relative to the cwd.
@@ -72,25 +62,7 @@ impl ControllerConfig {
     /// Reads `controller.toml`, resolving relative paths against its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let f: ControllerFile = load_toml(path)?;
-        let store = match f.store.kind.as_str() {
-            "local" => {
-                let p = f.store.path.ok_or_else(|| ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: "[store] kind = \"local\" needs path = \"DIR\"".into(),
-                })?;
-                StoreConfig::Local {
-                    path: resolve(path, &p),
-                }
-            }
-            other => {
-                return Err(ConfigError::Invalid {
-                    path: path.to_owned(),
-                    message: format!(
-                        "[store] kind = {other:?} is not supported by this version (use \"local\")"
-                    ),
-                });
-            }
-        };
+        let store = f.store.validate(path)?;
         Ok(ControllerConfig {
             listen: f.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
             ca_cert: resolve(path, &f.tls.ca_cert),
@@ -163,9 +135,22 @@ key = "server.key"
 path = "catalog.db"
 
 [store]
-# "local": a directory on this host, fsync'd after every write. ("s3" comes in a later version.)
+# "local": a directory on this host, fsync'd after every write.
 kind = "local"
 path = "objects"
+# "s3": an S3-compatible bucket (AWS S3, OCI Object Storage, MinIO, SeaweedFS). Replace the two
+# lines above with, for example:
+# kind = "s3"
+# endpoint = "https://NAMESPACE.compat.objectstorage.REGION.oraclecloud.com"  # omit for AWS
+# region = "eu-frankfurt-1"
+# bucket = "lifeboat"
+# prefix = "controller-1"            # optional key prefix inside the bucket
+# virtual_hosted_style = false       # path-style requests (OCI needs them)
+# allow_http = false                 # plain http:// endpoints: tests only
+# credentials_file = "s3.credentials"  # access_key_id = "..." / secret_access_key = "..." (mode 0600);
+#                                    # without it: env AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+#                                    # Never put keys in this file.
+# conditional_put = "auto"           # "auto": probe If-None-Match at start-up; "etag"; "disabled"
 "#
     )
 }

@@ -3,11 +3,14 @@
 //! refused, 1 other errors (clap exits with 2 on usage errors).
 
 pub mod agent_add;
+pub mod agent_allow_restore;
 pub mod agent_list;
 pub mod key_init;
 pub mod output;
 pub mod snapshots_list;
 pub mod snapshots_show;
+pub mod stats;
+pub mod storage;
 
 use std::path::PathBuf;
 
@@ -93,6 +96,17 @@ pub enum Command {
     /// List and inspect snapshots.
     #[command(subcommand)]
     Snapshots(SnapshotsCommand),
+    /// Storage usage: logical and stored bytes, dedup ratio, objects; per agent, group, total.
+    Stats(stats::Args),
+    /// Inspect the object store.
+    #[command(subcommand)]
+    Storage(StorageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StorageCommand {
+    /// List objects the catalog does not know (crash leftovers; harmless, nothing is deleted).
+    Orphans(storage::OrphansArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +115,8 @@ pub enum AgentCommand {
     Add(agent_add::Args),
     /// List enrolled agents.
     List(agent_list::Args),
+    /// Let agent NAME read (restore) the snapshots of agent OLD: a replacement VM.
+    AllowRestore(agent_allow_restore::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -182,8 +198,11 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Agent(AgentCommand::Add(a)) => agent_add::run(&ctx, a).await,
         Command::Agent(AgentCommand::List(a)) => agent_list::run(&ctx, a).await,
+        Command::Agent(AgentCommand::AllowRestore(a)) => agent_allow_restore::run(&ctx, a).await,
         Command::Key(KeyCommand::Init(a)) => key_init::run(a),
         Command::Snapshots(SnapshotsCommand::List(a)) => snapshots_list::run(&ctx, a).await,
         Command::Snapshots(SnapshotsCommand::Show(a)) => snapshots_show::run(&ctx, a).await,
+        Command::Stats(a) => stats::run(&ctx, a).await,
+        Command::Storage(StorageCommand::Orphans(a)) => storage::orphans(&ctx, a).await,
     }
 }

@@ -25,6 +25,9 @@ pub enum ServiceError {
     FailedPrecondition(String),
     #[error("{0}")]
     DataLoss(String),
+    /// A dependency (the object store) did not answer in time; retry later.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -56,6 +59,10 @@ impl From<ServiceError> for Status {
             ServiceError::Catalog(_) | ServiceError::Internal(_) => {
                 tracing::error!(error = %msg, "request failed");
                 Status::internal(msg)
+            }
+            ServiceError::Unavailable(_) => {
+                tracing::warn!(error = %msg, "request failed: dependency unavailable");
+                Status::unavailable(msg)
             }
             ServiceError::Store(_) => {
                 tracing::error!(error = %msg, "object store request failed");

@@ -8,14 +8,24 @@
 //!   message ([`crate::MAX_MESSAGE_BYTES`]).
 //! - Dedup is scoped to the caller's group: blobs the group already has are skipped and counted
 //!   as already present; chunks of other groups are never consulted.
+//! - Every put runs under the server's store deadline ([`crate::deadline`]): a hanging store
+//!   fails the call with `UNAVAILABLE`, recording nothing.
+//!
+//! Failpoints (crash tests, [`lifeboat_common::failpoint`]): `ingest.before_pack_put`,
+//! `ingest.after_pack_put` (object durable, catalog not yet), `ingest.after_catalog` (pack
+//! recorded, response not sent).
+
+use std::time::Duration;
 
 use lifeboat_common::clock::now_unix_ms;
+use lifeboat_common::failpoint;
 use lifeboat_proto::v1 as pb;
 use tonic::Streaming;
 
 use crate::auth::AgentCtx;
 use crate::catalog::Catalog;
 use crate::catalog::chunks::{self, RecordOutcome, SessionRow};
+use crate::deadline;
 use crate::error::ServiceError;
 use crate::pack::PackBuilder;
 use crate::store::Store;
@@ -42,6 +52,7 @@ pub async fn owned_session(
 struct Upload<'a> {
     catalog: &'a Catalog,
     store: &'a Store,
+    deadline: Duration,
     agent: &'a AgentCtx,
     session: SessionRow,
     pack: PackBuilder,
@@ -74,9 +85,9 @@ impl Upload<'_> {
             return Ok(());
         }
         let sealed = self.pack.finish();
-        self.store
-            .put_new(&sealed.key, sealed.bytes.clone())
-            .await?;
+        failpoint::hit("ingest.before_pack_put");
+        deadline::put(self.store, self.deadline, &sealed.key, sealed.bytes.clone()).await?;
+        failpoint::hit("ingest.after_pack_put");
         let (group, session, now) = (
             self.agent.group.clone(),
             self.session.id.clone(),
@@ -88,6 +99,7 @@ impl Upload<'_> {
             .catalog
             .run(move |c| chunks::record_pack(c, &group, &session, &sealed, now))
             .await?;
+        failpoint::hit("ingest.after_catalog");
         tracing::info!(agent = %self.agent.id, pack = %key, bytes, chunks = out.stored, "pack stored");
         self.totals.stored += out.stored;
         self.totals.stored_bytes += out.stored_bytes;
@@ -100,6 +112,7 @@ impl Upload<'_> {
 pub async fn upload(
     catalog: &Catalog,
     store: &Store,
+    deadline: Duration,
     agent: &AgentCtx,
     mut stream: Streaming<pb::UploadChunksRequest>,
 ) -> Result<pb::UploadChunksResponse, ServiceError> {
@@ -116,6 +129,7 @@ pub async fn upload(
                 let mut u = Upload {
                     catalog,
                     store,
+                    deadline,
                     agent,
                     session,
                     pack: PackBuilder::new(),

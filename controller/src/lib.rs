@@ -18,6 +18,8 @@
 //! - [`ingest`], [`commit`]: upload and commit paths; [`pack`], [`refset`], [`record`]: the
 //!   object formats they write.
 //! - [`client`], [`ctl`]: the admin CLI and its error classification.
+//! - [`deadline`]: the per-operation deadline on store calls an agent waits on;
+//!   `fault_store` (tests): a fault-injecting `ObjectStore` wrapper.
 
 pub mod auth;
 pub mod ca;
@@ -26,7 +28,10 @@ pub mod client;
 pub mod commit;
 pub mod config;
 pub mod ctl;
+pub mod deadline;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
+pub mod fault_store;
 pub mod ingest;
 pub mod init;
 pub mod pack;

@@ -71,6 +71,31 @@ pub fn segments(sorted: &[ChunkId]) -> Vec<Segment> {
     out
 }
 
+/// The keys of the segments [`segments`] makes from `sorted`, computed without holding the
+/// segment bytes (for listing which `refs/` objects the catalog knows).
+pub fn segment_keys(sorted: impl IntoIterator<Item = ChunkId>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur: Option<blake3::Hasher> = None;
+    for id in sorted {
+        let h = cur.get_or_insert_with(|| {
+            let mut h = blake3::Hasher::new();
+            h.update(&REFS_MAGIC);
+            h.update(&[REFS_VERSION]);
+            h
+        });
+        h.update(id.as_bytes());
+        if is_cut(&id)
+            && let Some(h) = cur.take()
+        {
+            out.push(object_key("refs", h.finalize().as_bytes()));
+        }
+    }
+    if let Some(h) = cur {
+        out.push(object_key("refs", h.finalize().as_bytes()));
+    }
+    out
+}
+
 /// Decodes one segment's ids.
 pub fn decode(bytes: &[u8]) -> Result<Vec<ChunkId>, RefsError> {
     if bytes.len() < 5 || !(bytes.len() - 5).is_multiple_of(CHUNK_ID_LEN) {
@@ -129,6 +154,9 @@ mod tests {
         let shared = s2.iter().filter(|s| s1.contains(s)).count();
         assert!(shared + 3 >= s1.len(), "shared {shared} of {}", s1.len());
         assert!(segments(&[]).is_empty());
+        let keys: Vec<String> = s2.iter().map(|s| s.key.clone()).collect();
+        assert_eq!(segment_keys(b.iter().copied()), keys, "streamed keys match");
+        assert!(segment_keys(Vec::new()).is_empty());
     }
 
     #[test]

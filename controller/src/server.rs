@@ -30,10 +30,11 @@ use tracing::{info, warn};
 use crate::MAX_MESSAGE_BYTES;
 use crate::ca::{Ca, CaError};
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::{ControllerConfig, StoreConfig};
+use crate::config::{ConditionalPut, ControllerConfig, StoreConfig};
 use crate::service::State;
 use crate::service::admin::AdminApi;
 use crate::service::agent::AgentApi;
+use crate::store::probe::probe_and_configure;
 use crate::store::{Store, StoreError};
 
 /// How long in-flight calls may run after shutdown starts.
@@ -92,12 +93,14 @@ pub fn prepare(cfg: &ControllerConfig) -> Result<Prepared, ServeError> {
     let catalog = Catalog::open(&cfg.catalog)?;
     let store = match &cfg.store {
         StoreConfig::Local { path } => Store::local(path)?,
+        StoreConfig::S3(s3) => Store::s3(s3)?,
     };
     Ok(Prepared {
         state: State {
             catalog,
             store,
             ca: Arc::new(ca),
+            store_deadline: crate::deadline::STORE_DEADLINE,
         },
         tls: Arc::new(tls),
     })
@@ -109,7 +112,9 @@ pub async fn serve(
     cfg: &ControllerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    prepare(cfg)?.run(listener, shutdown).await
+    let mut prepared = prepare(cfg)?;
+    prepared.probe_store(cfg).await?;
+    prepared.run(listener, shutdown).await
 }
 
 type Conn = Result<TlsStream<TcpStream>, std::io::Error>;
@@ -160,6 +165,24 @@ impl Prepared {
     /// The shared handler state (for tests and tools).
     pub fn state(&self) -> &State {
         &self.state
+    }
+
+    /// The handler state, to swap the store or the deadline before serving (tests).
+    pub fn state_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+
+    /// Runs the object store's start-up probe ([`crate::store::probe`]): fails if the store
+    /// cannot be written and read back, and sets the put mode. Call it before announcing
+    /// readiness.
+    pub async fn probe_store(&mut self, cfg: &ControllerConfig) -> Result<(), ServeError> {
+        let mode = match &cfg.store {
+            StoreConfig::Local { .. } => ConditionalPut::Auto,
+            StoreConfig::S3(s3) => s3.conditional_put,
+        };
+        let (store, _) = probe_and_configure(self.state.store.clone(), mode).await?;
+        self.state.store = store;
+        Ok(())
     }
 
     /// Serves until `shutdown` is cancelled, then drains for at most [`GRACE`].

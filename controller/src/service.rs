@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod storage;
 
 use std::sync::Arc;
 
@@ -16,4 +17,6 @@ pub struct State {
     pub catalog: Catalog,
     pub store: Store,
     pub ca: Arc<Ca>,
+    /// Deadline for each object-store call an agent waits on ([`crate::deadline`]).
+    pub store_deadline: std::time::Duration,
 }

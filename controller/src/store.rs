@@ -3,12 +3,25 @@
 //! Acknowledged means durable: for the local-directory store, every successful put is followed
 //! by an fsync of the file and of each directory from the file up to the store root (the
 //! underlying `LocalFileSystem` also syncs before publishing, so a published file is never
-//! partial). Puts use `PutMode::Create`: objects are immutable. If the object already exists,
-//! the put counts as success only if the existing bytes hash (BLAKE3) to the same value as ours
-//! — same size and same content — otherwise it is a [`StoreError::Conflict`].
+//! partial). An S3 put is durable when the store answers 200 (S3's own guarantee).
 //!
-//! Backends: the local directory and an in-memory store (tests); S3 drops in by constructing
-//! another `Arc<dyn ObjectStore>` with `local_root = None`.
+//! Objects are immutable. [`Store::put_new`] never overwrites different bytes:
+//! - with conditional puts (`If-None-Match: *`, or `create_new` locally) the put fails with
+//!   "already exists" if the key is taken;
+//! - without them (`conditional_put = "disabled"`, or a store the start-up probe showed ignores
+//!   the header) a HEAD runs first and the plain put only happens when nothing is there.
+//!
+//! Either way an existing object counts as success only after a HEAD confirms its size and a GET
+//! confirms its BLAKE3 equals ours (for content-addressed keys, the hash the key names);
+//! otherwise the put is a [`StoreError::Conflict`]. So a retried upload (whose first attempt
+//! landed but whose answer was lost) is idempotent, and two writers racing on the same
+//! content-addressed key both succeed with the same bytes. Keys are content hashes (packs, refs)
+//! or unique snapshot ids, so without conditional puts a race can only write identical bytes.
+//!
+//! Backends: the local directory, an in-memory store (tests) and S3-compatible buckets
+//! ([`s3`]). The start-up [`probe`] checks that the store works and decides the put mode.
+//! [`orphans`] lists objects the catalog does not know. [`suite`] is the one test suite every
+//! backend runs.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -19,6 +32,12 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use thiserror::Error;
 use tokio_stream::StreamExt;
+
+pub mod orphans;
+pub mod probe;
+pub mod s3;
+#[cfg(any(test, feature = "testing"))]
+pub mod suite;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -41,6 +60,22 @@ pub enum StoreError {
         "object {key} already exists with different content ({existing} bytes); refusing to overwrite"
     )]
     Conflict { key: String, existing: u64 },
+    #[error("S3 store {store}: {message}")]
+    S3Setup { store: String, message: String },
+    #[error(
+        "cannot read S3 credentials file {path}: {reason} (it must hold access_key_id = \"...\" and secret_access_key = \"...\", mode 0600)"
+    )]
+    Credentials { path: PathBuf, reason: String },
+    #[error(
+        "no S3 credentials for {store}: set credentials_file = \"s3.credentials\" in [store] or the environment variables AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+    )]
+    NoCredentials { store: String },
+    #[error("object store {store} failed its start-up check ({step}): {reason}")]
+    Probe {
+        store: String,
+        step: &'static str,
+        reason: String,
+    },
 }
 
 fn backend<'a>(
@@ -72,6 +107,10 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// Set for the local-directory store: the root to fsync under.
     local_root: Option<PathBuf>,
+    /// Whether puts send a conditional create (else HEAD, then a plain put).
+    conditional: bool,
+    /// Where the objects are, for messages (never holds secrets).
+    location: String,
 }
 
 impl Store {
@@ -88,7 +127,9 @@ impl Store {
             .with_fsync(true);
         Ok(Store {
             inner: Arc::new(fs),
+            location: format!("directory {}", root.display()),
             local_root: Some(root),
+            conditional: true,
         })
     }
 
@@ -97,45 +138,139 @@ impl Store {
         Store {
             inner: Arc::new(object_store::memory::InMemory::new()),
             local_root: None,
+            conditional: true,
+            location: "memory".to_owned(),
         }
     }
 
-    /// Any other backend (S3 later); no local fsync is done.
+    /// Any other backend; no local fsync is done. Puts are conditional until
+    /// [`Store::with_conditional_put`] says otherwise.
     pub fn from_object_store(inner: Arc<dyn ObjectStore>) -> Self {
         Store {
+            location: inner.to_string(),
             inner,
             local_root: None,
+            conditional: true,
         }
     }
 
-    /// Puts an immutable object; durable when this returns.
+    /// An S3-compatible bucket ([`s3::open`]); puts follow `conditional_put` until the probe runs.
+    pub fn s3(cfg: &crate::config::S3Config) -> Result<Self, StoreError> {
+        let inner = s3::open(cfg)?;
+        Ok(Store {
+            inner,
+            local_root: None,
+            conditional: cfg.conditional_put != crate::config::ConditionalPut::Disabled,
+            location: cfg.describe(),
+        })
+    }
+
+    /// Sets whether puts send a conditional create (the probe's verdict).
+    pub fn with_conditional_put(mut self, conditional: bool) -> Self {
+        self.conditional = conditional;
+        self
+    }
+
+    /// Whether puts send a conditional create.
+    pub fn conditional_put(&self) -> bool {
+        self.conditional
+    }
+
+    /// Where the objects are (a directory, or bucket and endpoint), for messages.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The underlying object store (for the probe and for tests that damage objects).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.inner
+    }
+
+    /// Puts an immutable object; durable when this returns. An object already at `key` counts
+    /// as success only if it holds the same bytes (see the module docs).
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome, StoreError> {
-        let path = ObjectPath::from(key);
-        let opts = PutOptions {
-            mode: PutMode::Create,
-            ..Default::default()
-        };
         let ours = blake3::hash(&bytes);
-        let outcome = match self
-            .inner
-            .put_opts(&path, PutPayload::from_bytes(bytes), opts)
-            .await
-        {
-            Ok(_) => PutOutcome::Created,
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let existing = self.get(key).await?;
-                if blake3::hash(&existing) != ours {
-                    return Err(StoreError::Conflict {
-                        key: key.to_owned(),
-                        existing: existing.len() as u64,
-                    });
+        let len = bytes.len() as u64;
+        let outcome = if self.conditional {
+            let path = ObjectPath::from(key);
+            let opts = PutOptions {
+                mode: PutMode::Create,
+                ..Default::default()
+            };
+            match self
+                .inner
+                .put_opts(&path, PutPayload::from_bytes(bytes.clone()), opts)
+                .await
+            {
+                Ok(_) => PutOutcome::Created,
+                Err(object_store::Error::AlreadyExists { .. }) => {
+                    self.verify_existing(key, len, &ours).await?
                 }
-                PutOutcome::AlreadyPresent
+                Err(object_store::Error::NotImplemented { .. }) => {
+                    self.put_after_head(key, bytes, &ours).await?
+                }
+                Err(e) => return Err(backend("put", key)(e)),
             }
-            Err(e) => return Err(backend("put", key)(e)),
+        } else {
+            self.put_after_head(key, bytes, &ours).await?
         };
         self.sync(key).await?;
         Ok(outcome)
+    }
+
+    /// Without conditional puts: HEAD, and put only if nothing is there.
+    async fn put_after_head(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ours: &blake3::Hash,
+    ) -> Result<PutOutcome, StoreError> {
+        let len = bytes.len() as u64;
+        match self.head(key).await {
+            Ok(_) => return self.verify_existing(key, len, ours).await,
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        let path = ObjectPath::from(key);
+        self.inner
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(backend("put", key))?;
+        Ok(PutOutcome::Created)
+    }
+
+    /// An object exists at `key`: success only if its size and BLAKE3 match ours.
+    async fn verify_existing(
+        &self,
+        key: &str,
+        len: u64,
+        ours: &blake3::Hash,
+    ) -> Result<PutOutcome, StoreError> {
+        let size = self.head(key).await?;
+        if size != len {
+            return Err(StoreError::Conflict {
+                key: key.to_owned(),
+                existing: size,
+            });
+        }
+        let existing = self.get(key).await?;
+        if blake3::hash(&existing) != *ours {
+            return Err(StoreError::Conflict {
+                key: key.to_owned(),
+                existing: existing.len() as u64,
+            });
+        }
+        tracing::debug!(key, "object already present with the same content");
+        Ok(PutOutcome::AlreadyPresent)
+    }
+
+    /// Deletes an object (the probe's own objects; GC later). Missing objects are not an error.
+    pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = ObjectPath::from(key);
+        match self.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(backend("delete", key)(e)),
+        }
     }
 
     /// Fsyncs a local object and its directories up to the root (no-op for other backends).
@@ -220,59 +355,33 @@ fn sync_path_and_parents(root: &Path, file: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
-    async fn suite(store: Store) {
-        let key = "packs/ab/abcdef";
-        assert_eq!(
-            store
-                .put_new(key, Bytes::from_static(b"hello world"))
-                .await
-                .expect("put"),
-            PutOutcome::Created
-        );
-        assert_eq!(
-            store
-                .put_new(key, Bytes::from_static(b"hello world"))
-                .await
-                .expect("again"),
-            PutOutcome::AlreadyPresent
-        );
-        let e = store
-            .put_new(key, Bytes::from_static(b"HELLO WORLD"))
-            .await
-            .expect_err("conflict");
-        assert!(
-            matches!(e, StoreError::Conflict { existing: 11, .. }),
-            "{e}"
-        );
-        assert_eq!(
-            store.get(key).await.expect("get"),
-            Bytes::from_static(b"hello world")
-        );
-        assert_eq!(
-            store.get_range(key, 6..11).await.expect("range"),
-            Bytes::from_static(b"world")
-        );
-        assert_eq!(store.head(key).await.expect("head"), 11);
-        assert_eq!(
-            store.list("packs").await.expect("list"),
-            vec![(key.to_owned(), 11)]
-        );
-        assert!(matches!(
-            store.get("packs/zz/nothing").await,
-            Err(StoreError::NotFound { .. })
-        ));
+    pub(crate) fn count_files(dir: &Path) -> usize {
+        let mut n = 0;
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                n += count_files(&p);
+            } else {
+                n += 1;
+            }
+        }
+        n
     }
 
     #[tokio::test]
     async fn local_store_suite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::local(&dir.path().join("objects")).expect("open");
-        suite(store).await;
-        assert!(dir.path().join("objects/packs/ab/abcdef").is_file());
+        suite::run(&store).await;
+        suite::run(&store.clone().with_conditional_put(false)).await;
+        let files = crate::store::tests::count_files(&dir.path().join("objects/suite"));
+        assert_eq!(files, 2, "one object left per run, fsync'd to real files");
     }
 
     #[tokio::test]
     async fn memory_store_suite() {
-        suite(Store::memory()).await;
+        let store = Store::memory();
+        suite::run(&store).await;
+        suite::run(&store.with_conditional_put(false)).await;
     }
 }

@@ -26,6 +26,15 @@ pub struct TestController {
 impl TestController {
     /// Initializes `dir` and serves it on 127.0.0.1:0.
     pub async fn start(dir: &Path) -> TestController {
+        Self::start_with(dir, |_| {}).await
+    }
+
+    /// Like [`TestController::start`], letting `configure` change the handler state first
+    /// (swap the store for a fault-injecting one, shorten the store deadline).
+    pub async fn start_with(
+        dir: &Path,
+        configure: impl FnOnce(&mut crate::service::State),
+    ) -> TestController {
         lifeboat_common::tls::install_crypto_provider();
         crate::init::init(dir, "127.0.0.1:0", &[]).expect("init controller dir");
         let config =
@@ -33,7 +42,8 @@ impl TestController {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let shutdown = CancellationToken::new();
-        let prepared = crate::server::prepare(&config).expect("prepare");
+        let mut prepared = crate::server::prepare(&config).expect("prepare");
+        configure(prepared.state_mut());
         let handle = tokio::spawn(prepared.run(listener, shutdown.clone()));
         TestController {
             dir: dir.to_owned(),

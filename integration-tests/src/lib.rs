@@ -7,9 +7,11 @@
 //! 127.0.0.1:0` and prints `LISTENING <addr>` once it serves.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
+pub mod catalog_check;
 pub mod mariadb;
 pub mod nginx;
 pub mod process;
+pub mod s3;
 pub mod tree;
 
 pub use process::{Agent, Controller, bin, run};

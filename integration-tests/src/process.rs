@@ -64,6 +64,11 @@ impl Controller {
 
     /// Starts `serve` on an existing controller directory.
     pub fn serve(dir: &Path) -> Controller {
+        Self::serve_with_env(dir, &[])
+    }
+
+    /// Starts `serve` with extra environment variables (e.g. `LIFEBOAT_FAILPOINTS`).
+    pub fn serve_with_env(dir: &Path, env: &[(&str, &str)]) -> Controller {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -76,6 +81,7 @@ impl Controller {
             .arg("--listen")
             .arg("127.0.0.1:0")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -151,6 +157,12 @@ impl Controller {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Waits for the process to end by itself (e.g. a failpoint abort); returns its status.
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        child.wait().ok()
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -123,12 +123,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
         self.batch_bytes = 0;
         let cached_files = std::mem::take(&mut self.batch_cached);
         let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
-        let missing: HashSet<ChunkId> = self
-            .remote
-            .have_chunks(&self.session.id, &ids)
-            .await?
-            .into_iter()
-            .collect();
+        // A cached file's ids are added at once, so a batch can exceed max_ids: ask in slices.
+        let mut missing: HashSet<ChunkId> = HashSet::new();
+        for part in ids.chunks(self.session.max_ids.max(1)) {
+            missing.extend(self.remote.have_chunks(&self.session.id, part).await?);
+        }
         let mut to_seal = Vec::new();
         let mut lost = HashSet::new();
         for (id, data) in batch {
@@ -154,6 +153,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         let sealed: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
         let uploaded: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
         self.remote.upload(&self.session.id, blobs).await?;
+        lifeboat_common::failpoint::hit("agent.after_upload_batch");
         self.durable.extend(uploaded);
         self.stats.new_chunks += count;
         self.stats.new_logical_bytes += plain;

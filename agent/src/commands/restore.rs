@@ -1,21 +1,124 @@
-//! `lifeboat-agent restore`.
+//! `lifeboat-agent restore`: files (`--to DIR` or `--in-place`) or databases, chosen by the
+//! snapshot's kind. After an in-place restore of nginx configuration (the source has an nginx
+//! check, or a root under /etc/nginx) `nginx -t` runs; `--reload` reloads if it passed.
+
+use std::time::Instant;
 
 use lifeboat_common::exit;
+use lifeboat_common::keys::DataKeys;
+use lifeboat_common::manifest::Manifest;
 use tracing::warn;
 
 use super::{CmdResult, Failure, connect, data_keys, human_bytes, load_config, print_json};
 use crate::cli::{Cli, RestoreArgs};
-use crate::config::Excludes;
+use crate::client::GrpcRemote;
+use crate::config::{AgentConfig, Excludes, NginxCheck};
 use crate::error::AgentError;
+use crate::mysql::Server;
+use crate::restore::database::{DbRestoreOptions, restore_databases};
+use crate::restore::fetch::load_manifest;
 use crate::restore::target::Target;
-use crate::restore::{RestoreOptions, restore};
+use crate::restore::{RestoreOptions, restore_manifest};
+
+fn usage(message: String) -> Failure {
+    Failure {
+        message,
+        code: exit::USAGE,
+    }
+}
 
 pub async fn run(cli: &Cli, args: &RestoreArgs) -> CmdResult {
     let cfg = load_config(cli.config.as_deref())?;
-    let usage = |message: String| Failure {
-        message,
-        code: exit::USAGE,
+    let keys = data_keys(&cfg)?;
+    let mut remote = connect(&cfg).await?;
+    if let Some(from) = &args.from_agent {
+        remote = remote.reading_from(from);
+    }
+    let fail = |e: AgentError| Failure::new(&e, Some(&cfg));
+    let started = Instant::now();
+    let (info, manifest) = load_manifest(&remote, &keys, &args.snapshot, &args.source)
+        .await
+        .map_err(fail)?;
+    if manifest.header.kind == "mysql" {
+        restore_db(&cfg, &remote, &keys, &manifest, args, &info.id)
+            .await
+            .map_err(fail)
+    } else {
+        restore_files(&cfg, &remote, &keys, &manifest, args, &info.id, started).await
+    }
+}
+
+async fn restore_db(
+    cfg: &AgentConfig,
+    remote: &GrpcRemote,
+    keys: &DataKeys,
+    m: &Manifest,
+    args: &RestoreArgs,
+    snapshot: &str,
+) -> Result<i32, AgentError> {
+    if args.to.is_some() || args.in_place || args.delete || args.path.is_some() {
+        return Err(AgentError::Invalid(format!(
+            "snapshot {snapshot} is a database snapshot: --to, --in-place, --path and --delete do not apply; use --database, --as, --drop-existing, --users"
+        )));
+    }
+    let mysql = cfg
+        .source(&args.source)
+        .ok()
+        .and_then(|s| s.mysql.clone())
+        .ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "source {:?} is not a mysql source in {}: add it (kind = \"mysql\" with socket/defaults_file) so the agent knows how to reach the server",
+                args.source,
+                cfg.path.display()
+            ))
+        })?;
+    let server = Server::new(&mysql)?;
+    let opts = DbRestoreOptions {
+        database: args.database.clone(),
+        as_name: args.as_name.clone(),
+        drop_existing: args.drop_existing,
+        users: args.users || args.users_only,
+        users_only: args.users_only,
     };
+    let mut report = restore_databases(remote, keys, &server, m, &opts).await?;
+    report.snapshot_id = snapshot.to_owned();
+    if args.json {
+        print_json(&report);
+    } else {
+        for d in &report.databases {
+            println!(
+                "restored database {} into {}: {} tables, {} rows verified, {} loaded{}",
+                d.name,
+                d.into,
+                d.tables,
+                d.rows,
+                human_bytes(d.bytes_loaded),
+                if d.replaced {
+                    " (replaced the existing database)"
+                } else {
+                    ""
+                }
+            );
+        }
+        if report.users_restored {
+            println!("users and grants restored");
+            for u in &report.users_not_in_backup {
+                println!("  not in the backup (left as is): {u}");
+            }
+        }
+    }
+    Ok(exit::SUCCESS)
+}
+
+async fn restore_files(
+    cfg: &AgentConfig,
+    remote: &GrpcRemote,
+    keys: &DataKeys,
+    m: &Manifest,
+    args: &RestoreArgs,
+    snapshot: &str,
+    started: Instant,
+) -> CmdResult {
     let target = match (&args.to, args.in_place) {
         (Some(dir), false) => {
             let dir = std::path::absolute(dir)
@@ -25,6 +128,16 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> CmdResult {
         (None, true) => Target::InPlace,
         _ => return Err(usage("give exactly one of --to DIR or --in-place".into())),
     };
+    if args.database.is_some()
+        || args.as_name.is_some()
+        || args.drop_existing
+        || args.users
+        || args.users_only
+    {
+        return Err(usage(
+            "--database, --as, --drop-existing and --users apply to database snapshots only".into(),
+        ));
+    }
     if let Some(p) = &args.path
         && !p.is_absolute()
     {
@@ -33,26 +146,42 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> CmdResult {
             p.display()
         )));
     }
-    let excludes = match cfg.source(&args.source) {
-        Ok(s) => s.excludes.clone(),
-        Err(_) => {
+    let src = cfg.source(&args.source).ok();
+    let excludes = match src {
+        Some(s) => s.excludes.clone(),
+        None => {
             warn!(source = %args.source, "source is not in this agent's config; --delete keeps no excluded paths");
             Excludes::default()
         }
     };
-    let keys = data_keys(&cfg)?;
-    let remote = connect(&cfg).await?;
     let opts = RestoreOptions {
         source: args.source.clone(),
         snapshot: args.snapshot.clone(),
-        target,
+        target: target.clone(),
         path: args.path.clone(),
         delete: args.delete,
         excludes,
     };
-    let report = restore(&remote, &keys, &opts)
+    let mut report = restore_manifest(remote, keys, m, &opts)
         .await
-        .map_err(|e: AgentError| Failure::new(&e, Some(&cfg)))?;
+        .map_err(|e: AgentError| Failure::new(&e, Some(cfg)))?;
+    report.snapshot_id = snapshot.to_owned();
+    report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let has_nginx_conf =
+        (0..m.header.roots.len()).any(|i| m.root_path(i as u32).starts_with("/etc/nginx"));
+    let check = src.and_then(|s| s.nginx.clone()).or_else(|| {
+        has_nginx_conf.then(|| NginxCheck {
+            command: "nginx".into(),
+            conf: None,
+            prefix: None,
+        })
+    });
+    if let (Some(c), Target::InPlace) = (check, &target) {
+        let reload = args.reload;
+        report.nginx = tokio::task::spawn_blocking(move || crate::nginx::check(&c, reload))
+            .await
+            .ok();
+    }
     if args.json {
         print_json(&report);
     } else {
@@ -67,6 +196,22 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> CmdResult {
             report.deleted,
             report.duration_ms
         );
+        if let Some(n) = &report.nginx {
+            println!(
+                "nginx -t: {}{}",
+                if n.test_passed { "passed" } else { "FAILED" },
+                if n.reloaded { "; nginx reloaded" } else { "" }
+            );
+        }
     }
-    Ok(exit::SUCCESS)
+    match &report.nginx {
+        Some(n) if !n.test_passed => Err(Failure {
+            message: format!(
+                "files were restored, but `nginx -t` failed (nginx was not reloaded): {}",
+                n.test_output
+            ),
+            code: exit::ERROR,
+        }),
+        _ => Ok(exit::SUCCESS),
+    }
 }

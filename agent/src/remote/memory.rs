@@ -9,7 +9,8 @@ use lifeboat_common::ids::ChunkId;
 use lifeboat_proto::v1::SnapshotStats;
 
 use super::{
-    CommitOutcome, CommitRequest, Remote, RemoteError, Session, SnapshotInfo, UploadReceipt,
+    CommitOutcome, CommitRequest, FailureReport, Remote, RemoteError, Session, SnapshotInfo,
+    UploadReceipt,
 };
 
 #[derive(Default)]
@@ -20,6 +21,7 @@ pub struct MemoryRemote {
     pub damaged: Mutex<HashSet<ChunkId>>,
     pub uploads: AtomicU64,
     pub uploaded_ids: Mutex<Vec<ChunkId>>,
+    pub failures: Mutex<Vec<FailureReport>>,
     next: AtomicU64,
 }
 
@@ -109,6 +111,12 @@ impl Remote for MemoryRemote {
             op: "GetSnapshot",
             status: tonic::Status::not_found("no such snapshot"),
         })
+    }
+
+    async fn report_failure(&self, report: FailureReport) -> Result<String, RemoteError> {
+        let mut f = self.failures.lock().expect("lock");
+        f.push(report);
+        Ok(format!("f{}", f.len()))
     }
 
     async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {

@@ -39,6 +39,8 @@ fn source(root: &Path, excludes: &[&str]) -> SourceConfig {
             .expect("excludes"),
         interval: Duration::from_secs(60),
         chunker: SMALL,
+        mysql: None,
+        nginx: None,
     }
 }
 

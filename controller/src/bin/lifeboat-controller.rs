@@ -96,7 +96,8 @@ fn run_serve(config: &std::path::Path, listen_flag: Option<String>) -> anyhow::R
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let prepared = server::prepare(&cfg)?;
+        let mut prepared = server::prepare(&cfg)?;
+        prepared.probe_store(&cfg).await?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;

@@ -6,7 +6,8 @@ use rusqlite::Connection;
 use super::CatalogError;
 
 /// Each entry moves the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[r#"
+pub const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE agents (
     id          TEXT PRIMARY KEY,
     dedup_group TEXT NOT NULL,
@@ -73,7 +74,28 @@ CREATE TABLE snapshot_refs (
     PRIMARY KEY (snapshot_id, chunk_id)
 ) WITHOUT ROWID;
 CREATE INDEX snapshot_refs_by_chunk ON snapshot_refs(chunk_id);
-"#];
+"#,
+    // v2: failed backups (reported by agents, shown by `snapshots list`) and restore grants
+    // (`lifeboatctl agent allow-restore NEW --from OLD`).
+    r#"
+CREATE TABLE backup_failures (
+    id          TEXT PRIMARY KEY,
+    agent       TEXT NOT NULL REFERENCES agents(id),
+    source      TEXT NOT NULL,
+    started_at  INTEGER NOT NULL,
+    finished_at INTEGER NOT NULL,
+    reported_at INTEGER NOT NULL,
+    reason      TEXT NOT NULL
+);
+CREATE INDEX backup_failures_by_agent ON backup_failures(agent, source, reported_at);
+CREATE TABLE restore_grants (
+    agent      TEXT NOT NULL REFERENCES agents(id),
+    from_agent TEXT NOT NULL REFERENCES agents(id),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (agent, from_agent)
+) WITHOUT ROWID;
+"#,
+];
 
 /// Brings the schema up to date; refuses a catalog newer than this binary.
 pub fn migrate(conn: &mut Connection) -> Result<(), CatalogError> {

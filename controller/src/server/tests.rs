@@ -122,6 +122,7 @@ async fn read(a: &mut Agent, ids: &[ChunkId]) -> Result<Vec<pb::Blob>, tonic::St
     let mut s = a
         .read_chunks(pb::ReadChunksRequest {
             ids: ids_bytes(ids),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -213,6 +214,7 @@ async fn backup_commit_list_read_and_isolation() {
         .get_snapshot(pb::GetSnapshotRequest {
             snapshot_id: "latest".into(),
             source: "web".into(),
+            ..Default::default()
         })
         .await
         .expect("latest")
@@ -222,6 +224,7 @@ async fn backup_commit_list_read_and_isolation() {
         .get_snapshot(pb::GetSnapshotRequest {
             snapshot_id: snap[..8].into(),
             source: String::new(),
+            ..Default::default()
         })
         .await
         .expect("prefix")
@@ -231,6 +234,7 @@ async fn backup_commit_list_read_and_isolation() {
         .get_snapshot(pb::GetSnapshotRequest {
             snapshot_id: "latest".into(),
             source: "db".into(),
+            ..Default::default()
         })
         .await
         .expect_err("no db snapshot");
@@ -250,6 +254,7 @@ async fn backup_commit_list_read_and_isolation() {
         .get_snapshot(pb::GetSnapshotRequest {
             snapshot_id: snap.clone(),
             source: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("foreign snapshot");

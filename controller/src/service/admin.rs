@@ -10,7 +10,7 @@ use super::State;
 use super::agent::find_snapshot;
 use crate::auth::{fingerprint, require_admin};
 use crate::catalog::agents::{self, AgentRow};
-use crate::catalog::snapshots;
+use crate::catalog::{failures, grants, snapshots};
 use crate::error::ServiceError;
 use crate::wire;
 
@@ -118,14 +118,20 @@ impl AdminService for AdminApi {
             "" => None,
             s => Some(wire::source(s)?),
         };
-        let rows = self
+        let (rows, failed) = self
             .state
             .catalog
-            .run(move |c| snapshots::list(c, agent.as_deref(), source.as_deref()))
+            .run(move |c| {
+                Ok((
+                    snapshots::list(c, agent.as_deref(), source.as_deref())?,
+                    failures::list(c, agent.as_deref(), source.as_deref())?,
+                ))
+            })
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: rows.iter().map(wire::snapshot_to_pb).collect(),
+            failures: failed.iter().map(failure_to_pb).collect(),
         }))
     }
 
@@ -144,5 +150,78 @@ impl AdminService for AdminApi {
         Ok(Response::new(
             find_snapshot(&self.state, None, id, "").await?,
         ))
+    }
+
+    async fn get_storage_stats(
+        &self,
+        req: Request<pb::GetStorageStatsRequest>,
+    ) -> Result<Response<pb::GetStorageStatsResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Ok(Response::new(super::storage::stats(&self.state).await?))
+    }
+
+    async fn list_orphans(
+        &self,
+        req: Request<pb::ListOrphansRequest>,
+    ) -> Result<Response<pb::ListOrphansResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Ok(Response::new(
+            super::storage::list_orphans(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn allow_restore(
+        &self,
+        req: Request<pb::AllowRestoreRequest>,
+    ) -> Result<Response<pb::AllowRestoreResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        let r = req.into_inner();
+        let parse = |field: &str, v: &str| {
+            AgentId::new(v)
+                .map(|a| a.to_string())
+                .map_err(|e| ServiceError::invalid(format!("{field}: {e}")))
+        };
+        let agent = parse("agent_id", &r.agent_id)?;
+        let from = parse("from_agent", &r.from_agent)?;
+        if agent == from {
+            return Err(ServiceError::invalid("an agent can always read its own snapshots").into());
+        }
+        let now = now_unix_ms();
+        let (a2, f2) = (agent.clone(), from.clone());
+        let known = self
+            .state
+            .catalog
+            .run(move |c| {
+                let known =
+                    grants::group_of(c, &a2)?.is_some() && grants::group_of(c, &f2)?.is_some();
+                if known {
+                    grants::insert(c, &a2, &f2, now)?;
+                }
+                Ok(known)
+            })
+            .await
+            .map_err(ServiceError::from)?;
+        if !known {
+            return Err(ServiceError::NotFound(format!(
+                "agent {agent} or {from} is not enrolled; see `lifeboatctl agent list`"
+            ))
+            .into());
+        }
+        tracing::warn!(agent = %agent, from_agent = %from, "restore grant created");
+        Ok(Response::new(pb::AllowRestoreResponse {
+            created_at_unix_ms: now,
+        }))
+    }
+}
+
+fn failure_to_pb(f: &failures::FailureRow) -> pb::FailedBackup {
+    pb::FailedBackup {
+        id: f.id.clone(),
+        agent_id: f.agent.clone(),
+        source: f.source.clone(),
+        started_at_unix_ms: f.started_at,
+        finished_at_unix_ms: f.finished_at,
+        reported_at_unix_ms: f.reported_at,
+        reason: f.reason.clone(),
     }
 }

@@ -13,6 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::State;
 use crate::auth::{AgentCtx, require_agent};
 use crate::catalog::chunks::{self, ChunkLocation, SessionRow};
+use crate::catalog::failures::{self, FailureRow};
+use crate::catalog::grants;
 use crate::catalog::snapshots::{self, Lookup};
 use crate::error::ServiceError;
 use crate::store::Store;
@@ -63,13 +65,45 @@ pub async fn find_snapshot(
     }
 }
 
-/// Checks every id is referenced by the agent's snapshots and returns where each blob lives.
+/// Whose snapshots a read names: the caller's own (`from_agent` empty or the caller), or another
+/// agent's when an admin granted it (`lifeboatctl agent allow-restore`). Returns (agent, group).
+pub async fn read_owner(
+    state: &State,
+    caller: &AgentCtx,
+    from_agent: &str,
+) -> Result<(String, String), ServiceError> {
+    let me = caller.id.to_string();
+    if from_agent.is_empty() || from_agent == me {
+        return Ok((me, caller.group.clone()));
+    }
+    let other = lifeboat_common::ids::AgentId::new(from_agent)
+        .map_err(|e| ServiceError::invalid(format!("from_agent: {e}")))?
+        .to_string();
+    let (me2, other2) = (me.clone(), other.clone());
+    let (allowed, group) = state
+        .catalog
+        .run(move |c| {
+            Ok((
+                grants::allowed(c, &me2, &other2)?,
+                grants::group_of(c, &other2)?,
+            ))
+        })
+        .await?;
+    match (allowed, group) {
+        (true, Some(g)) => Ok((other, g)),
+        _ => Err(ServiceError::FailedPrecondition(format!(
+            "agent {me} may not read the snapshots of agent {other}; an operator can allow it with `lifeboatctl agent allow-restore {me} --from {other}`"
+        ))),
+    }
+}
+
+/// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
 async fn authorize_reads(
     state: &State,
-    agent: &AgentCtx,
+    owner: (String, String),
     ids: Vec<ChunkId>,
 ) -> Result<Vec<(ChunkId, ChunkLocation)>, ServiceError> {
-    let (name, group) = (agent.id.to_string(), agent.group.clone());
+    let (name, group) = owner;
     state
         .catalog
         .run(move |c| {
@@ -178,8 +212,9 @@ impl AgentService for AgentApi {
         req: Request<Streaming<pb::UploadChunksRequest>>,
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
         let a = self.agent(&req).await?;
+        let s = &self.state;
         let r =
-            ingest::upload(&self.state.catalog, &self.state.store, &a, req.into_inner()).await?;
+            ingest::upload(&s.catalog, &s.store, s.store_deadline, &a, req.into_inner()).await?;
         Ok(Response::new(r))
     }
 
@@ -188,8 +223,9 @@ impl AgentService for AgentApi {
         req: Request<Streaming<pb::CommitSnapshotRequest>>,
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
         let a = self.agent(&req).await?;
+        let s = &self.state;
         let r =
-            commit::commit(&self.state.catalog, &self.state.store, &a, req.into_inner()).await?;
+            commit::commit(&s.catalog, &s.store, s.store_deadline, &a, req.into_inner()).await?;
         Ok(Response::new(r))
     }
 
@@ -202,7 +238,7 @@ impl AgentService for AgentApi {
             "" => None,
             s => Some(wire::source(s)?),
         };
-        let name = a.id.to_string();
+        let (name, _) = read_owner(&self.state, &a, &req.get_ref().from_agent).await?;
         let rows = self
             .state
             .catalog
@@ -211,6 +247,7 @@ impl AgentService for AgentApi {
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ListSnapshotsResponse {
             snapshots: rows.iter().map(wire::snapshot_to_pb).collect(),
+            failures: Vec::new(),
         }))
     }
 
@@ -220,13 +257,8 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::Snapshot>, Status> {
         let a = self.agent(&req).await?;
         let r = req.get_ref();
-        let s = find_snapshot(
-            &self.state,
-            Some(a.id.to_string()),
-            &r.snapshot_id,
-            &r.source,
-        )
-        .await?;
+        let (owner, _) = read_owner(&self.state, &a, &r.from_agent).await?;
+        let s = find_snapshot(&self.state, Some(owner), &r.snapshot_id, &r.source).await?;
         Ok(Response::new(s))
     }
 
@@ -238,7 +270,8 @@ impl AgentService for AgentApi {
     ) -> Result<Response<Self::ReadChunksStream>, Status> {
         let a = self.agent(&req).await?;
         let ids = wire::ids(&req.get_ref().ids, "ids")?;
-        let plan = authorize_reads(&self.state, &a, ids).await?;
+        let owner = read_owner(&self.state, &a, &req.get_ref().from_agent).await?;
+        let plan = authorize_reads(&self.state, owner, ids).await?;
         // Two blobs in flight at most: memory stays bounded whatever the request size.
         let (tx, rx) = mpsc::channel(2);
         let store = self.state.store.clone();
@@ -260,5 +293,34 @@ impl AgentService for AgentApi {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn report_failure(
+        &self,
+        req: Request<pb::ReportFailureRequest>,
+    ) -> Result<Response<pb::ReportFailureResponse>, Status> {
+        let a = self.agent(&req).await?;
+        let r = req.into_inner();
+        let source = wire::source(&r.source)?;
+        if r.reason.trim().is_empty() {
+            return Err(ServiceError::invalid("reason: empty; say why the backup failed").into());
+        }
+        let row = FailureRow {
+            id: SessionId::generate().as_str()[..20].to_owned(),
+            agent: a.id.to_string(),
+            source,
+            started_at: r.started_at_unix_ms,
+            finished_at: r.finished_at_unix_ms,
+            reported_at: now_unix_ms(),
+            reason: failures::truncate_reason(&r.reason),
+        };
+        let (id, source) = (row.id.clone(), row.source.clone());
+        self.state
+            .catalog
+            .run(move |c| failures::insert(c, &row))
+            .await
+            .map_err(ServiceError::from)?;
+        tracing::warn!(agent = %a.id, source = %source, failure = %id, "agent reported a failed backup");
+        Ok(Response::new(pb::ReportFailureResponse { failure_id: id }))
     }
 }

@@ -1,0 +1,414 @@
+//! Backup of a `mysql` source: one validated dump stream per database (and one of users and
+//! grants), streamed into the same dedup → seal → upload path as files, then a manifest that
+//! records the server, binlog position, tables and row counts, and one commit.
+//!
+//! Validation, every time, per dump: the tool's exit status (stderr kept in the error), a
+//! stdout read error, an empty stream, the `-- Dump completed` trailer, and every table the
+//! server listed before the dump having a `CREATE TABLE` in the stream. Row counts are counted
+//! from the stream itself (exact for what was dumped). Any failure is a **failed backup**
+//! ([`AgentError::DumpFailed`]): nothing is committed, so `latest` still names the previous
+//! good snapshot; the caller reports it to the controller. Chunks already uploaded are durable
+//! and simply unreferenced (the next backup finds them with `HaveChunks`).
+//!
+//! Manifest layout: root 0 is `/`; each database is a file entry `databases/<name>.sql` (mode
+//! 0600), the users dump is `users.sql`; [`DatabaseMeta`] in the header ties them together.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use lifeboat_common::clock::now_unix_ms;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_common::manifest::{
+    DatabaseDump, DatabaseMeta, Entry, EntryKind, ManifestHeader, ManifestWriter, TableInfo,
+};
+use lifeboat_proto::v1::SnapshotStats;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::upload::Uploader;
+use super::{BackupContext, BackupReport, chunk_bytes};
+use crate::config::{MysqlConfig, SourceConfig, Verify};
+use crate::error::AgentError;
+use crate::mysql::dump::{DumpDone, DumpJob, DumpMsg, describe_status};
+use crate::mysql::{Flavor, Objects, Server, ServerInfo, binlog_option};
+use crate::remote::{CommitOutcome, CommitRequest, Remote};
+
+/// Per database, as printed by `backup --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DatabaseSummary {
+    pub name: String,
+    pub tables: usize,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// The manifest path of a database's dump.
+pub fn dump_path(db: &str) -> String {
+    format!("databases/{db}.sql")
+}
+
+/// The manifest path of the users-and-grants dump.
+pub const USERS_PATH: &str = "users.sql";
+
+struct Planned {
+    info: ServerInfo,
+    dbs: Vec<(String, Objects, (String, String))>,
+}
+
+fn plan(server: &Server, cfg: &MysqlConfig) -> Result<Planned, AgentError> {
+    let info = server.info()?;
+    let names = if cfg.databases.is_empty() {
+        server.databases()?
+    } else {
+        cfg.databases.clone()
+    };
+    let mut dbs = Vec::new();
+    for name in names {
+        let charset = server.schema(&name)?.ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "database {name} does not exist on the server; fix databases = [...] in the source"
+            ))
+        })?;
+        let objects = server.objects(&name)?;
+        dbs.push((name, objects, charset));
+    }
+    Ok(Planned { info, dbs })
+}
+
+/// Backs up a `mysql` source now.
+pub async fn backup_mysql<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    cfg: &MysqlConfig,
+    started: Instant,
+    started_ms: i64,
+) -> Result<BackupReport, AgentError> {
+    let server = Server::new(cfg)?;
+    let (s2, c2) = (server.clone(), cfg.clone());
+    let planned = tokio::task::spawn_blocking(move || plan(&s2, &c2))
+        .await
+        .map_err(|e| AgentError::Worker(e.to_string()))?
+        .map_err(|e| AgentError::DumpFailed {
+            source_name: src.name.clone(),
+            what: "the server check before the dump".into(),
+            reason: e.to_string(),
+        })?;
+    let session = ctx.remote.begin_session(&src.name).await?;
+    let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level);
+    let mut meta = DatabaseMeta {
+        server_version: planned.info.version.clone(),
+        dump_tool: server.dump_tool.display().to_string(),
+        gtid: planned.info.gtid.clone(),
+        verify: cfg.verify.as_str().into(),
+        ..DatabaseMeta::default()
+    };
+    let mut entries = Vec::new();
+    let mut summaries = Vec::new();
+    let fail = |database: &str, reason: String| AgentError::DumpFailed {
+        source_name: src.name.clone(),
+        what: format!("database {database}"),
+        reason,
+    };
+    for (db, objects, (charset, collation)) in &planned.dbs {
+        let mut args: Vec<String> = [
+            "--single-transaction",
+            "--quick",
+            "--routines",
+            "--triggers",
+            "--events",
+            "--hex-blob",
+            "--no-create-db",
+        ]
+        .map(String::from)
+        .to_vec();
+        if planned.info.log_bin {
+            args.push(binlog_option(planned.info.flavor).into());
+        }
+        args.push(db.clone());
+        let done = dump_one(ctx, src, &server, args, &mut up).await?;
+        validate(&done, &server, objects).map_err(|r| fail(db, r))?;
+        let s = &done.summary;
+        for extra in s.tables.iter().filter(|t| !objects.tables.contains(t)) {
+            warn!(database = %db, table = %extra, "table created during the dump; it is in this snapshot");
+        }
+        if meta.binlog_file.is_empty() {
+            meta.binlog_file = s.binlog_file.clone();
+            meta.binlog_position = s.binlog_position;
+        }
+        let tables: Vec<TableInfo> = s
+            .tables
+            .iter()
+            .map(|t| TableInfo {
+                name: t.clone(),
+                rows: s.rows.get(t).copied().unwrap_or(0),
+                checksum: None,
+            })
+            .collect();
+        summaries.push(DatabaseSummary {
+            name: db.clone(),
+            tables: tables.len(),
+            rows: tables.iter().map(|t| t.rows).sum(),
+            bytes: done.size,
+        });
+        info!(database = %db, tables = tables.len(), bytes = done.size, "database dump validated");
+        entries.push(dump_entry(&dump_path(db), &done));
+        meta.databases.push(DatabaseDump {
+            name: db.clone(),
+            path: dump_path(db),
+            default_charset: charset.clone(),
+            default_collation: collation.clone(),
+            tables,
+            views: objects.views.clone(),
+            routines: objects.routines.clone(),
+            triggers: objects.triggers.clone(),
+            events: objects.events.clone(),
+        });
+    }
+    if cfg.users {
+        backup_users(
+            ctx,
+            src,
+            &server,
+            &planned.info,
+            &mut up,
+            &mut meta,
+            &mut entries,
+        )
+        .await?;
+    }
+    if cfg.verify == Verify::Checksums {
+        meta = add_checksums(&server, meta).await?;
+    }
+    commit(ctx, src, up, meta, entries, summaries, started, started_ms).await
+}
+
+async fn backup_users<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    server: &Server,
+    info: &ServerInfo,
+    up: &mut Uploader<'_, R>,
+    meta: &mut DatabaseMeta,
+    entries: &mut Vec<Entry>,
+) -> Result<(), AgentError> {
+    if info.flavor != Flavor::MariaDb {
+        return Err(AgentError::DumpFailed {
+            source_name: src.name.clone(),
+            what: "users and grants".into(),
+            reason: format!(
+                "backing up users and grants is supported on MariaDB only (server {}); set users = false in the source",
+                info.version
+            ),
+        });
+    }
+    let args = ["--system=users", "--insert-ignore"]
+        .map(String::from)
+        .to_vec();
+    let done = dump_one(ctx, src, server, args, up).await?;
+    validate(&done, server, &Objects::default()).map_err(|reason| AgentError::DumpFailed {
+        source_name: src.name.clone(),
+        what: "users and grants".into(),
+        reason,
+    })?;
+    meta.users = done.summary.users.clone();
+    meta.users_path = USERS_PATH.into();
+    entries.push(dump_entry(USERS_PATH, &done));
+    Ok(())
+}
+
+async fn add_checksums(
+    server: &Server,
+    mut meta: DatabaseMeta,
+) -> Result<DatabaseMeta, AgentError> {
+    let s = server.clone();
+    tokio::task::spawn_blocking(move || {
+        for d in &mut meta.databases {
+            let names: Vec<String> = d.tables.iter().map(|t| t.name.clone()).collect();
+            let sums = s.checksums(&d.name, &names)?;
+            for t in &mut d.tables {
+                t.checksum = sums.get(&t.name).copied();
+            }
+        }
+        Ok::<_, AgentError>(meta)
+    })
+    .await
+    .map_err(|e| AgentError::Worker(e.to_string()))?
+}
+
+/// Runs one dump on a thread, feeding its chunks to the uploader as they come.
+async fn dump_one<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    server: &Server,
+    args: Vec<String>,
+    up: &mut Uploader<'_, R>,
+) -> Result<DumpDone, AgentError> {
+    let job = DumpJob {
+        server: server.clone(),
+        args,
+        params: src.chunker,
+        keys: ctx.keys.clone(),
+    };
+    let (tx, mut rx) = mpsc::channel(4);
+    std::thread::Builder::new()
+        .name("lifeboat-dump".into())
+        .spawn(move || crate::mysql::dump::run(job, tx))
+        .map_err(|e| AgentError::Worker(format!("cannot start the dump thread: {e}")))?;
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            DumpMsg::Chunk { id, data } => up.add(id, data).await?,
+            DumpMsg::Done(done) => return Ok((*done)?),
+        }
+    }
+    Err(AgentError::Worker(
+        "the dump thread ended without a result".into(),
+    ))
+}
+
+/// The checks every dump must pass; the error is the operator-facing reason.
+fn validate(d: &DumpDone, server: &Server, objects: &Objects) -> Result<(), String> {
+    let tool = server.dump_tool.display();
+    if let Some(e) = &d.read_error {
+        return Err(format!("reading the output of {tool} failed: {e}"));
+    }
+    if !d.status.success() {
+        return Err(format!(
+            "{tool} failed ({}): {}",
+            describe_status(&d.status),
+            d.stderr
+        ));
+    }
+    if d.size == 0 {
+        return Err(format!(
+            "{tool} succeeded but its output is empty (the server lists {} tables)",
+            objects.tables.len()
+        ));
+    }
+    if !d.summary.trailer {
+        return Err(format!(
+            "the dump ({} bytes) does not end with the '-- Dump completed' trailer: it was cut short",
+            d.size
+        ));
+    }
+    let missing: Vec<&String> = objects
+        .tables
+        .iter()
+        .filter(|t| !d.summary.tables.contains(t))
+        .collect();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        return Err(format!(
+            "the dump lacks {} of the {} tables the server lists: {}",
+            missing.len(),
+            objects.tables.len(),
+            names.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn dump_entry(path: &str, d: &DumpDone) -> Entry {
+    Entry {
+        root: 0,
+        path: path.as_bytes().to_vec(),
+        kind: EntryKind::File as i32,
+        mode: 0o600,
+        mtime_sec: now_unix_ms() / 1000,
+        size: d.size,
+        chunks: d.ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        chunk_sizes: d.sizes.clone(),
+        ..Entry::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn commit<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    mut up: Uploader<'_, R>,
+    meta: DatabaseMeta,
+    entries: Vec<Entry>,
+    summaries: Vec<DatabaseSummary>,
+    started: Instant,
+    started_ms: i64,
+) -> Result<BackupReport, AgentError> {
+    let header = ManifestHeader {
+        source: src.name.clone(),
+        kind: src.kind.as_str().into(),
+        roots: vec![b"/".to_vec()],
+        chunker: Some(src.chunker.into()),
+        created_at_unix_ms: started_ms,
+        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        database: Some(meta),
+    };
+    let mut w = ManifestWriter::new(&header);
+    let mut refs: BTreeSet<ChunkId> = BTreeSet::new();
+    let mut logical = 0;
+    for e in &entries {
+        w.push(e);
+        refs.extend(e.chunk_ids());
+        logical += e.size;
+    }
+    let data_chunks = refs.len() as u64;
+    let mut manifest_ids = Vec::new();
+    for (id, data) in chunk_bytes(&ctx.keys, src, &w.finish())? {
+        manifest_ids.push(id);
+        refs.insert(id);
+        up.add(id, data).await?;
+    }
+    up.flush().await?;
+    let stats = SnapshotStats {
+        files: entries.len() as u64,
+        logical_bytes: logical,
+        new_logical_bytes: up.stats.new_logical_bytes,
+        chunks: data_chunks,
+        new_chunks: up.stats.new_chunks,
+        files_read: entries.len() as u64,
+        ..SnapshotStats::default()
+    };
+    let outcome = ctx
+        .remote
+        .commit(CommitRequest {
+            session_id: up.session().id.clone(),
+            started_at_unix_ms: started_ms,
+            finished_at_unix_ms: now_unix_ms(),
+            stats,
+            manifest_ids,
+            references: refs.into_iter().collect(),
+            max_ids: up.session().max_ids,
+        })
+        .await?;
+    let snapshot_id = match outcome {
+        CommitOutcome::Committed { snapshot_id } => snapshot_id,
+        CommitOutcome::Missing(m) => {
+            return Err(AgentError::CommitGaveUp {
+                source_name: src.name.clone(),
+                missing: m.len(),
+                attempts: 1,
+            });
+        }
+    };
+    info!(source = %src.name, snapshot = %snapshot_id, databases = summaries.len(), uploaded_bytes = up.stats.uploaded_bytes, "database snapshot committed");
+    Ok(BackupReport {
+        snapshot_id,
+        source: src.name.clone(),
+        files: stats.files,
+        dirs: 0,
+        symlinks: 0,
+        files_read: stats.files,
+        bytes_read: logical,
+        logical_bytes: logical,
+        chunks: data_chunks,
+        new_chunks: up.stats.new_chunks,
+        new_logical_bytes: up.stats.new_logical_bytes,
+        uploaded_bytes: up.stats.uploaded_bytes,
+        unreadable: Vec::new(),
+        partial: false,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        databases: summaries,
+    })
+}
