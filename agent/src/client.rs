@@ -11,6 +11,8 @@
 
 use std::error::Error as StdError;
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lifeboat_common::ids::{ChunkId, chunk_ids_from_bytes};
@@ -134,6 +136,8 @@ pub struct GrpcRemote {
     client: AgentServiceClient<Channel>,
     /// Read another agent's snapshots (needs an admin's `allow-restore` grant); empty: our own.
     from_agent: String,
+    /// Blobs per upload message: the controller's `max_ids_per_request`, learnt at `BeginSession`.
+    max_blobs: Arc<AtomicUsize>,
 }
 
 impl GrpcRemote {
@@ -193,6 +197,7 @@ impl GrpcRemote {
         GrpcRemote {
             client,
             from_agent: String::new(),
+            max_blobs: Arc::new(AtomicUsize::new(MIN_IDS_PER_REQUEST as usize)),
         }
     }
 
@@ -228,17 +233,19 @@ fn invalid(op: &'static str, reason: impl Into<String>) -> RemoteError {
     }
 }
 
-/// Splits blobs into messages of about [`UPLOAD_MESSAGE_BYTES`] (at least one blob each).
+/// Splits blobs into messages of about `limit` bytes (at least one blob each) and at most
+/// `max_blobs` blobs (the controller's per-message id limit: tiny chunks must not exceed it).
 fn upload_messages(
     session: &str,
     blobs: Vec<(ChunkId, Vec<u8>)>,
     limit: usize,
+    max_blobs: usize,
 ) -> Vec<pb::UploadChunksRequest> {
     let mut out = Vec::new();
     let mut cur: Vec<pb::Blob> = Vec::new();
     let mut cur_bytes = 0usize;
     for (id, data) in blobs {
-        if !cur.is_empty() && cur_bytes + data.len() + 64 > limit {
+        if !cur.is_empty() && (cur_bytes + data.len() + 64 > limit || cur.len() >= max_blobs) {
             out.push(pb::UploadChunksRequest {
                 session_id: session.to_owned(),
                 blobs: std::mem::take(&mut cur),
@@ -274,11 +281,13 @@ impl Remote for GrpcRemote {
         if r.session_id.is_empty() {
             return Err(invalid(OP, "empty session id"));
         }
+        let max_ids = r
+            .max_ids_per_request
+            .clamp(MIN_IDS_PER_REQUEST, MAX_IDS_PER_REQUEST) as usize;
+        self.max_blobs.store(max_ids, Ordering::Relaxed);
         Ok(Session {
             id: r.session_id,
-            max_ids: r
-                .max_ids_per_request
-                .clamp(MIN_IDS_PER_REQUEST, MAX_IDS_PER_REQUEST) as usize,
+            max_ids,
             max_message_bytes: r.max_message_bytes,
         })
     }
@@ -315,7 +324,8 @@ impl Remote for GrpcRemote {
             return Ok(UploadReceipt::default());
         }
         let mut c = self.client.clone();
-        let msgs = upload_messages(session, blobs, UPLOAD_MESSAGE_BYTES);
+        let max_blobs = self.max_blobs.load(Ordering::Relaxed).max(1);
+        let msgs = upload_messages(session, blobs, UPLOAD_MESSAGE_BYTES, max_blobs);
         let r = c
             .upload_chunks(tokio_stream::iter(msgs))
             .await
@@ -516,13 +526,19 @@ mod tests {
         let blobs: Vec<_> = (0..10u8)
             .map(|i| (ChunkId([i; 32]), vec![0u8; 1000]))
             .collect();
-        let msgs = upload_messages("s", blobs, 3000);
+        let msgs = upload_messages("s", blobs, 3000, 100);
         assert_eq!(msgs.len(), 5);
         assert!(
             msgs.iter()
                 .all(|m| m.blobs.len() == 2 && m.session_id == "s")
         );
         let big = vec![(ChunkId([1; 32]), vec![0u8; 10_000])];
-        assert_eq!(upload_messages("s", big, 3000).len(), 1);
+        assert_eq!(upload_messages("s", big, 3000, 100).len(), 1);
+        let tiny: Vec<_> = (0..100u8)
+            .map(|i| (ChunkId([i; 32]), vec![0u8; 10]))
+            .collect();
+        let msgs = upload_messages("s", tiny, 1 << 20, 16);
+        assert_eq!(msgs.len(), 7, "100 tiny blobs at 16 per message");
+        assert!(msgs.iter().all(|m| m.blobs.len() <= 16));
     }
 }

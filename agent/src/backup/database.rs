@@ -370,6 +370,7 @@ async fn commit<R: Remote>(
         files_read: entries.len() as u64,
         ..SnapshotStats::default()
     };
+    lifeboat_common::failpoint::hit("agent.before_commit");
     let outcome = ctx
         .remote
         .commit(CommitRequest {
