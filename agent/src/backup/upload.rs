@@ -20,7 +20,7 @@ use crate::error::AgentError;
 use crate::remote::{Remote, Session};
 
 /// Most plaintext bytes held in one batch.
-pub const BATCH_BYTES: usize = 32 << 20;
+pub const BATCH_BYTES: usize = 8 << 20;
 
 /// Totals of what was uploaded.
 #[derive(Clone, Copy, Debug, Default)]
