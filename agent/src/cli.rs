@@ -7,6 +7,8 @@ use clap::{Args, Parser, Subcommand};
 
 const EXAMPLES: &str = "Examples:
   lifeboat-agent init --name web-01 --dir /etc/lifeboat --controller https://dr.example.com:7443
+  lifeboat-agent enroll --token-file /run/lifeboat.token --dir /etc/lifeboat --name web-01
+  lifeboat-agent --config /etc/lifeboat/agent.toml renew
   lifeboat-agent --config /etc/lifeboat/agent.toml backup
   lifeboat-agent --config /etc/lifeboat/agent.toml backup --source web --json
   lifeboat-agent --config /etc/lifeboat/agent.toml run
@@ -57,6 +59,24 @@ pub enum Command {
     Ls(LsArgs),
     /// Restore a snapshot to a directory or in place.
     Restore(RestoreArgs),
+    /// Join a controller with a join token: key made here, certificate written to DIR.
+    Enroll(EnrollArgs),
+    /// Renew this agent's certificate now (the daemon also renews by itself).
+    Renew,
+}
+
+#[derive(Debug, Args)]
+pub struct EnrollArgs {
+    /// File holding the join token ('-': stdin). Without it, LIFEBOAT_JOIN_TOKEN is read.
+    /// The token is never accepted as a command-line argument (it would show in `ps`).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Directory for agent.key, agent.pem, ca.pem and agent.toml (created with mode 0700).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The agent's name; may be omitted when the token names the agent.
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]

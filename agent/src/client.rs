@@ -216,6 +216,18 @@ impl GrpcRemote {
             .map_err(status("WhoAmI"))?
             .into_inner())
     }
+
+    /// Asks for a new certificate for the CSR, over our current mTLS identity.
+    pub async fn renew_certificate(
+        &self,
+        csr_pem: String,
+    ) -> Result<pb::RenewCertificateResponse, RemoteError> {
+        let mut c = self.client.clone();
+        Ok(c.renew_certificate(pb::RenewCertificateRequest { csr_pem })
+            .await
+            .map_err(status("RenewCertificate"))?
+            .into_inner())
+    }
 }
 
 fn id_bytes(id: &ChunkId) -> bytes::Bytes {

@@ -3,8 +3,10 @@
 //! (and logged nowhere else).
 
 pub mod backup;
+pub mod enroll;
 pub mod init;
 pub mod ls;
+pub mod renew;
 pub mod restore;
 pub mod run;
 pub mod snapshots;

@@ -15,6 +15,53 @@ use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, PKCS_ECDSA_P2
 
 use crate::error::AgentError;
 
+pub mod join;
+pub mod pinned;
+pub mod renew;
+
+/// Why enrollment or renewal failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error(transparent)]
+    Token(#[from] lifeboat_common::join_token::JoinTokenError),
+    #[error(
+        "no join token: give --token-file FILE (or '-' for stdin) or set LIFEBOAT_JOIN_TOKEN; tokens are never accepted as command-line arguments"
+    )]
+    NoToken,
+    #[error("invalid controller address {0:?} in the join token")]
+    Address(String),
+    #[error("cannot reach the controller at {address}: {detail}")]
+    Unreachable { address: String, detail: String },
+    #[error(
+        "the server at {0} does not present the CA pinned by the join token: refusing it (wrong address, or someone in between); check the token and the address"
+    )]
+    WrongController(String),
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("the controller refused the enrollment: {0}")]
+    Refused(String),
+    #[error("the controller refused our certificate: {0}")]
+    CertificateRefused(String),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+impl EnrollError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        use lifeboat_common::exit;
+        match self {
+            EnrollError::NoToken => exit::USAGE,
+            EnrollError::Unreachable { .. } => exit::UNREACHABLE,
+            EnrollError::WrongController(_) | EnrollError::CertificateRefused(_) => {
+                exit::CERTIFICATE_REFUSED
+            }
+            EnrollError::Agent(a) => a.exit_code(),
+            _ => exit::ERROR,
+        }
+    }
+}
+
 /// Placeholder written when `--controller` is not given.
 pub const ADDRESS_PLACEHOLDER: &str = "https://CONTROLLER-HOST:7443";
 
@@ -47,17 +94,8 @@ pub fn init(name: &str, dir: &Path, controller: Option<&str>) -> Result<InitOutp
         .mode(0o700)
         .create(dir)
         .map_err(|e| AgentError::io("cannot create directory", dir, e))?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| AgentError::Invalid(format!("cannot generate a key pair: {e}")))?;
-    let mut params = CertificateParams::new(Vec::<String>::new())
-        .map_err(|e| AgentError::Invalid(format!("cannot build the CSR: {e}")))?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, id.as_str());
-    params.distinguished_name = dn;
-    let csr = params
-        .serialize_request(&key)
-        .and_then(|c| c.pem())
-        .map_err(|e| AgentError::Invalid(format!("cannot build the CSR: {e}")))?;
+    let key = new_key()?;
+    let csr = csr_pem(&key, &id)?;
     write_new(&out.key, key.serialize_pem().as_bytes(), 0o600)?;
     write_new(&out.csr, csr.as_bytes(), 0o644)?;
     write_new(
@@ -68,7 +106,26 @@ pub fn init(name: &str, dir: &Path, controller: Option<&str>) -> Result<InitOutp
     Ok(out)
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
+/// A new ECDSA P-256 key pair (made here; the private key never leaves this VM).
+pub fn new_key() -> Result<KeyPair, AgentError> {
+    KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| AgentError::Invalid(format!("cannot generate a key pair: {e}")))
+}
+
+/// A CSR for `key` with CN = the agent id (the controller ignores everything but the key).
+pub fn csr_pem(key: &KeyPair, id: &AgentId) -> Result<String, AgentError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())
+        .map_err(|e| AgentError::Invalid(format!("cannot build the CSR: {e}")))?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, id.as_str());
+    params.distinguished_name = dn;
+    params
+        .serialize_request(key)
+        .and_then(|c| c.pem())
+        .map_err(|e| AgentError::Invalid(format!("cannot build the CSR: {e}")))
+}
+
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), AgentError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -132,7 +132,7 @@ pub fn describe(err: &AgentError, address: &str, config: &Path) -> String {
             config.display()
         ),
         FailureClass::CertificateRefused => format!(
-            "the controller refused this agent's certificate ({err}): was it added with `lifeboatctl agent add`, revoked, or expired? Check [controller] ca/cert in {}",
+            "the controller refused this agent's certificate ({err}): was it added with `lifeboatctl agent add`, revoked, or expired? Check [controller] ca/cert in {}; to enroll again, keeping this agent's identity and history: `lifeboatctl token create --agent NAME` on the controller, then `lifeboat-agent enroll --token-file FILE --dir DIR` here",
             config.display()
         ),
         FailureClass::Other => err.to_string(),

@@ -38,5 +38,7 @@ async fn dispatch(cli: &Cli, command: &Command) -> commands::CmdResult {
         Command::Snapshots(args) => commands::snapshots::run(cli, args).await,
         Command::Ls(args) => commands::ls::run(cli, args).await,
         Command::Restore(args) => commands::restore::run(cli, args).await,
+        Command::Enroll(args) => commands::enroll::run(args).await,
+        Command::Renew => commands::renew::run(cli).await,
     }
 }

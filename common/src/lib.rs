@@ -20,6 +20,7 @@ pub mod config;
 pub mod exit;
 pub mod failpoint;
 pub mod ids;
+pub mod join_token;
 pub mod keys;
 pub mod manifest;
 pub mod telemetry;

@@ -28,6 +28,12 @@ pub enum TlsError {
     KeyPermissions { path: PathBuf, mode: u32 },
 }
 
+/// The TLS server name (SNI) under which the controller accepts clients WITHOUT a certificate,
+/// for enrollment with a join token only. Under every other name a client certificate from the
+/// fleet CA is required at the handshake. The controller's certificate carries this name too.
+/// Do not modify: agents and certificates in the field use it.
+pub const ENROLL_SERVER_NAME: &str = "lifeboat-enroll";
+
 /// Installs aws-lc-rs as the process-wide rustls provider. Safe to call more than once.
 pub fn install_crypto_provider() {
     // Err means a provider is already installed, which is what we want.

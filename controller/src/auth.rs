@@ -12,7 +12,7 @@ use lifeboat_common::ids::{ADMIN_URI, AgentId};
 use tonic::Request;
 use x509_parser::extensions::GeneralName;
 
-use crate::catalog::{Catalog, agents};
+use crate::catalog::{Catalog, agents, credentials};
 use crate::error::ServiceError;
 
 /// An authenticated agent.
@@ -76,34 +76,61 @@ pub fn peer_cert<T>(req: &Request<T>) -> Result<PeerCert, ServiceError> {
 }
 
 /// Resolves a peer certificate to an identity using the catalog; updates the agent's last_seen.
+/// Revoked, replaced and expired agent certificates are `Unauthenticated`.
 pub async fn identify(catalog: &Catalog, peer: PeerCert) -> Result<Identity, ServiceError> {
     let fp = peer.fingerprint.clone();
+    let now = now_unix_ms();
     let (agent, admin) = catalog
         .run(move |c| {
-            let agent = agents::by_fingerprint(c, &fp)?;
-            if let Some((id, _)) = &agent {
-                agents::touch(c, id, now_unix_ms())?;
+            let agent = credentials::resolve(c, &fp, now)?;
+            if let Some(a) = &agent {
+                agents::touch(c, &a.id, now)?;
             }
             let admin = agent.is_none() && agents::is_admin(c, &fp)?;
             Ok((agent, admin))
         })
         .await?;
-    if let Some((id, group)) = agent {
-        let id = AgentId::new(&id).map_err(|e| ServiceError::Internal(e.to_string()))?;
-        if peer.uris.iter().any(|u| *u == id.certificate_uri()) {
-            return Ok(Identity::Agent(AgentCtx { id, group }));
+    if let Some(cur) = agent {
+        let id = AgentId::new(&cur.id).map_err(|e| ServiceError::Internal(e.to_string()))?;
+        if !peer.uris.iter().any(|u| *u == id.certificate_uri()) {
+            return Err(ServiceError::Unauthenticated(format!(
+                "certificate is recorded for agent {id} but does not name it"
+            )));
         }
-        return Err(ServiceError::Unauthenticated(format!(
-            "certificate is recorded for agent {id} but does not name it"
-        )));
+        if cur.not_after <= now {
+            return Err(ServiceError::Unauthenticated(format!(
+                "the certificate of agent {id} has expired; enroll it again with a new join token (`lifeboatctl token create --agent {id}`)"
+            )));
+        }
+        return Ok(Identity::Agent(AgentCtx {
+            id,
+            group: cur.group,
+        }));
     }
     if admin && peer.uris.iter().any(|u| u == ADMIN_URI) {
         return Ok(Identity::Admin);
     }
     tracing::warn!(fingerprint = %peer.fingerprint, "unknown client certificate refused");
     Err(ServiceError::Unauthenticated(
-        "this certificate is not enrolled (unknown, replaced or revoked); enroll the agent with `lifeboatctl agent add`".into(),
+        "this certificate is not enrolled (unknown, replaced or revoked); enroll the agent with a join token (`lifeboatctl token create`)".into(),
     ))
+}
+
+/// Re-checks, during a long call or stream, that the agent has not been revoked since the call
+/// started (`lifeboatctl agent revoke` aborts uploads in progress).
+pub async fn still_enrolled(catalog: &Catalog, agent: &AgentCtx) -> Result<(), ServiceError> {
+    let id = agent.id.to_string();
+    let revoked = catalog
+        .run(move |c| credentials::is_revoked(c, &id))
+        .await?;
+    if revoked {
+        tracing::warn!(agent = %agent.id, "call of a revoked agent aborted");
+        return Err(ServiceError::Unauthenticated(format!(
+            "agent {} has been revoked; an operator must enroll it again",
+            agent.id
+        )));
+    }
+    Ok(())
 }
 
 /// Requires an agent caller.

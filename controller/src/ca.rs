@@ -28,7 +28,11 @@ pub const SERVICE_CERT_DAYS: i64 = 825;
 /// Validity of agent certificates.
 pub const AGENT_CERT_DAYS: i64 = 365;
 /// The DNS names every server certificate carries.
-pub const SERVER_NAMES: [&str; 2] = ["lifeboat-controller", "localhost"];
+pub const SERVER_NAMES: [&str; 3] = [
+    "lifeboat-controller",
+    lifeboat_common::tls::ENROLL_SERVER_NAME,
+    "localhost",
+];
 
 const DAY_SECS: i64 = 86_400;
 
@@ -262,6 +266,58 @@ impl Ca {
             not_after_unix_ms,
         })
     }
+}
+
+impl Ca {
+    /// Signs an agent's CSR valid from `not_before_ms` to `not_after_ms` (Unix ms). Used for
+    /// enrollment and renewal with configurable lifetimes, and by tests to make an already
+    /// expired certificate. Like [`Ca::sign_agent_csr`], only the CSR's public key is used.
+    pub fn sign_agent_csr_between(
+        &self,
+        csr_pem: &str,
+        agent: &AgentId,
+        not_before_ms: i64,
+        not_after_ms: i64,
+    ) -> Result<IssuedCert, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let (mut params, _) = leaf_params(agent.as_str(), AGENT_CERT_DAYS)?;
+        params.not_before = ASN1Time::from_timestamp(not_before_ms / 1000)
+            .map_err(gen_err)?
+            .to_datetime();
+        params.not_after = ASN1Time::from_timestamp(not_after_ms / 1000)
+            .map_err(gen_err)?
+            .to_datetime();
+        params.subject_alt_names = vec![uri_san(&agent.certificate_uri())?];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(gen_err)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            cert_der: cert.der().to_vec(),
+            not_after_unix_ms: (not_after_ms / 1000) * 1000,
+        })
+    }
+
+    /// The CA certificate (DER), e.g. to compute its fingerprint for join tokens.
+    pub fn cert_der(&self) -> Result<Vec<u8>, CaError> {
+        let mut r = std::io::Cursor::new(self.cert_pem.as_bytes());
+        let der = rustls_pemfile_first(&mut r).ok_or_else(|| CaError::BadCaFile {
+            path: PathBuf::from("ca.pem"),
+            reason: "no certificate in the CA PEM".into(),
+        })?;
+        Ok(der)
+    }
+}
+
+fn rustls_pemfile_first(r: &mut std::io::Cursor<&[u8]>) -> Option<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_reader_iter(r)
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
 }
 
 #[cfg(test)]

@@ -17,11 +17,13 @@
 
 pub mod agents;
 pub mod chunks;
+pub mod credentials;
 pub mod failures;
 pub mod grants;
 pub mod inventory;
 pub mod schema;
 pub mod snapshots;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

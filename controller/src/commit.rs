@@ -5,7 +5,8 @@
 //!    the response lists (up to [`MAX_MISSING_REPORTED`]) missing ids and nothing is written;
 //! 2. the reference set (sorted, distinct, manifest ids included) is written as segment objects
 //!    ([`crate::refset`]), then the snapshot record ([`crate::record`]), each fsync'd;
-//! 3. one catalog transaction inserts the snapshot and its `snapshot_refs`;
+//! 3. one catalog transaction inserts the snapshot and its `snapshot_refs`, and queues the
+//!    segments and the record for the secondary ([`crate::replication::queue::insert_snapshot`]);
 //! 4. the response carries the new snapshot id.
 //!
 //! A crash between 2 and 3 leaves unreferenced objects (harmless, collectable), never a visible
@@ -38,12 +39,13 @@ use tonic::Streaming;
 use crate::auth::AgentCtx;
 use crate::catalog::Catalog;
 use crate::catalog::chunks::{self, SessionRow};
-use crate::catalog::snapshots::{self, SnapshotRow};
+use crate::catalog::snapshots::SnapshotRow;
 use crate::deadline;
 use crate::error::ServiceError;
 use crate::ingest::owned_session;
 use crate::record::{RECORD_FORMAT, SnapshotRecord, record_key};
 use crate::refset;
+use crate::replication::queue;
 use crate::store::Store;
 use crate::wire::{self, CommitHeader};
 
@@ -179,7 +181,8 @@ async fn write_snapshot(
         ref_segments: segments.iter().map(|s| s.key.clone()).collect(),
         reference_count: header.reference_count,
     };
-    deadline::put(store, deadline, &key, Bytes::from(record.to_bytes())).await?;
+    let record_bytes = record.to_bytes();
+    deadline::put(store, deadline, &key, Bytes::from(record_bytes.clone())).await?;
     failpoint::hit("commit.after_record");
     let row = SnapshotRow {
         id: id.to_string(),
@@ -196,10 +199,26 @@ async fn write_snapshot(
         record_key: key,
     };
     let refs_count = all.len();
+    let mut objects: Vec<queue::NewObject> = segments
+        .iter()
+        .map(|s| queued(&s.key, queue::Kind::Refs, &s.bytes))
+        .collect();
+    objects.push(queued(&row.record_key, queue::Kind::Record, &record_bytes));
+    let group = agent.group.clone();
     catalog
-        .run(move |c| snapshots::insert(c, &row, &all))
+        .run(move |c| queue::insert_snapshot(c, &row, &all, &group, &objects, now))
         .await?;
     failpoint::hit("commit.after_catalog");
     tracing::info!(agent = %agent.id, snapshot = %id, source = %session.source, refs = refs_count, stored_bytes, "snapshot committed");
     Ok(id)
+}
+
+/// A replication queue row for an object this commit wrote.
+fn queued(key: &str, kind: queue::Kind, bytes: &[u8]) -> queue::NewObject {
+    queue::NewObject {
+        key: key.to_owned(),
+        kind,
+        size: bytes.len() as u64,
+        blake3: *blake3::hash(bytes).as_bytes(),
+    }
 }

@@ -29,6 +29,10 @@ struct ControllerFile {
     tls: TlsFile,
     catalog: CatalogFile,
     store: store::StoreFile,
+    /// The secondary object store (another region): same shape as `[store]`.
+    secondary: Option<store::StoreFile>,
+    /// Plain-HTTP Prometheus listener (default 127.0.0.1:9464).
+    metrics_listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +60,10 @@ pub struct ControllerConfig {
     pub key: PathBuf,
     pub catalog: PathBuf,
     pub store: StoreConfig,
+    /// `[secondary]`: where objects are replicated to; `None` without replication.
+    pub secondary: Option<StoreConfig>,
+    /// Address of the plain-HTTP `/metrics` listener.
+    pub metrics_listen: String,
 }
 
 impl ControllerConfig {
@@ -63,6 +71,7 @@ impl ControllerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let f: ControllerFile = load_toml(path)?;
         let store = f.store.validate(path)?;
+        let secondary = f.secondary.map(|s| s.validate(path)).transpose()?;
         Ok(ControllerConfig {
             listen: f.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
             ca_cert: resolve(path, &f.tls.ca_cert),
@@ -71,6 +80,10 @@ impl ControllerConfig {
             key: resolve(path, &f.tls.key),
             catalog: resolve(path, &f.catalog.path),
             store,
+            secondary,
+            metrics_listen: f
+                .metrics_listen
+                .unwrap_or_else(|| crate::metrics::DEFAULT_METRICS_LISTEN.to_owned()),
         })
     }
 }
@@ -121,6 +134,8 @@ pub fn controller_toml(listen: &str) -> String {
 
 # Address to serve gRPC (mTLS) on. Env LIFEBOAT_LISTEN overrides it, and --listen overrides both.
 listen = "{listen}"
+# Prometheus /metrics (plain HTTP; keep it on localhost). Flag --metrics-listen overrides it.
+# metrics_listen = "127.0.0.1:9464"
 
 [tls]
 # The controller's private CA: it signs agent and admin certificates. Keep ca.key secret (mode 0600).
@@ -151,6 +166,12 @@ path = "objects"
 #                                    # without it: env AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
 #                                    # Never put keys in this file.
 # conditional_put = "auto"           # "auto": probe If-None-Match at start-up; "etag"; "disabled"
+
+# [secondary]
+# Replication to a second object store (another region): same keys as [store], any backend,
+# its own credentials_file. Every object is copied there; reads fall back to it.
+# kind = "local"
+# path = "/mnt/dr-copy/objects"
 "#
     )
 }
@@ -196,6 +217,27 @@ mod tests {
         let c = CtlConfig::load(&p).expect("parse");
         assert_eq!(c.key, dir.path().join("admin.key"));
         assert_eq!(c.server_name, "lifeboat-controller");
+    }
+
+    #[test]
+    fn secondary_and_metrics_listen_parse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("controller.toml");
+        let text = format!(
+            "{}\n[secondary]\nkind = \"local\"\npath = \"dr\"\n",
+            controller_toml("127.0.0.1:9")
+        )
+        .replace("# metrics_listen = ", "metrics_listen = ")
+        .replace("\"127.0.0.1:9464\"", "\"127.0.0.1:0\"");
+        std::fs::write(&p, text).expect("write");
+        let c = ControllerConfig::load(&p).expect("parse");
+        assert_eq!(
+            c.secondary,
+            Some(StoreConfig::Local {
+                path: dir.path().join("dr")
+            })
+        );
+        assert_eq!(c.metrics_listen, "127.0.0.1:0");
     }
 
     #[test]

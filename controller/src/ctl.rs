@@ -5,12 +5,15 @@
 pub mod agent_add;
 pub mod agent_allow_restore;
 pub mod agent_list;
+pub mod agent_revoke;
 pub mod key_init;
 pub mod output;
+pub mod replication;
 pub mod snapshots_list;
 pub mod snapshots_show;
 pub mod stats;
 pub mod storage;
+pub mod token_create;
 
 use std::path::PathBuf;
 
@@ -101,6 +104,24 @@ pub enum Command {
     /// Inspect the object store.
     #[command(subcommand)]
     Storage(StorageCommand),
+    /// Replication to the secondary object store.
+    #[command(subcommand)]
+    Replication(ReplicationCommand),
+    /// Join tokens for enrolling agents.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a join token (printed once on stdout).
+    Create(token_create::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicationCommand {
+    /// Lag, pending objects and bytes, last error, newest snapshot restorable from the secondary.
+    Status(replication::StatusArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +138,8 @@ pub enum AgentCommand {
     List(agent_list::Args),
     /// Let agent NAME read (restore) the snapshots of agent OLD: a replacement VM.
     AllowRestore(agent_allow_restore::Args),
+    /// Revoke agent NAME's certificate: its next call, and any upload in progress, is refused.
+    Revoke(agent_revoke::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,5 +227,8 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Snapshots(SnapshotsCommand::Show(a)) => snapshots_show::run(&ctx, a).await,
         Command::Stats(a) => stats::run(&ctx, a).await,
         Command::Storage(StorageCommand::Orphans(a)) => storage::orphans(&ctx, a).await,
+        Command::Token(TokenCommand::Create(a)) => token_create::run(&ctx, a).await,
+        Command::Agent(AgentCommand::Revoke(a)) => agent_revoke::run(&ctx, a).await,
+        Command::Replication(ReplicationCommand::Status(a)) => replication::status(&ctx, a).await,
     }
 }

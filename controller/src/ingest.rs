@@ -4,6 +4,8 @@
 //! - A blob is acknowledged only after its pack object is durable AND its chunk row is committed
 //!   (the response is sent after the last flush). A broken stream loses nothing acknowledged:
 //!   packs flushed before the break are recorded; the partial pack in memory was never acked.
+//! - The catalog transaction that records a pack also queues it for the secondary store
+//!   ([`crate::replication::queue`], in `chunks::record_pack`).
 //! - Memory per stream is bounded by one pack ([`crate::pack::TARGET_PACK_BYTES`]) plus one
 //!   message ([`crate::MAX_MESSAGE_BYTES`]).
 //! - Dedup is scoped to the caller's group: blobs the group already has are skipped and counted
@@ -123,6 +125,8 @@ pub async fn upload(
         .map_err(|s| ServiceError::invalid(format!("upload stream broken: {}", s.message())))?
     {
         let batch = UploadBatch::try_from(msg)?;
+        // Revocation takes effect mid-stream (checked per message).
+        crate::auth::still_enrolled(catalog, agent).await?;
         match &mut up {
             None => {
                 let session = owned_session(catalog, agent, &batch.session).await?;

@@ -18,6 +18,8 @@
 //! - [`ingest`], [`commit`]: upload and commit paths; [`pack`], [`refset`], [`record`]: the
 //!   object formats they write.
 //! - [`client`], [`ctl`]: the admin CLI and its error classification.
+//! - [`replication`]: the secondary store (role markers, queue, worker, read fallback);
+//!   [`metrics`]: the plain-HTTP Prometheus endpoint.
 //! - [`deadline`]: the per-operation deadline on store calls an agent waits on;
 //!   `fault_store` (tests): a fault-injecting `ObjectStore` wrapper.
 
@@ -29,14 +31,17 @@ pub mod commit;
 pub mod config;
 pub mod ctl;
 pub mod deadline;
+pub mod enrollment;
 pub mod error;
 #[cfg(any(test, feature = "testing"))]
 pub mod fault_store;
 pub mod ingest;
 pub mod init;
+pub mod metrics;
 pub mod pack;
 pub mod record;
 pub mod refset;
+pub mod replication;
 pub mod server;
 pub mod service;
 pub mod store;

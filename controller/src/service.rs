@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod enrollment;
 pub mod storage;
 
 use std::sync::Arc;
@@ -16,7 +17,11 @@ use crate::store::Store;
 pub struct State {
     pub catalog: Catalog,
     pub store: Store,
+    /// The secondary object store (another region), if configured: reads fall back to it.
+    pub secondary: Option<Store>,
     pub ca: Arc<Ca>,
     /// Deadline for each object-store call an agent waits on ([`crate::deadline`]).
     pub store_deadline: std::time::Duration,
+    /// Certificate lifetimes, token defaults and the enrollment rate limiter.
+    pub enrollment: Arc<crate::enrollment::Policy>,
 }

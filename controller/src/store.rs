@@ -264,6 +264,17 @@ impl Store {
         Ok(PutOutcome::AlreadyPresent)
     }
 
+    /// Overwrites the object at `key` (a repair from the secondary of a damaged primary copy,
+    /// whose bytes the caller has verified against the recorded hash); durable when this returns.
+    pub async fn put_replace(&self, key: &str, bytes: Bytes) -> Result<(), StoreError> {
+        let path = ObjectPath::from(key);
+        self.inner
+            .put(&path, PutPayload::from_bytes(bytes))
+            .await
+            .map_err(backend("put", key))?;
+        self.sync(key).await
+    }
+
     /// Deletes an object (the probe's own objects; GC later). Missing objects are not an error.
     pub(crate) async fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = ObjectPath::from(key);

@@ -219,6 +219,8 @@ pub fn snapshot_to_pb(s: &SnapshotRow) -> pb::Snapshot {
             .map(|i| Bytes::copy_from_slice(i.as_bytes()))
             .collect(),
         reference_count: s.reference_count,
+        // Filled by the admin listing ([`crate::replication::queue::record_replicated`]).
+        replicated: false,
     }
 }
 

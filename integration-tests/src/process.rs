@@ -44,6 +44,8 @@ pub fn describe(out: &Output) -> String {
 pub struct Controller {
     pub dir: PathBuf,
     pub addr: SocketAddr,
+    /// The `/metrics` listener (`METRICS <addr>`, printed before `LISTENING`).
+    pub metrics: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -80,6 +82,8 @@ impl Controller {
             .arg(dir.join("controller.toml"))
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0")
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -88,10 +92,15 @@ impl Controller {
             .spawn()
             .expect("spawn controller");
         let stdout = child.stdout.take().expect("stdout");
+        let mut reader = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read controller stdout");
+        reader.read_line(&mut line).expect("read controller stdout");
+        let mut metrics = None;
+        if let Some(m) = line.trim().strip_prefix("METRICS ") {
+            metrics = Some(m.parse().expect("metrics address"));
+            line.clear();
+            reader.read_line(&mut line).expect("read controller stdout");
+        }
         let addr = line
             .trim()
             .strip_prefix("LISTENING ")
@@ -106,6 +115,7 @@ impl Controller {
         Controller {
             dir: dir.to_owned(),
             addr,
+            metrics,
             child: Some(child),
         }
     }

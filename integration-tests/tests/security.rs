@@ -80,11 +80,13 @@ fn foreign_or_missing_client_certificate_is_refused_at_handshake() {
     for c in lifeboat_common::tls::load_certs(&ctl.dir.join("ca.pem")).unwrap() {
         roots.add(c).unwrap();
     }
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
     let conn =
-        rustls::ClientConnection::new(Arc::new(config), "lifeboat-controller".try_into().unwrap())
+        rustls::ClientConnection::new(config.clone(), "lifeboat-controller".try_into().unwrap())
             .unwrap();
     let sock = TcpStream::connect(ctl.addr).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -94,6 +96,22 @@ fn foreign_or_missing_client_certificate_is_refused_at_handshake() {
     assert!(
         !matches!(res, Ok(n) if n > 0),
         "controller answered a client without a certificate"
+    );
+
+    // Under the enrollment server name (and only there) the same client gets through the
+    // handshake: the controller answers with its HTTP/2 settings. Every call but Enroll is then
+    // refused per call (controller/src/server/authz_tests.rs, "none" column).
+    let conn = rustls::ClientConnection::new(
+        config,
+        lifeboat_common::tls::ENROLL_SERVER_NAME.try_into().unwrap(),
+    )
+    .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(ctl.addr).unwrap());
+    let _ = tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    let res = tls.read(&mut buf);
+    assert!(
+        matches!(res, Ok(n) if n > 0),
+        "the enrollment name must accept a client without a certificate: {res:?}"
     );
 
     // The controller logged both refusals with the reason (the log is written as they happen;

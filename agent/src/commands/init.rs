@@ -33,6 +33,8 @@ pub fn run(args: &InitArgs) -> CmdResult {
         args.name
     );
     println!("     then copy agent.pem and ca.pem back into {dir}.");
+    println!("     (Or skip the CSR: `lifeboat-agent enroll --token-file FILE --dir {dir}` with a");
+    println!("     token from `lifeboatctl token create`.)");
     println!("  2. Copy the fleet master key to {dir}/master.key (chmod 600).");
     println!(
         "  3. Test it: lifeboat-agent --config {} backup",

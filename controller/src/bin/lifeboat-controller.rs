@@ -47,6 +47,10 @@ enum Command {
         /// Listen address (overrides LIFEBOAT_LISTEN and the config file).
         #[arg(long)]
         listen: Option<String>,
+        /// Prometheus /metrics listen address (plain HTTP; overrides metrics_listen).
+        /// Printed as `METRICS <addr>` before `LISTENING <addr>`.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -56,7 +60,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init { dir, listen, sans } => run_init(&dir, &listen, &sans),
-        Command::Serve { config, listen } => run_serve(&config, listen),
+        Command::Serve {
+            config,
+            listen,
+            metrics_listen,
+        } => run_serve(&config, listen, metrics_listen),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,8 +94,13 @@ fn run_init(dir: &std::path::Path, listen: &str, sans: &[String]) -> anyhow::Res
     Ok(())
 }
 
-fn run_serve(config: &std::path::Path, listen_flag: Option<String>) -> anyhow::Result<()> {
+fn run_serve(
+    config: &std::path::Path,
+    listen_flag: Option<String>,
+    metrics_flag: Option<String>,
+) -> anyhow::Result<()> {
     let cfg = ControllerConfig::load(config)?;
+    let metrics_listen = metrics_flag.unwrap_or_else(|| cfg.metrics_listen.clone());
     let listen = listen_flag
         .or_else(|| std::env::var(ENV_LISTEN).ok().filter(|s| !s.is_empty()))
         .unwrap_or_else(|| cfg.listen.clone());
@@ -102,10 +115,16 @@ fn run_serve(config: &std::path::Path, listen_flag: Option<String>) -> anyhow::R
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr().context("listener address")?;
+        let metrics = tokio::net::TcpListener::bind(&metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on {metrics_listen} for /metrics (metrics_listen, --metrics-listen)"))?;
+        let metrics_addr = metrics.local_addr().context("metrics listener address")?;
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(prepared.metrics().serve(metrics, shutdown.clone()));
         tracing::info!(addr = %addr, "controller serving");
         let mut out = std::io::stdout().lock();
+        writeln!(out, "METRICS {metrics_addr}").context("stdout")?;
         writeln!(out, "LISTENING {addr}").context("stdout")?;
         out.flush().context("stdout")?;
         drop(out);

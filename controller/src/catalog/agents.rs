@@ -69,7 +69,9 @@ pub fn by_fingerprint(
     fp: &str,
 ) -> Result<Option<(String, String)>, CatalogError> {
     Ok(conn
-        .prepare_cached("SELECT id, dedup_group FROM agents WHERE cert_sha256 = ?1")?
+        .prepare_cached(
+            "SELECT id, dedup_group FROM agents WHERE cert_sha256 = ?1 AND revoked_at IS NULL",
+        )?
         .query_row([fp], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }

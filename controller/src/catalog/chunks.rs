@@ -123,6 +123,14 @@ pub fn record_pack(
         "UPDATE sessions SET stored_bytes = stored_bytes + ?2, stored_chunks = stored_chunks + ?3 WHERE id = ?1",
         params![session, to_i64(out.stored_bytes), to_i64(out.stored)],
     )?;
+    // Queued for the secondary in the same transaction that records the pack.
+    let queued = crate::replication::queue::NewObject {
+        key: pack.key.clone(),
+        kind: crate::replication::queue::Kind::Pack,
+        size: pack.bytes.len() as u64,
+        blake3: pack.name,
+    };
+    crate::replication::queue::enqueue(&tx, &queued, now)?;
     tx.commit()?;
     Ok(out)
 }

@@ -95,6 +95,63 @@ CREATE TABLE restore_grants (
     PRIMARY KEY (agent, from_agent)
 ) WITHOUT ROWID;
 "#,
+    // v3: the replication queue (every object written to the primary, copied to the secondary
+    // by `crate::replication`), the objects a snapshot record must wait for, and the packs that
+    // existed before this version (so records never wait on a pack that was never queued).
+    r#"
+CREATE TABLE replication_queue (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    key             TEXT NOT NULL,
+    op              TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    size            INTEGER,
+    blake3          BLOB,
+    enqueued_at     INTEGER NOT NULL,
+    not_before      INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    last_error_at   INTEGER,
+    done_at         INTEGER,
+    UNIQUE (key, op)
+);
+CREATE INDEX replication_queue_pending ON replication_queue(done_at, next_attempt_at);
+CREATE TABLE replication_deps (
+    record_key TEXT NOT NULL,
+    dep_key    TEXT NOT NULL,
+    PRIMARY KEY (record_key, dep_key)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO replication_queue (key, op, kind, size, blake3, enqueued_at)
+    SELECT key, 'copy', 'pack', size, id, created_at FROM packs;
+"#,
+    // v4: enrollment with join tokens (only SHA-256 of the secret is stored; every use is
+    // recorded), revocation (checked on every call) and renewal (the previous certificate stays
+    // valid until the new one is used or `prev_valid_until` passes).
+    r#"
+CREATE TABLE join_tokens (
+    secret_sha256 TEXT PRIMARY KEY,
+    agent         TEXT,
+    name_prefix   TEXT NOT NULL DEFAULT '',
+    dedup_group   TEXT,
+    uses_left     INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    created_at    INTEGER NOT NULL
+);
+CREATE TABLE join_token_uses (
+    secret_sha256 TEXT NOT NULL,
+    agent         TEXT NOT NULL,
+    peer          TEXT NOT NULL,
+    used_at       INTEGER NOT NULL
+);
+CREATE TABLE revoked_certs (
+    cert_sha256 TEXT PRIMARY KEY,
+    agent       TEXT NOT NULL,
+    revoked_at  INTEGER NOT NULL
+);
+ALTER TABLE agents ADD COLUMN revoked_at INTEGER;
+ALTER TABLE agents ADD COLUMN prev_cert_sha256 TEXT;
+ALTER TABLE agents ADD COLUMN prev_valid_until INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the schema up to date; refuses a catalog newer than this binary.

@@ -104,6 +104,14 @@ pub fn insert(
     refs: &[ChunkId],
 ) -> Result<(), CatalogError> {
     let tx = conn.transaction()?;
+    insert_in(&tx, s, refs)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Inserts a snapshot and its reference set inside the caller's transaction (so other rows,
+/// such as replication queue rows, commit atomically with it).
+pub fn insert_in(tx: &Connection, s: &SnapshotRow, refs: &[ChunkId]) -> Result<(), CatalogError> {
     let manifest: Vec<u8> = s.manifest_ids.iter().flat_map(|i| i.0).collect();
     let st = &s.stats;
     tx.execute(
@@ -142,7 +150,6 @@ pub fn insert(
             ins.execute(params![s.id, &id.0[..]])?;
         }
     }
-    tx.commit()?;
     Ok(())
 }
 

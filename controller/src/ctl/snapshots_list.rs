@@ -80,6 +80,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 } else {
                     "ok".into()
                 },
+                if s.replicated { "yes" } else { "no" }.into(),
             ];
             (s.committed_at_unix_ms, row)
         })
@@ -94,6 +95,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             "-".into(),
             "-".into(),
             "FAILED".into(),
+            "-".into(),
         ];
         (f.reported_at_unix_ms, row)
     }));
@@ -110,7 +112,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 "FILES",
                 "SIZE",
                 "STORED",
-                "STATUS"
+                "STATUS",
+                "REPLICATED"
             ],
             &rows
         )

@@ -43,6 +43,7 @@ pub fn snapshot_json(s: &Snapshot) -> Value {
         "stored_bytes": s.stored_bytes,
         "reference_count": s.reference_count,
         "manifest_chunks": s.manifest_ids.len(),
+        "replicated": s.replicated,
     })
 }
 

@@ -12,7 +12,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::testing::{TestController, agent_csr};
 
-type Agent = AgentServiceClient<Channel>;
+pub(super) type Agent = AgentServiceClient<Channel>;
 
 async fn enroll(ctl: &TestController, name: &str, group: &str) -> Agent {
     AgentServiceClient::new(enroll_channel(ctl, name, group).await)
@@ -36,13 +36,13 @@ async fn enroll_channel(ctl: &TestController, name: &str, group: &str) -> Channe
         .expect("agent channel")
 }
 
-fn ids_bytes(ids: &[ChunkId]) -> Vec<Bytes> {
+pub(super) fn ids_bytes(ids: &[ChunkId]) -> Vec<Bytes> {
     ids.iter()
         .map(|i| Bytes::copy_from_slice(i.as_bytes()))
         .collect()
 }
 
-async fn session(a: &mut Agent, source: &str) -> String {
+pub(super) async fn session(a: &mut Agent, source: &str) -> String {
     a.begin_session(pb::BeginSessionRequest {
         source: source.into(),
     })
@@ -52,7 +52,7 @@ async fn session(a: &mut Agent, source: &str) -> String {
     .session_id
 }
 
-async fn missing(a: &mut Agent, session: &str, ids: &[ChunkId]) -> Vec<Bytes> {
+pub(super) async fn missing(a: &mut Agent, session: &str, ids: &[ChunkId]) -> Vec<Bytes> {
     a.have_chunks(pb::HaveChunksRequest {
         session_id: session.into(),
         ids: ids_bytes(ids),
@@ -63,7 +63,7 @@ async fn missing(a: &mut Agent, session: &str, ids: &[ChunkId]) -> Vec<Bytes> {
     .missing
 }
 
-async fn upload(
+pub(super) async fn upload(
     a: &mut Agent,
     session: &str,
     blobs: &[(ChunkId, Vec<u8>)],
@@ -84,7 +84,7 @@ async fn upload(
         .into_inner()
 }
 
-async fn commit(
+pub(super) async fn commit(
     a: &mut Agent,
     session: &str,
     manifest: &[ChunkId],
@@ -133,7 +133,7 @@ async fn read(a: &mut Agent, ids: &[ChunkId]) -> Result<Vec<pb::Blob>, tonic::St
     Ok(out)
 }
 
-fn chunk(keys: &DataKeys, text: &[u8]) -> (ChunkId, Vec<u8>) {
+pub(super) fn chunk(keys: &DataKeys, text: &[u8]) -> (ChunkId, Vec<u8>) {
     let id = keys.chunk_id(text);
     (id, blob::seal(keys, &id, text, 3).expect("seal"))
 }

@@ -122,15 +122,20 @@ impl AdminService for AdminApi {
             .state
             .catalog
             .run(move |c| {
-                Ok((
-                    snapshots::list(c, agent.as_deref(), source.as_deref())?,
-                    failures::list(c, agent.as_deref(), source.as_deref())?,
-                ))
+                let rows = snapshots::list(c, agent.as_deref(), source.as_deref())?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let mut pb = wire::snapshot_to_pb(row);
+                    pb.replicated =
+                        crate::replication::queue::record_replicated(c, &row.record_key)?;
+                    out.push(pb);
+                }
+                Ok((out, failures::list(c, agent.as_deref(), source.as_deref())?))
             })
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(pb::ListSnapshotsResponse {
-            snapshots: rows.iter().map(wire::snapshot_to_pb).collect(),
+            snapshots: rows,
             failures: failed.iter().map(failure_to_pb).collect(),
         }))
     }
@@ -147,9 +152,31 @@ impl AdminService for AdminApi {
             )
             .into());
         }
-        Ok(Response::new(
-            find_snapshot(&self.state, None, id, "").await?,
-        ))
+        let mut snap = find_snapshot(&self.state, None, id, "").await?;
+        let key = crate::record::record_key(&snap.agent_id, &snap.id);
+        snap.replicated = self
+            .state
+            .catalog
+            .run(move |c| crate::replication::queue::record_replicated(c, &key))
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(snap))
+    }
+
+    async fn replication_status(
+        &self,
+        req: Request<pb::ReplicationStatusRequest>,
+    ) -> Result<Response<pb::ReplicationStatusResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        let secondary = self
+            .state
+            .secondary
+            .as_ref()
+            .map(|s| s.location().to_owned());
+        let r = crate::replication::status::report(&self.state.catalog, secondary, now_unix_ms())
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(r))
     }
 
     async fn get_storage_stats(
@@ -211,6 +238,26 @@ impl AdminService for AdminApi {
         Ok(Response::new(pb::AllowRestoreResponse {
             created_at_unix_ms: now,
         }))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Ok(Response::new(
+            crate::enrollment::create_token(&self.state, req.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<pb::RevokeAgentRequest>,
+    ) -> Result<Response<pb::RevokeAgentResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Ok(Response::new(
+            crate::enrollment::revoke(&self.state, req.into_inner()).await?,
+        ))
     }
 }
 

@@ -126,6 +126,39 @@ async fn authorize_reads(
         .await?
 }
 
+/// Reads one blob from the primary; if that fails and a secondary is configured, from the
+/// secondary ([`crate::replication::fallback`]), which also queues a repair of a damaged copy.
+/// Returns the bytes and whether the secondary served them.
+async fn read_blob_any(
+    state: &State,
+    id: &ChunkId,
+    loc: &ChunkLocation,
+) -> Result<(Bytes, bool), ServiceError> {
+    let err = match read_blob(&state.store, id, loc).await {
+        Ok(d) => return Ok((d, false)),
+        Err(e) => e,
+    };
+    let Some(secondary) = &state.secondary else {
+        return Err(err);
+    };
+    let damaged = matches!(
+        err,
+        ServiceError::DataLoss(_) | ServiceError::Store(crate::store::StoreError::NotFound { .. })
+    );
+    let end = loc.offset + u64::from(loc.length);
+    let served = crate::replication::fallback::read_from_secondary(
+        secondary,
+        &state.catalog,
+        &loc.pack_key,
+        loc.offset..end,
+        &loc.blob_hash,
+        &err.to_string(),
+        damaged,
+    )
+    .await;
+    served.map(|d| (d, true)).ok_or(err)
+}
+
 /// Reads one blob by ranged GET and verifies its BLAKE3 against the catalog.
 async fn read_blob(
     store: &Store,
@@ -274,15 +307,16 @@ impl AgentService for AgentApi {
         let plan = authorize_reads(&self.state, owner, ids).await?;
         // Two blobs in flight at most: memory stays bounded whatever the request size.
         let (tx, rx) = mpsc::channel(2);
-        let store = self.state.store.clone();
+        let state = self.state.clone();
         tokio::spawn(async move {
             for (id, loc) in plan {
-                let msg = match read_blob(&store, &id, &loc).await {
-                    Ok(data) => Ok(pb::ReadChunksResponse {
+                let msg = match read_blob_any(&state, &id, &loc).await {
+                    Ok((data, from_secondary)) => Ok(pb::ReadChunksResponse {
                         blob: Some(pb::Blob {
                             id: Bytes::copy_from_slice(id.as_bytes()),
                             data,
                         }),
+                        from_secondary,
                     }),
                     Err(e) => Err(Status::from(e)),
                 };
@@ -322,5 +356,15 @@ impl AgentService for AgentApi {
             .map_err(ServiceError::from)?;
         tracing::warn!(agent = %a.id, source = %source, failure = %id, "agent reported a failed backup");
         Ok(Response::new(pb::ReportFailureResponse { failure_id: id }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let a = self.agent(&req).await?;
+        Ok(Response::new(
+            crate::enrollment::renew(&self.state, &a, req.into_inner()).await?,
+        ))
     }
 }

@@ -1,0 +1,311 @@
+//! The replication queue in the catalog (schema v3): one row per object and operation.
+//!
+//! - `op = 'copy'`: copy primary → secondary (every pack, reference segment and snapshot record,
+//!   queued in the same transaction that records the object, so a committed object always has a
+//!   row and a crash can never lose one);
+//! - `op = 'repair'`: copy secondary → primary, queued when a read found the primary's copy
+//!   missing or damaged;
+//! - `op = 'delete'` (reserved): deletes reach the secondary only after `not_before`.
+//!
+//! Rows are kept when done (`done_at` set): a snapshot is *replicated* when its record's copy row
+//! is done, and a record becomes ready only when every object in `replication_deps` for it has a
+//! done copy row — so a record never reaches the secondary before what it references.
+//! Failed attempts set `last_error` and push `next_attempt_at` out (exponential backoff, decided
+//! by the worker); the queue survives restarts because it is just rows.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use lifeboat_common::ids::ChunkId;
+
+use crate::catalog::snapshots::{self, SnapshotRow};
+use crate::catalog::{CatalogError, to_i64, to_u64};
+
+/// What kind of object a row copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pack,
+    Refs,
+    Record,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Pack => "pack",
+            Kind::Refs => "refs",
+            Kind::Record => "record",
+        }
+    }
+}
+
+/// The direction of a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// primary → secondary
+    Copy,
+    /// secondary → primary (a damaged or missing primary object)
+    Repair,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Copy => "copy",
+            Op::Repair => "repair",
+        }
+    }
+}
+
+/// An object to queue.
+#[derive(Debug, Clone)]
+pub struct NewObject {
+    pub key: String,
+    pub kind: Kind,
+    pub size: u64,
+    /// BLAKE3 of the object's bytes.
+    pub blake3: [u8; 32],
+}
+
+/// Queues a copy of `obj` to the secondary (no-op if already queued).
+pub fn enqueue(conn: &Connection, obj: &NewObject, now: i64) -> Result<(), CatalogError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO replication_queue (key, op, kind, size, blake3, enqueued_at)
+         VALUES (?1, 'copy', ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        obj.key,
+        obj.kind.as_str(),
+        to_i64(obj.size),
+        &obj.blake3[..],
+        now
+    ])?;
+    Ok(())
+}
+
+/// Queues (or re-arms) a repair copy of `key` from the secondary to the primary.
+pub fn enqueue_repair(conn: &Connection, key: &str, now: i64) -> Result<(), CatalogError> {
+    conn.execute(
+        "INSERT INTO replication_queue (key, op, kind, enqueued_at) VALUES (?1, 'repair', ?2, ?3)
+         ON CONFLICT (key, op) DO UPDATE SET done_at = NULL, attempts = 0, next_attempt_at = 0,
+             enqueued_at = excluded.enqueued_at",
+        params![key, kind_of_key(key).as_str(), now],
+    )?;
+    Ok(())
+}
+
+fn kind_of_key(key: &str) -> Kind {
+    if key.starts_with("packs/") {
+        Kind::Pack
+    } else if key.starts_with("refs/") {
+        Kind::Refs
+    } else {
+        Kind::Record
+    }
+}
+
+/// Records that the record at `record_key` may be copied only after `deps` and after every
+/// pack holding a chunk of snapshot `snapshot_id` for `group` (same transaction as the insert).
+pub fn add_record_deps(
+    conn: &Connection,
+    record_key: &str,
+    deps: &[String],
+    snapshot_id: &str,
+    group: &str,
+) -> Result<(), CatalogError> {
+    let mut st = conn.prepare_cached(
+        "INSERT OR IGNORE INTO replication_deps (record_key, dep_key) VALUES (?1, ?2)",
+    )?;
+    for d in deps {
+        st.execute(params![record_key, d])?;
+    }
+    conn.execute(
+        "INSERT OR IGNORE INTO replication_deps (record_key, dep_key)
+         SELECT DISTINCT ?1, p.key FROM snapshot_refs r
+         JOIN chunks c ON c.dedup_group = ?2 AND c.id = r.chunk_id
+         JOIN packs p ON p.id = c.pack_id
+         WHERE r.snapshot_id = ?3",
+        params![record_key, group, snapshot_id],
+    )?;
+    Ok(())
+}
+
+/// Inserts a committed snapshot and queues its segments and record, in one transaction; the
+/// record waits for the segments and for every pack holding one of its chunks for `group`.
+pub fn insert_snapshot(
+    conn: &mut Connection,
+    row: &SnapshotRow,
+    refs: &[ChunkId],
+    group: &str,
+    objects: &[NewObject],
+    now: i64,
+) -> Result<(), CatalogError> {
+    let tx = conn.transaction()?;
+    snapshots::insert_in(&tx, row, refs)?;
+    let mut deps = Vec::new();
+    for o in objects {
+        enqueue(&tx, o, now)?;
+        if o.key != row.record_key {
+            deps.push(o.key.clone());
+        }
+    }
+    add_record_deps(&tx, &row.record_key, &deps, &row.id, group)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// One row the worker may run now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub seq: i64,
+    pub key: String,
+    pub op: Op,
+    pub size: Option<u64>,
+    pub blake3: Option<[u8; 32]>,
+    pub attempts: u32,
+}
+
+/// Up to `limit` rows ready at `now`, oldest first. A record copy is ready only when every
+/// dependency has a done copy row.
+pub fn ready(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Job>, CatalogError> {
+    let mut st = conn.prepare_cached(
+        "SELECT q.seq, q.key, q.op, q.size, q.blake3, q.attempts FROM replication_queue q
+         WHERE q.done_at IS NULL AND q.op IN ('copy', 'repair')
+           AND q.next_attempt_at <= ?1 AND q.not_before <= ?1
+           AND (q.kind != 'record' OR q.op != 'copy' OR NOT EXISTS (
+               SELECT 1 FROM replication_deps d WHERE d.record_key = q.key AND NOT EXISTS (
+                   SELECT 1 FROM replication_queue x
+                   WHERE x.key = d.dep_key AND x.op = 'copy' AND x.done_at IS NOT NULL)))
+         ORDER BY q.seq LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![now, to_i64(limit as u64)], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, Option<Vec<u8>>>(4)?,
+            r.get::<_, i64>(5)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, key, op, size, hash, attempts) = row?;
+        let blake3 = match hash {
+            None => None,
+            Some(h) => Some(<[u8; 32]>::try_from(h.as_slice()).map_err(|_| {
+                CatalogError::Corrupt(format!("replication row {seq}: hash is not 32 bytes"))
+            })?),
+        };
+        out.push(Job {
+            seq,
+            key,
+            op: if op == "repair" { Op::Repair } else { Op::Copy },
+            size: size.map(to_u64),
+            blake3,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(out)
+}
+
+/// Marks a row done.
+pub fn mark_done(conn: &Connection, seq: i64, now: i64) -> Result<(), CatalogError> {
+    conn.execute(
+        "UPDATE replication_queue SET done_at = ?2, last_error = NULL WHERE seq = ?1",
+        params![seq, now],
+    )?;
+    Ok(())
+}
+
+/// Records a failed attempt and when to retry.
+pub fn mark_failed(
+    conn: &Connection,
+    seq: i64,
+    error: &str,
+    now: i64,
+    next_attempt_at: i64,
+) -> Result<(), CatalogError> {
+    conn.execute(
+        "UPDATE replication_queue SET attempts = attempts + 1, last_error = ?2,
+             last_error_at = ?3, next_attempt_at = ?4 WHERE seq = ?1",
+        params![seq, error, now, next_attempt_at],
+    )?;
+    Ok(())
+}
+
+/// The queue's figures for `replication status` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub pending_objects: u64,
+    pub pending_bytes: u64,
+    /// `enqueued_at` (unix ms) of the oldest pending row.
+    pub oldest_pending_at: Option<i64>,
+    pub replicated_objects: u64,
+    /// The most recent error of a pending row: (key, message, unix ms).
+    pub last_error: Option<(String, String, i64)>,
+}
+
+/// Pending and done counts, the oldest pending row and the last error.
+pub fn summary(conn: &Connection) -> Result<Summary, CatalogError> {
+    let (n, bytes, oldest): (i64, i64, Option<i64>) = conn.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(COALESCE(size, 0)), 0), MIN(enqueued_at)
+         FROM replication_queue WHERE done_at IS NULL AND op IN ('copy', 'repair')",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let done: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM replication_queue WHERE done_at IS NOT NULL AND op = 'copy'",
+        [],
+        |r| r.get(0),
+    )?;
+    let last_error = conn
+        .query_row(
+            "SELECT key, last_error, last_error_at FROM replication_queue
+             WHERE done_at IS NULL AND last_error IS NOT NULL
+             ORDER BY last_error_at DESC LIMIT 1",
+            [],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                ))
+            },
+        )
+        .optional()?;
+    Ok(Summary {
+        pending_objects: to_u64(n),
+        pending_bytes: to_u64(bytes),
+        oldest_pending_at: oldest,
+        replicated_objects: to_u64(done),
+        last_error,
+    })
+}
+
+/// Whether the record at `record_key` has been copied to the secondary.
+pub fn record_replicated(conn: &Connection, record_key: &str) -> Result<bool, CatalogError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM replication_queue WHERE key = ?1 AND op = 'copy' AND done_at IS NOT NULL",
+        )?
+        .query_row(params![record_key], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Per agent and source, the newest snapshot whose record is in the secondary:
+/// (agent, source, snapshot id, committed_at).
+pub fn newest_replicated(
+    conn: &Connection,
+) -> Result<Vec<(String, String, String, i64)>, CatalogError> {
+    let mut st = conn.prepare_cached(
+        "SELECT s.agent, s.source, s.id, MAX(s.committed_at) FROM snapshots s
+         JOIN replication_queue q ON q.key = s.record_key AND q.op = 'copy' AND q.done_at IS NOT NULL
+         GROUP BY s.agent, s.source ORDER BY s.agent, s.source",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests;
