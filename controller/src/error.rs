@@ -28,6 +28,9 @@ pub enum ServiceError {
     /// A dependency (the object store) did not answer in time; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// A condition the caller asked to wait for did not hold in time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -52,6 +55,7 @@ impl From<ServiceError> for Status {
             ServiceError::Unauthenticated(_) => Status::unauthenticated(msg),
             ServiceError::PermissionDenied(_) => Status::permission_denied(msg),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
             ServiceError::DataLoss(_) => {
                 tracing::error!(error = %msg, "data loss detected");
                 Status::data_loss(msg)

@@ -164,6 +164,7 @@ pub fn prepare(cfg: &ControllerConfig) -> Result<Prepared, ServeError> {
             ca: Arc::new(ca),
             store_deadline: crate::deadline::STORE_DEADLINE,
             enrollment: Arc::new(enrollment),
+            replication_progress: tokio::sync::watch::channel(0).0,
         },
         tls,
     })
@@ -283,6 +284,7 @@ impl Prepared {
                 primary: self.state.store.clone(),
                 secondary: secondary.clone(),
                 config: Default::default(),
+                progress: self.state.replication_progress.clone(),
             }
             .spawn(shutdown.clone());
         }

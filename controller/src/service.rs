@@ -24,4 +24,7 @@ pub struct State {
     pub store_deadline: std::time::Duration,
     /// Certificate lifetimes, token defaults and the enrollment rate limiter.
     pub enrollment: Arc<crate::enrollment::Policy>,
+    /// Bumped by the replication worker after every copy attempt, so that
+    /// `ReplicationStatus` with a wait condition is woken instead of polling.
+    pub replication_progress: tokio::sync::watch::Sender<u64>,
 }

@@ -9,10 +9,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeboat_common::exit;
-use lifeboat_integration_tests::process::{bin, describe, master_key, run};
+use lifeboat_integration_tests::process::{bin, describe, master_key, parse_json, run};
 use lifeboat_integration_tests::s3::S3Server;
 use lifeboat_integration_tests::tree::{assert_same_tree, restored_root, walk, write_data};
 use lifeboat_integration_tests::{Agent, Controller};
@@ -76,21 +76,33 @@ impl Fleet {
         self.ctl.ctl_json(&["replication", "status", "--json"])
     }
 
-    /// Polls `replication status` until nothing is pending (bounded by [`CATCH_UP`]).
+    /// `replication status --wait CONDITION`: the controller answers once the condition holds
+    /// (re-checked after each copy attempt of its worker), or fails after [`CATCH_UP`].
+    fn wait_for(&self, condition: &str) -> serde_json::Value {
+        let timeout = format!("{}s", CATCH_UP.as_secs());
+        let out = self.ctl.ctl(&[
+            "replication",
+            "status",
+            "--json",
+            "--wait",
+            condition,
+            "--timeout",
+            &timeout,
+        ]);
+        assert!(
+            out.status.success(),
+            "replication never reached {condition}: {}\n{}",
+            describe(&out),
+            self.ctl.log()
+        );
+        parse_json(&out)
+    }
+
+    /// Waits until nothing is pending.
     fn wait_caught_up(&self) -> serde_json::Value {
-        let start = Instant::now();
-        loop {
-            let s = self.status();
-            if s["pending_objects"] == 0 {
-                return s;
-            }
-            assert!(
-                start.elapsed() < CATCH_UP,
-                "replication did not catch up: {s}\n{}",
-                self.ctl.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let s = self.wait_for("caught-up");
+        assert_eq!(s["pending_objects"], 0, "{s}");
+        s
     }
 }
 
@@ -238,12 +250,12 @@ fn damaged_primary_is_served_from_secondary_and_repaired() {
         "the damage is reported with the key {key}: {}",
         f.ctl.log()
     );
-    let start = Instant::now();
-    while fs::read(&pack).unwrap() != good {
-        assert!(start.elapsed() < CATCH_UP, "primary pack not repaired");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The repair was queued by the read itself; once the queue is empty it has been copied.
     f.wait_caught_up();
+    assert!(
+        fs::read(&pack).unwrap() == good,
+        "primary pack not repaired"
+    );
 }
 
 /// Copies fail (a failpoint stands for an unreachable secondary): backups still succeed, the lag
@@ -260,15 +272,23 @@ fn queue_survives_a_controller_restart() {
     write_data(&www.join("b.txt"), 20_000, 5, true);
     agent.backup("web");
 
-    let start = Instant::now();
-    let stuck = loop {
-        let s = f.status();
-        if s["last_error"].is_object() {
-            break s;
-        }
-        assert!(start.elapsed() < CATCH_UP, "no copy error reported: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let stuck = f.wait_for("error");
+    assert!(
+        stuck["last_error"].is_object(),
+        "no copy error reported: {stuck}"
+    );
+    // While every copy fails, waiting to catch up ends at its timeout with a clear failure.
+    let out = f.ctl.ctl(&[
+        "replication",
+        "status",
+        "--wait",
+        "caught-up",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not met after 1000 ms"), "{}", describe(&out));
     assert!(stuck["pending_objects"].as_u64().unwrap() >= 4, "{stuck}");
     assert!(
         stuck["pending_bytes"].as_u64().unwrap() > 3 << 20,
@@ -461,15 +481,8 @@ fn secondary_outage_grows_lag_then_catches_up() {
         pending.windows(2).all(|w| w[0] < w[1]),
         "pending grows with each backup: {pending:?}"
     );
-    let start = Instant::now();
-    let down = loop {
-        let s = f.status();
-        if s["last_error"].is_object() {
-            break s;
-        }
-        assert!(start.elapsed() < CATCH_UP, "no error reported: {s}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let down = f.wait_for("error");
+    assert!(down["last_error"].is_object(), "no error reported: {down}");
     assert!(down["lag_seconds"].as_f64().unwrap() > 0.0, "{down}");
     let list = f.ctl.ctl_json(&["snapshots", "list", "--json"]);
     let flags: Vec<bool> = list

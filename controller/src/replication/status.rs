@@ -3,8 +3,72 @@
 
 use lifeboat_proto::v1 as pb;
 
+use std::time::Duration;
+
+use lifeboat_common::clock::now_unix_ms;
+
 use super::queue;
 use crate::catalog::{Catalog, CatalogError};
+use crate::error::ServiceError;
+use crate::service::State;
+
+/// The longest a status call may wait for its condition.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+fn holds(wait: pb::ReplicationWait, r: &pb::ReplicationStatusResponse) -> bool {
+    match wait {
+        pb::ReplicationWait::None => true,
+        pb::ReplicationWait::CaughtUp => r.pending_objects == 0,
+        pb::ReplicationWait::Error => !r.last_error.is_empty(),
+    }
+}
+
+/// The status, once the request's wait condition holds. The check is repeated after each copy
+/// attempt of the worker (it bumps `State::replication_progress`), never on a timer; past
+/// `timeout_ms` the answer is `DEADLINE_EXCEEDED` with the figures at that moment.
+pub async fn report_when(
+    state: &State,
+    req: &pb::ReplicationStatusRequest,
+) -> Result<pb::ReplicationStatusResponse, ServiceError> {
+    let wait = pb::ReplicationWait::try_from(req.wait)
+        .map_err(|_| ServiceError::invalid(format!("unknown wait condition {}", req.wait)))?;
+    let timeout = Duration::from_millis(req.timeout_ms).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    // Subscribe before the first check, so that no progress between check and wait is missed.
+    let mut progress = state.replication_progress.subscribe();
+    let secondary = state.secondary.as_ref().map(|s| s.location().to_owned());
+    loop {
+        let r = report(&state.catalog, secondary.clone(), now_unix_ms()).await?;
+        if holds(wait, &r) {
+            return Ok(r);
+        }
+        if !r.configured {
+            return Err(ServiceError::FailedPrecondition(
+                "replication is not configured (no [secondary] store): nothing to wait for".into(),
+            ));
+        }
+        tokio::select! {
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return Err(ServiceError::Internal("replication worker stopped".into()));
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                return Err(ServiceError::DeadlineExceeded(format!(
+                    "replication status: condition {} not met after {} ms ({} objects pending, last error: {})",
+                    match wait {
+                        pb::ReplicationWait::CaughtUp => "caught-up",
+                        pb::ReplicationWait::Error => "error",
+                        pb::ReplicationWait::None => "none",
+                    },
+                    timeout.as_millis(),
+                    r.pending_objects,
+                    if r.last_error.is_empty() { "none" } else { r.last_error.as_str() },
+                )));
+            }
+        }
+    }
+}
 
 /// Reads the queue's figures; `secondary` is the secondary's location (`None`: not configured).
 pub async fn report(

@@ -62,6 +62,8 @@ pub struct Worker {
     pub primary: Store,
     pub secondary: Store,
     pub config: WorkerConfig,
+    /// Bumped after every copy attempt (success or failure): wakes waiting status calls.
+    pub progress: tokio::sync::watch::Sender<u64>,
 }
 
 /// The delay before attempt `attempts + 1`.
@@ -146,6 +148,7 @@ impl Worker {
         if let Err(e) = update {
             warn!(key = %key, error = %e, "cannot update the replication queue");
         }
+        self.progress.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Copies one object; returns its size.
@@ -229,6 +232,7 @@ mod tests {
             primary: Store::memory(),
             secondary: Store::memory(),
             config: WorkerConfig::default(),
+            progress: tokio::sync::watch::channel(0).0,
         }
     }
 

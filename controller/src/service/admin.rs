@@ -168,14 +168,7 @@ impl AdminService for AdminApi {
         req: Request<pb::ReplicationStatusRequest>,
     ) -> Result<Response<pb::ReplicationStatusResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        let secondary = self
-            .state
-            .secondary
-            .as_ref()
-            .map(|s| s.location().to_owned());
-        let r = crate::replication::status::report(&self.state.catalog, secondary, now_unix_ms())
-            .await
-            .map_err(ServiceError::from)?;
+        let r = crate::replication::status::report_when(&self.state, req.get_ref()).await?;
         Ok(Response::new(r))
     }
 
