@@ -204,30 +204,16 @@ async fn run_pass<R: Remote>(
     }
     let (entries, stats) = build_entries(&items, &results);
     let manifest = manifest_bytes(src, started_ms, &entries);
-    let mut manifest_ids = Vec::new();
-    for (id, data) in chunk_bytes(&ctx.keys, src, &manifest)? {
-        manifest_ids.push(id);
-        up.add(id, data).await?;
-    }
-    up.flush().await?;
-    let references = references(&entries, &manifest_ids);
-    let stats = SnapshotStats {
-        new_chunks: up.stats.new_chunks,
-        new_logical_bytes: up.stats.new_logical_bytes,
-        unreadable: results.unreadable.len() as u64,
-        ..stats
-    };
-    lifeboat_common::failpoint::hit("agent.before_commit");
-    let outcome = ctx
-        .remote
-        .commit(CommitRequest {
-            session_id: up.session().id.clone(),
-            started_at_unix_ms: started_ms,
-            finished_at_unix_ms: now_unix_ms(),
-            stats,
-            manifest_ids,
-            references,
-            max_ids: up.session().max_ids,
+    let data_ids = entries.iter().flat_map(Entry::chunk_ids).collect();
+    let unreadable = results.unreadable.len() as u64;
+    let (outcome, stats) =
+        commit_snapshot(ctx, src, &mut up, &manifest, data_ids, started_ms, |u| {
+            SnapshotStats {
+                new_chunks: u.new_chunks,
+                new_logical_bytes: u.new_logical_bytes,
+                unreadable,
+                ..stats
+            }
         })
         .await?;
     let report = make_report(src, &stats, up.stats, &mut results);
@@ -352,11 +338,17 @@ fn build_entries(items: &[WalkItem], results: &FileResults) -> (Vec<Entry>, Snap
     (entries, stats)
 }
 
-fn manifest_bytes(src: &SourceConfig, created_ms: i64, entries: &[Entry]) -> Vec<u8> {
-    let header = ManifestHeader {
+/// The manifest header of a snapshot of `src` taken at `created_ms`, with the given roots and no
+/// database metadata (a database source sets it).
+pub(crate) fn manifest_header(
+    src: &SourceConfig,
+    created_ms: i64,
+    roots: Vec<Vec<u8>>,
+) -> ManifestHeader {
+    ManifestHeader {
         source: src.name.clone(),
         kind: src.kind.as_str().into(),
-        roots: src.paths.iter().map(|p| path_bytes(p)).collect(),
+        roots,
         chunker: Some(src.chunker.into()),
         created_at_unix_ms: created_ms,
         hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -364,8 +356,49 @@ fn manifest_bytes(src: &SourceConfig, created_ms: i64, entries: &[Entry]) -> Vec
             .unwrap_or_default(),
         agent_version: env!("CARGO_PKG_VERSION").into(),
         database: None,
-    };
-    let mut w = ManifestWriter::new(&header);
+    }
+}
+
+/// The last step of every backup, whatever the source kind: chunks, seals and uploads the
+/// manifest, flushes the uploader (everything is then durable), and streams the commit of every
+/// data id plus the manifest's ids. `stats` builds the snapshot's stats from the uploader's final
+/// totals. The caller handles a `Missing` outcome (its re-send policy differs per source).
+pub(crate) async fn commit_snapshot<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    up: &mut Uploader<'_, R>,
+    manifest: &[u8],
+    mut references: BTreeSet<ChunkId>,
+    started_ms: i64,
+    stats: impl FnOnce(UploadStats) -> SnapshotStats,
+) -> Result<(CommitOutcome, SnapshotStats), AgentError> {
+    let mut manifest_ids = Vec::new();
+    for (id, data) in chunk_bytes(&ctx.keys, src, manifest)? {
+        manifest_ids.push(id);
+        references.insert(id);
+        up.add(id, data).await?;
+    }
+    up.flush().await?;
+    let stats = stats(up.stats);
+    lifeboat_common::failpoint::hit("agent.before_commit");
+    let outcome = ctx
+        .remote
+        .commit(CommitRequest {
+            session_id: up.session().id.clone(),
+            started_at_unix_ms: started_ms,
+            finished_at_unix_ms: now_unix_ms(),
+            stats,
+            manifest_ids,
+            references: references.into_iter().collect(),
+            max_ids: up.session().max_ids,
+        })
+        .await?;
+    Ok((outcome, stats))
+}
+
+fn manifest_bytes(src: &SourceConfig, created_ms: i64, entries: &[Entry]) -> Vec<u8> {
+    let roots = src.paths.iter().map(|p| path_bytes(p)).collect();
+    let mut w = ManifestWriter::new(&manifest_header(src, created_ms, roots));
     for e in entries {
         w.push(e);
     }
@@ -385,15 +418,6 @@ fn chunk_bytes(
     })
     .map_err(|e| AgentError::Worker(format!("chunking the manifest failed: {e}")))?;
     Ok(out)
-}
-
-/// Every distinct id the snapshot references, sorted.
-fn references(entries: &[Entry], manifest_ids: &[ChunkId]) -> Vec<ChunkId> {
-    let mut set: BTreeSet<ChunkId> = manifest_ids.iter().copied().collect();
-    for e in entries {
-        set.extend(e.chunk_ids());
-    }
-    set.into_iter().collect()
 }
 
 fn make_report(

@@ -19,7 +19,7 @@ use std::time::Instant;
 use lifeboat_common::clock::now_unix_ms;
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::manifest::{
-    DatabaseDump, DatabaseMeta, Entry, EntryKind, ManifestHeader, ManifestWriter, TableInfo,
+    DatabaseDump, DatabaseMeta, Entry, EntryKind, ManifestWriter, TableInfo,
 };
 use lifeboat_proto::v1::SnapshotStats;
 use serde::Serialize;
@@ -27,12 +27,12 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::upload::Uploader;
-use super::{BackupContext, BackupReport, chunk_bytes};
+use super::{BackupContext, BackupReport};
 use crate::config::{MysqlConfig, SourceConfig, Verify};
 use crate::error::AgentError;
 use crate::mysql::dump::{DumpDone, DumpJob, DumpMsg, describe_status};
 use crate::mysql::{Flavor, Objects, Server, ServerInfo, binlog_option};
-use crate::remote::{CommitOutcome, CommitRequest, Remote};
+use crate::remote::{CommitOutcome, Remote};
 
 /// Per database, as printed by `backup --json`.
 #[derive(Clone, Debug, Serialize)]
@@ -333,18 +333,8 @@ async fn commit<R: Remote>(
     started: Instant,
     started_ms: i64,
 ) -> Result<BackupReport, AgentError> {
-    let header = ManifestHeader {
-        source: src.name.clone(),
-        kind: src.kind.as_str().into(),
-        roots: vec![b"/".to_vec()],
-        chunker: Some(src.chunker.into()),
-        created_at_unix_ms: started_ms,
-        hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default(),
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        database: Some(meta),
-    };
+    let mut header = super::manifest_header(src, started_ms, vec![b"/".to_vec()]);
+    header.database = Some(meta);
     let mut w = ManifestWriter::new(&header);
     let mut refs: BTreeSet<ChunkId> = BTreeSet::new();
     let mut logical = 0;
@@ -354,33 +344,18 @@ async fn commit<R: Remote>(
         logical += e.size;
     }
     let data_chunks = refs.len() as u64;
-    let mut manifest_ids = Vec::new();
-    for (id, data) in chunk_bytes(&ctx.keys, src, &w.finish())? {
-        manifest_ids.push(id);
-        refs.insert(id);
-        up.add(id, data).await?;
-    }
-    up.flush().await?;
-    let stats = SnapshotStats {
-        files: entries.len() as u64,
-        logical_bytes: logical,
-        new_logical_bytes: up.stats.new_logical_bytes,
-        chunks: data_chunks,
-        new_chunks: up.stats.new_chunks,
-        files_read: entries.len() as u64,
-        ..SnapshotStats::default()
-    };
-    lifeboat_common::failpoint::hit("agent.before_commit");
-    let outcome = ctx
-        .remote
-        .commit(CommitRequest {
-            session_id: up.session().id.clone(),
-            started_at_unix_ms: started_ms,
-            finished_at_unix_ms: now_unix_ms(),
-            stats,
-            manifest_ids,
-            references: refs.into_iter().collect(),
-            max_ids: up.session().max_ids,
+    let files = entries.len() as u64;
+    let (outcome, stats) =
+        super::commit_snapshot(ctx, src, &mut up, &w.finish(), refs, started_ms, |u| {
+            SnapshotStats {
+                files,
+                logical_bytes: logical,
+                new_logical_bytes: u.new_logical_bytes,
+                chunks: data_chunks,
+                new_chunks: u.new_chunks,
+                files_read: files,
+                ..SnapshotStats::default()
+            }
         })
         .await?;
     let snapshot_id = match outcome {
