@@ -252,19 +252,7 @@ impl Ca {
 
     /// Signs an agent's CSR. Only its public key is used; the certificate names `agent` alone.
     pub fn sign_agent_csr(&self, csr_pem: &str, agent: &AgentId) -> Result<IssuedCert, CaError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        let (mut params, not_after_unix_ms) = leaf_params(agent.as_str(), AGENT_CERT_DAYS)?;
-        params.subject_alt_names = vec![uri_san(&agent.certificate_uri())?];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .map_err(gen_err)?;
-        Ok(IssuedCert {
-            cert_pem: cert.pem(),
-            cert_der: cert.der().to_vec(),
-            not_after_unix_ms,
-        })
+        self.sign_agent(csr_pem, agent, None)
     }
 }
 
@@ -279,15 +267,29 @@ impl Ca {
         not_before_ms: i64,
         not_after_ms: i64,
     ) -> Result<IssuedCert, CaError> {
+        self.sign_agent(csr_pem, agent, Some((not_before_ms, not_after_ms)))
+    }
+
+    /// The one signing path for agent certificates: the URI SAN of `agent`, client-auth only,
+    /// the default lifetime unless `window` (Unix ms) is given.
+    fn sign_agent(
+        &self,
+        csr_pem: &str,
+        agent: &AgentId,
+        window: Option<(i64, i64)>,
+    ) -> Result<IssuedCert, CaError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CaError::BadCsr(e.to_string()))?;
-        let (mut params, _) = leaf_params(agent.as_str(), AGENT_CERT_DAYS)?;
-        params.not_before = ASN1Time::from_timestamp(not_before_ms / 1000)
-            .map_err(gen_err)?
-            .to_datetime();
-        params.not_after = ASN1Time::from_timestamp(not_after_ms / 1000)
-            .map_err(gen_err)?
-            .to_datetime();
+        let (mut params, mut not_after_unix_ms) = leaf_params(agent.as_str(), AGENT_CERT_DAYS)?;
+        if let Some((not_before_ms, not_after_ms)) = window {
+            params.not_before = ASN1Time::from_timestamp(not_before_ms / 1000)
+                .map_err(gen_err)?
+                .to_datetime();
+            params.not_after = ASN1Time::from_timestamp(not_after_ms / 1000)
+                .map_err(gen_err)?
+                .to_datetime();
+            not_after_unix_ms = (not_after_ms / 1000) * 1000;
+        }
         params.subject_alt_names = vec![uri_san(&agent.certificate_uri())?];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let cert = params
@@ -296,7 +298,7 @@ impl Ca {
         Ok(IssuedCert {
             cert_pem: cert.pem(),
             cert_der: cert.der().to_vec(),
-            not_after_unix_ms: (not_after_ms / 1000) * 1000,
+            not_after_unix_ms,
         })
     }
 
