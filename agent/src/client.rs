@@ -444,6 +444,7 @@ impl Remote for GrpcRemote {
             .read_chunks(pb::ReadChunksRequest {
                 ids: ids.iter().map(id_bytes).collect(),
                 from_agent: self.from_agent.clone(),
+                region: pb::Region::Any as i32,
             })
             .await
             .map_err(status(OP))?

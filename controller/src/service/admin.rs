@@ -252,6 +252,32 @@ impl AdminService for AdminApi {
             crate::enrollment::revoke(&self.state, req.into_inner()).await?,
         ))
     }
+
+    async fn put_key_escrow(
+        &self,
+        req: Request<pb::PutKeyEscrowRequest>,
+    ) -> Result<Response<pb::PutKeyEscrowResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented("key escrow is not implemented yet"))
+    }
+
+    async fn scrub_secondary(
+        &self,
+        req: Request<pb::ScrubSecondaryRequest>,
+    ) -> Result<Response<pb::ScrubSecondaryResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented("scrub is not implemented yet"))
+    }
+
+    async fn list_delayed_deletes(
+        &self,
+        req: Request<pb::ListDelayedDeletesRequest>,
+    ) -> Result<Response<pb::ListDelayedDeletesResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented(
+            "delayed deletes are not implemented yet",
+        ))
+    }
 }
 
 fn failure_to_pb(f: &failures::FailureRow) -> pb::FailedBackup {

@@ -367,4 +367,12 @@ impl AgentService for AgentApi {
             crate::enrollment::renew(&self.state, &a, req.into_inner()).await?,
         ))
     }
+
+    async fn get_key_escrow(
+        &self,
+        req: Request<pb::GetKeyEscrowRequest>,
+    ) -> Result<Response<pb::KeyEscrow>, Status> {
+        let _a = self.agent(&req).await?;
+        Err(Status::unimplemented("key escrow is not implemented yet"))
+    }
 }
