@@ -9,6 +9,7 @@ const EXAMPLES: &str = "Examples:
   lifeboat-agent init --name web-01 --dir /etc/lifeboat --controller https://dr.example.com:7443
   lifeboat-agent enroll --token-file /run/lifeboat.token --dir /etc/lifeboat --name web-01
   lifeboat-agent --config /etc/lifeboat/agent.toml renew
+  lifeboat-agent --config /etc/lifeboat/agent.toml key recover
   lifeboat-agent --config /etc/lifeboat/agent.toml backup
   lifeboat-agent --config /etc/lifeboat/agent.toml backup --source web --json
   lifeboat-agent --config /etc/lifeboat/agent.toml run
@@ -63,6 +64,24 @@ pub enum Command {
     Enroll(EnrollArgs),
     /// Renew this agent's certificate now (the daemon also renews by itself).
     Renew,
+    /// The fleet master key: recover it from the controller's escrow with the passphrase.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Fetch the escrowed master key over this agent's mTLS identity, unwrap it with the
+    /// passphrase (from the terminal, or --passphrase-file) and write `master_key` (0600).
+    Recover(KeyRecoverArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeyRecoverArgs {
+    /// Read the passphrase from the first line of FILE instead of the terminal. Never pass a
+    /// passphrase on the command line.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -172,6 +191,29 @@ pub struct RestoreArgs {
     /// nginx: reload nginx after an in-place restore if `nginx -t` passed.
     #[arg(long)]
     pub reload: bool,
+    /// Which region's object store serves the chunks: any (the primary, falling back to the
+    /// secondary for chunks the primary fails), primary (no fallback), secondary (only the
+    /// secondary: a drill of losing the primary region).
+    #[arg(long, value_enum, default_value = "any")]
+    pub region: RegionArg,
+}
+
+/// `restore --region`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RegionArg {
+    Any,
+    Primary,
+    Secondary,
+}
+
+impl RegionArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionArg::Any => "any",
+            RegionArg::Primary => "primary",
+            RegionArg::Secondary => "secondary",
+        }
+    }
 }
 
 #[cfg(test)]

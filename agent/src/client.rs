@@ -12,7 +12,7 @@
 use std::error::Error as StdError;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use lifeboat_common::ids::{ChunkId, chunk_ids_from_bytes};
@@ -138,6 +138,17 @@ pub struct GrpcRemote {
     from_agent: String,
     /// Blobs per upload message: the controller's `max_ids_per_request`, learnt at `BeginSession`.
     max_blobs: Arc<AtomicUsize>,
+    /// Which region `ReadChunks` asks for (`restore --region`).
+    region: pb::Region,
+    /// Blobs read, and how many of them the secondary region served.
+    reads: Arc<ReadCounts>,
+}
+
+/// Counts of `ReadChunks` blobs, for the restore's region report.
+#[derive(Debug, Default)]
+pub struct ReadCounts {
+    pub chunks: AtomicU64,
+    pub from_secondary: AtomicU64,
 }
 
 impl GrpcRemote {
@@ -198,7 +209,23 @@ impl GrpcRemote {
             client,
             from_agent: String::new(),
             max_blobs: Arc::new(AtomicUsize::new(MIN_IDS_PER_REQUEST as usize)),
+            region: pb::Region::Any,
+            reads: Arc::default(),
         }
+    }
+
+    /// Reads chunks from this region (`restore --region`); the default is ANY.
+    pub fn in_region(mut self, region: pb::Region) -> Self {
+        self.region = region;
+        self
+    }
+
+    /// (blobs read, blobs the secondary region served) since this remote was made.
+    pub fn read_counts(&self) -> (u64, u64) {
+        (
+            self.reads.chunks.load(Ordering::Relaxed),
+            self.reads.from_secondary.load(Ordering::Relaxed),
+        )
     }
 
     /// Lists, gets and reads the snapshots of agent `from` instead of our own (a replacement VM
@@ -215,6 +242,17 @@ impl GrpcRemote {
             .await
             .map_err(status("WhoAmI"))?
             .into_inner())
+    }
+
+    /// The newest master key escrow envelope (`lifeboat-agent key recover`).
+    pub async fn get_key_escrow(&self) -> Result<pb::KeyEscrow, RemoteError> {
+        let mut c = self.client.clone();
+        Ok(c.get_key_escrow(pb::GetKeyEscrowRequest {
+            kind: "master".into(),
+        })
+        .await
+        .map_err(status("GetKeyEscrow"))?
+        .into_inner())
     }
 
     /// Asks for a new certificate for the CSR, over our current mTLS identity.
@@ -444,7 +482,7 @@ impl Remote for GrpcRemote {
             .read_chunks(pb::ReadChunksRequest {
                 ids: ids.iter().map(id_bytes).collect(),
                 from_agent: self.from_agent.clone(),
-                region: pb::Region::Any as i32,
+                region: self.region as i32,
             })
             .await
             .map_err(status(OP))?
@@ -456,7 +494,13 @@ impl Remote for GrpcRemote {
                 .ok_or_else(|| invalid(OP, "message without a blob"))?;
             let id = ChunkId::try_from(&blob.id[..]).map_err(|e| invalid(OP, e.to_string()))?;
             match ids.get(out.len()) {
-                Some(want) if *want == id => out.push((id, blob.data.into())),
+                Some(want) if *want == id => {
+                    self.reads.chunks.fetch_add(1, Ordering::Relaxed);
+                    if msg.from_secondary {
+                        self.reads.from_secondary.fetch_add(1, Ordering::Relaxed);
+                    }
+                    out.push((id, blob.data.into()))
+                }
                 _ => {
                     return Err(invalid(
                         OP,

@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod enroll;
 pub mod init;
+pub mod key;
 pub mod ls;
 pub mod renew;
 pub mod restore;

@@ -201,7 +201,15 @@ impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let raw: RawConfig = load_toml(path)?;
         let env = std::env::var(ADDRESS_ENV).ok().filter(|a| !a.is_empty());
-        Self::validate(path, raw, env)
+        Self::validate_opts(path, raw, env, true)
+    }
+
+    /// Like [`AgentConfig::load`], but the master key file need not exist yet: for
+    /// `lifeboat-agent key recover` on a fresh host, which is what creates it.
+    pub fn load_without_master_key(path: &Path) -> Result<Self, ConfigError> {
+        let raw: RawConfig = load_toml(path)?;
+        let env = std::env::var(ADDRESS_ENV).ok().filter(|a| !a.is_empty());
+        Self::validate_opts(path, raw, env, false)
     }
 
     /// The source named `name`, or an error listing the configured ones.
@@ -230,10 +238,20 @@ impl AgentConfig {
         }
     }
 
+    #[cfg(test)]
     fn validate(
         path: &Path,
         raw: RawConfig,
         env_address: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::validate_opts(path, raw, env_address, true)
+    }
+
+    fn validate_opts(
+        path: &Path,
+        raw: RawConfig,
+        env_address: Option<String>,
+        require_master_key: bool,
     ) -> Result<Self, ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_owned(),
@@ -266,6 +284,9 @@ impl AgentConfig {
             ("[controller] key", &controller.key),
             ("master_key", &master_key),
         ] {
+            if what == "master_key" && !require_master_key {
+                continue;
+            }
             if !file.is_file() {
                 return Err(invalid(format!(
                     "{what} file {} does not exist{}",
@@ -314,7 +335,9 @@ fn missing_hint(what: &str) -> &'static str {
         "[controller] cert" | "[controller] ca" => {
             "; run `lifeboatctl agent add NAME --csr agent.csr --out DIR` on the controller and copy agent.pem and ca.pem here"
         }
-        "master_key" => "; copy the fleet master key here (mode 0600)",
+        "master_key" => {
+            "; copy the fleet master key here (mode 0600), or fetch it from the escrow with `lifeboat-agent key recover`"
+        }
         _ => "; it is created by `lifeboat-agent init`",
     }
 }

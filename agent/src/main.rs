@@ -40,5 +40,8 @@ async fn dispatch(cli: &Cli, command: &Command) -> commands::CmdResult {
         Command::Restore(args) => commands::restore::run(cli, args).await,
         Command::Enroll(args) => commands::enroll::run(args).await,
         Command::Renew => commands::renew::run(cli).await,
+        Command::Key(lifeboat_agent::cli::KeyCommand::Recover(args)) => {
+            commands::key::recover(cli, args).await
+        }
     }
 }

@@ -225,7 +225,18 @@ fn ensure_dir_entry(dest: &Path) -> Result<(), AgentError> {
     ensure_real_dir(dest, &mut created).map_err(|why| AgentError::Refused(vec![why.to_string()]))
 }
 
+/// Whether `p` is still a real directory (not a symlink): a later entry (overlapping roots) may
+/// have replaced a directory by a symlink, and chmod/utimes would follow it out of the target.
+fn still_real_dir(p: &Path) -> bool {
+    let real = fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    if !real {
+        warn!(path = %p.display(), "not a directory any more: its metadata is not applied");
+    }
+    real
+}
+
 /// Applies directory metadata deepest first; directories created only as parents get 0755.
+/// A path that is no longer a real directory is skipped (never followed).
 fn finish_dirs(
     dirs: &mut [(PathBuf, &Entry)],
     created: &[PathBuf],
@@ -236,13 +247,14 @@ fn finish_dirs(
         .iter()
         .rev()
         .filter(|p| !listed.contains(p.as_path()))
+        .filter(|p| still_real_dir(p))
     {
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(p, fs::Permissions::from_mode(0o755))
             .map_err(|e| AgentError::io("cannot set the mode of", p, e))?;
     }
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (p, e) in dirs.iter() {
+    for (p, e) in dirs.iter().filter(|(p, _)| still_real_dir(p)) {
         write::apply_metadata(p, e, false, as_root)?;
     }
     Ok(())
@@ -293,5 +305,7 @@ fn delete_phase(
     Ok(deleted)
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -82,6 +82,12 @@ impl MasterKey {
         MasterKey(bytes)
     }
 
+    /// The raw key bytes, for wrapping it in an escrow envelope or a paper export
+    /// ([`crate::escrow`]). Never log or print them.
+    pub fn expose_bytes(&self) -> &[u8; MASTER_KEY_LEN] {
+        &self.0
+    }
+
     /// Reads a key file, refusing one that other users can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let read_err = |source| KeyError::Read {

@@ -11,8 +11,12 @@ use std::path::{Path, PathBuf};
 use lifeboat_common::config::{ConfigError, load_toml, resolve};
 use serde::Deserialize;
 
+mod retention;
+mod secondary;
 mod store;
 
+pub use retention::RetentionSettings;
+pub use secondary::{MAX_SCRUB_SAMPLE, ReplicationSettings};
 pub use store::{ConditionalPut, S3Config, StoreConfig};
 
 /// Default listen address of the controller.
@@ -29,10 +33,13 @@ struct ControllerFile {
     tls: TlsFile,
     catalog: CatalogFile,
     store: store::StoreFile,
-    /// The secondary object store (another region): same shape as `[store]`.
-    secondary: Option<store::StoreFile>,
+    /// The secondary object store (another region): the keys of `[store]` plus the replication
+    /// keys of [`secondary`], which are taken out before the rest is validated as a store.
+    secondary: Option<toml::Table>,
     /// Plain-HTTP Prometheus listener (default 127.0.0.1:9464).
     metrics_listen: Option<String>,
+    /// Default keep rules applied on a schedule (none: keep everything).
+    retention: Option<retention::RetentionFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,8 +69,12 @@ pub struct ControllerConfig {
     pub store: StoreConfig,
     /// `[secondary]`: where objects are replicated to; `None` without replication.
     pub secondary: Option<StoreConfig>,
+    /// Delete delay, deletes on/off and scrub settings of `[secondary]` (defaults without one).
+    pub replication: ReplicationSettings,
     /// Address of the plain-HTTP `/metrics` listener.
     pub metrics_listen: String,
+    /// `[retention]`: default keep rules and how often the worker applies them.
+    pub retention: RetentionSettings,
 }
 
 impl ControllerConfig {
@@ -71,7 +82,20 @@ impl ControllerConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let f: ControllerFile = load_toml(path)?;
         let store = f.store.validate(path)?;
-        let secondary = f.secondary.map(|s| s.validate(path)).transpose()?;
+        let (secondary, replication) = match f.secondary {
+            None => (None, ReplicationSettings::default()),
+            Some(mut table) => {
+                let settings = secondary::take(&mut table, path)?;
+                let raw =
+                    store::StoreFile::deserialize(toml::Value::Table(table)).map_err(|e| {
+                        ConfigError::Invalid {
+                            path: path.to_owned(),
+                            message: format!("[secondary]: {e}"),
+                        }
+                    })?;
+                (Some(raw.validate(path)?), settings)
+            }
+        };
         Ok(ControllerConfig {
             listen: f.listen.unwrap_or_else(|| DEFAULT_LISTEN.to_owned()),
             ca_cert: resolve(path, &f.tls.ca_cert),
@@ -81,9 +105,11 @@ impl ControllerConfig {
             catalog: resolve(path, &f.catalog.path),
             store,
             secondary,
+            replication,
             metrics_listen: f
                 .metrics_listen
                 .unwrap_or_else(|| crate::metrics::DEFAULT_METRICS_LISTEN.to_owned()),
+            retention: f.retention.unwrap_or_default().validate(path)?,
         })
     }
 }
@@ -172,6 +198,23 @@ path = "objects"
 # its own credentials_file. Every object is copied there; reads fall back to it.
 # kind = "local"
 # path = "/mnt/dr-copy/objects"
+# delete_delay = "7d"      # deletes (retention, GC) reach the secondary only this long after
+# deletes = true           # false: its credentials cannot delete; deletes are only listed
+#                          # (`lifeboatctl replication deletes`) for a job or a lifecycle rule
+# scrub_interval = "6h"    # read back a random sample of replicated objects ("0s": off);
+# scrub_sample = 16        # each read is cross-region traffic
+
+# [retention]
+# Default keep rules, applied every `interval` by the controller (docs/retention.md). Without
+# any rule nothing is forgotten. Forgotten snapshots are hidden at once; GC frees their objects.
+# interval = "1h"
+# keep_last = 10
+# keep_hourly = 24
+# keep_daily = 7
+# keep_weekly = 5
+# keep_monthly = 12
+# keep_yearly = 3
+# keep_within = "2d"       # everything within 2 days of the newest snapshot of each source
 "#
     )
 }
@@ -238,6 +281,44 @@ mod tests {
             })
         );
         assert_eq!(c.metrics_listen, "127.0.0.1:0");
+        assert_eq!(c.replication, ReplicationSettings::default());
+    }
+
+    #[test]
+    fn secondary_replication_keys_parse_and_typos_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("controller.toml");
+        let base = format!(
+            "{}\n[secondary]\nkind = \"local\"\npath = \"dr\"\n",
+            controller_toml("127.0.0.1:9")
+        );
+        let with = |extra: &str| {
+            std::fs::write(&p, format!("{base}{extra}")).expect("write");
+            ControllerConfig::load(&p)
+        };
+        let c = with(
+            "delete_delay = \"2d\"\ndeletes = false\nscrub_interval = \"10m\"\nscrub_sample = 5\n",
+        )
+        .expect("parse");
+        assert_eq!(
+            c.replication,
+            ReplicationSettings {
+                delete_delay: std::time::Duration::from_secs(2 * 86_400),
+                deletes: false,
+                scrub_interval: std::time::Duration::from_secs(600),
+                scrub_sample: 5,
+            }
+        );
+        let e = with("delete_delay = \"7 days\"\n")
+            .expect_err("bad")
+            .to_string();
+        assert!(e.contains("delete_delay"), "{e}");
+        let e = with("scrub_sample = 0\n").expect_err("zero").to_string();
+        assert!(e.contains("scrub_sample"), "{e}");
+        let e = with("delete_dalay = \"1d\"\n")
+            .expect_err("typo")
+            .to_string();
+        assert!(e.contains("delete_dalay"), "{e}");
     }
 
     #[test]

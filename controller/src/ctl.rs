@@ -6,9 +6,14 @@ pub mod agent_add;
 pub mod agent_allow_restore;
 pub mod agent_list;
 pub mod agent_revoke;
+pub mod forget;
+pub mod key_escrow;
 pub mod key_init;
+pub mod key_paper;
 pub mod output;
 pub mod replication;
+pub mod replication_deletes;
+pub mod replication_scrub;
 pub mod snapshots_list;
 pub mod snapshots_show;
 pub mod stats;
@@ -99,6 +104,8 @@ pub enum Command {
     /// List and inspect snapshots.
     #[command(subcommand)]
     Snapshots(SnapshotsCommand),
+    /// Apply retention rules: show (--dry-run) or forget the snapshots they do not keep.
+    Forget(forget::Args),
     /// Storage usage: logical and stored bytes, dedup ratio, objects; per agent, group, total.
     Stats(stats::Args),
     /// Inspect the object store.
@@ -122,6 +129,10 @@ pub enum TokenCommand {
 pub enum ReplicationCommand {
     /// Lag, pending objects and bytes, last error, newest snapshot restorable from the secondary.
     Status(replication::StatusArgs),
+    /// Read back a random sample of replicated objects; re-queue missing or damaged ones (exit 1).
+    Scrub(replication_scrub::Args),
+    /// Deletes waiting for their delay before they reach the secondary.
+    Deletes(replication_deletes::Args),
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,8 +155,15 @@ pub enum AgentCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Create the fleet master key file locally (never sent to the controller).
+    /// Create the fleet master key file locally and escrow it under a passphrase (the key itself
+    /// is never sent to the controller; only the passphrase-wrapped envelope is).
     Init(key_init::Args),
+    /// Escrow an existing master key and/or the controller's CA under a passphrase.
+    Escrow(key_escrow::Args),
+    /// Print the master key as checksummed text for an offline paper copy.
+    Export(key_paper::ExportArgs),
+    /// Read a paper copy back into a key file (a mistyped character is located).
+    Import(key_paper::ImportArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,13 +240,21 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Agent(AgentCommand::Add(a)) => agent_add::run(&ctx, a).await,
         Command::Agent(AgentCommand::List(a)) => agent_list::run(&ctx, a).await,
         Command::Agent(AgentCommand::AllowRestore(a)) => agent_allow_restore::run(&ctx, a).await,
-        Command::Key(KeyCommand::Init(a)) => key_init::run(a),
+        Command::Key(KeyCommand::Init(a)) => key_init::run(&ctx, a).await,
+        Command::Key(KeyCommand::Escrow(a)) => key_escrow::run(&ctx, a).await,
+        Command::Key(KeyCommand::Export(a)) => key_paper::export(a),
+        Command::Key(KeyCommand::Import(a)) => key_paper::import(a),
         Command::Snapshots(SnapshotsCommand::List(a)) => snapshots_list::run(&ctx, a).await,
         Command::Snapshots(SnapshotsCommand::Show(a)) => snapshots_show::run(&ctx, a).await,
         Command::Stats(a) => stats::run(&ctx, a).await,
+        Command::Forget(a) => forget::run(&ctx, a).await,
         Command::Storage(StorageCommand::Orphans(a)) => storage::orphans(&ctx, a).await,
         Command::Token(TokenCommand::Create(a)) => token_create::run(&ctx, a).await,
         Command::Agent(AgentCommand::Revoke(a)) => agent_revoke::run(&ctx, a).await,
         Command::Replication(ReplicationCommand::Status(a)) => replication::status(&ctx, a).await,
+        Command::Replication(ReplicationCommand::Scrub(a)) => replication_scrub::run(&ctx, a).await,
+        Command::Replication(ReplicationCommand::Deletes(a)) => {
+            replication_deletes::run(&ctx, a).await
+        }
     }
 }

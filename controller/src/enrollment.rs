@@ -29,6 +29,7 @@ use crate::catalog::agents::{self, AgentRow};
 use crate::catalog::credentials;
 use crate::catalog::tokens::{self, Refusal, TokenRow};
 use crate::error::ServiceError;
+use crate::registry::{Change, Pending};
 use crate::service::State;
 
 /// The controller's clock for certificate decisions: the wall clock plus an offset that only
@@ -214,6 +215,37 @@ fn chosen_name(t: &TokenRow, requested: &str) -> Result<AgentId, ServiceError> {
     AgentId::new(&name).map_err(|e| ServiceError::invalid(e.to_string()))
 }
 
+/// Writes the registry event of an enrollment (durable before the catalog records it,
+/// [`crate::registry`]); refuses first a name that is taken and not named by the token, so a
+/// refused enrollment leaves no event behind.
+async fn enrollment_event(
+    state: &State,
+    row: &AgentRow,
+    group: &str,
+    names_agent: bool,
+    now: i64,
+) -> Result<Pending, ServiceError> {
+    let name = row.id.clone();
+    let exists = state
+        .catalog
+        .run(move |c| Ok(crate::catalog::grants::group_of(c, &name)?.is_some()))
+        .await?;
+    if exists && !names_agent {
+        return Err(already_exists_name(&row.id));
+    }
+    let event = Pending::agent(
+        &row.id,
+        now,
+        Change::Added {
+            group: group.to_owned(),
+            cert_sha256: row.cert_sha256.clone(),
+            not_after_unix_ms: row.not_after,
+        },
+    );
+    event.put(&state.store, state.store_deadline).await?;
+    Ok(event)
+}
+
 /// Enrolls an agent with a join token (no client certificate).
 pub async fn enroll(
     state: &State,
@@ -258,6 +290,7 @@ pub async fn enroll(
     };
     let names_agent = t.agent.is_some();
     let peer_s = ip.to_string();
+    let event = enrollment_event(state, &agent_row, &group, names_agent, now).await?;
     let outcome = state
         .catalog
         .run(move |c| {
@@ -278,17 +311,14 @@ pub async fn enroll(
                 return Ok(Ok(false));
             }
             tokens::consume(&tx, &hash, &agent_row.id, &peer_s, now)?;
+            event.enqueue(&tx, now)?;
             tx.commit()?;
             Ok(Ok(true))
         })
         .await?;
     match outcome {
         Err(why) => return Err(ServiceError::Unauthenticated(refusal_message(&why).into())),
-        Ok(false) => {
-            return Err(ServiceError::AlreadyExists(format!(
-                "agent {id} already exists; choose another --name, or re-enroll it with a token made by `lifeboatctl token create --agent {id}`"
-            )));
-        }
+        Ok(false) => return Err(already_exists(&id)),
         Ok(true) => {}
     }
     tracing::info!(agent = %id, group = %group, peer = %ip, "agent enrolled with a join token");
@@ -299,6 +329,16 @@ pub async fn enroll(
         ca_pem: state.ca.cert_pem().to_owned(),
         not_after_unix_ms: issued.not_after_unix_ms,
     })
+}
+
+fn already_exists(id: &AgentId) -> ServiceError {
+    already_exists_name(id.as_str())
+}
+
+fn already_exists_name(id: &str) -> ServiceError {
+    ServiceError::AlreadyExists(format!(
+        "agent {id} already exists; choose another --name, or re-enroll it with a token made by `lifeboatctl token create --agent {id}`"
+    ))
 }
 
 /// Renews the calling agent's certificate.
@@ -324,20 +364,26 @@ pub async fn renew(
         issued.not_after_unix_ms,
     );
     let overlap = now + ms(p.renew_overlap);
-    state
-        .catalog
-        .run(move |c| credentials::renew(c, &id, &fp, na, overlap))
+    let event = Pending::agent(
+        &id,
+        now,
+        Change::Renewed {
+            cert_sha256: fp.clone(),
+            not_after_unix_ms: na,
+            prev_valid_until_unix_ms: overlap,
+        },
+    );
+    event
+        .record(state, move |c| {
+            credentials::renew(c, &id, &fp, na, overlap)?;
+            Ok(true)
+        })
         .await?;
     tracing::info!(agent = %agent.id, not_after = na, "agent certificate renewed");
     Ok(pb::RenewCertificateResponse {
         certificate_pem: issued.cert_pem,
         not_after_unix_ms: na,
     })
-}
-
-/// The registry object recording one revoked certificate.
-pub fn revocation_key(agent: &AgentId, fp: &str) -> String {
-    format!("registry/revocations/{agent}/{fp}")
 }
 
 /// Revokes an agent (admin).
@@ -357,22 +403,17 @@ pub async fn revoke(
             "agent {id} is not enrolled; see `lifeboatctl agent list`"
         )));
     };
-    // The catalog row takes effect now; the registry object lets a rebuilt catalog keep the
-    // revocation. A store failure here is logged, not fatal: the agent is already cut off.
-    for fp in &fps {
-        let key = revocation_key(&id, fp);
-        let body = serde_json::json!({
-            "format": 1,
-            "agent": id.as_str(),
-            "cert_sha256": fp,
-            "revoked_at_unix_ms": now,
-        });
-        if let Err(e) = state
-            .store
-            .put_new(&key, bytes::Bytes::from(body.to_string()))
-            .await
-        {
-            tracing::warn!(agent = %id, key = %key, error = %e, "revocation not written to the bucket registry");
+    // The catalog row takes effect now, even with the bucket down; the registry object lets a
+    // rebuilt catalog keep the revocation. Its key is a function of the revoked_certs rows, so
+    // one that could not be written now is written at the next start
+    // ([`crate::registry::backfill`]).
+    let event = crate::registry::revocation(id.as_str(), now, fps);
+    match event.put(&state.store, state.store_deadline).await {
+        Ok(()) => {
+            state.catalog.run(move |c| event.enqueue(c, now)).await?;
+        }
+        Err(e) => {
+            tracing::warn!(agent = %id, key = %event.key, error = %e, "revocation not written to the bucket registry yet; retried at the next start");
         }
     }
     tracing::warn!(agent = %id, "agent revoked");

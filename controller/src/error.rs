@@ -31,6 +31,9 @@ pub enum ServiceError {
     /// A condition the caller asked to wait for did not hold in time.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A per-caller limit (concurrent streams) is reached; retry when the others finish.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error(transparent)]
@@ -56,6 +59,7 @@ impl From<ServiceError> for Status {
             ServiceError::PermissionDenied(_) => Status::permission_denied(msg),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(msg),
+            ServiceError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ServiceError::DataLoss(_) => {
                 tracing::error!(error = %msg, "data loss detected");
                 Status::data_loss(msg)

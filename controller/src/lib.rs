@@ -20,6 +20,8 @@
 //! - [`client`], [`ctl`]: the admin CLI and its error classification.
 //! - [`replication`]: the secondary store (role markers, queue, worker, read fallback);
 //!   [`metrics`]: the plain-HTTP Prometheus endpoint.
+//! - [`registry`]: append-only registry objects in the bucket (agents, admins, grants);
+//!   [`rebuild`]: `lifeboat-controller rebuild-catalog`, a catalog from the bucket alone.
 //! - [`deadline`]: the per-operation deadline on store calls an agent waits on;
 //!   `fault_store` (tests): a fault-injecting `ObjectStore` wrapper.
 
@@ -33,18 +35,25 @@ pub mod ctl;
 pub mod deadline;
 pub mod enrollment;
 pub mod error;
+pub mod escrow;
 #[cfg(any(test, feature = "testing"))]
 pub mod fault_store;
+pub mod fleet;
 pub mod ingest;
 pub mod init;
 pub mod metrics;
 pub mod pack;
+pub mod rebuild;
 pub mod record;
+pub mod recover_ca;
 pub mod refset;
+pub mod registry;
 pub mod replication;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod streams;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod wire;

@@ -31,13 +31,19 @@ pub struct Metrics {
     pub catalog: Catalog,
     /// The secondary's location; `None` without a `[secondary]` store.
     pub secondary: Option<String>,
+    /// Scrub totals since start-up ([`crate::replication::scrub`]).
+    pub scrub: std::sync::Arc<crate::replication::scrub::ScrubCounters>,
 }
 
 impl Metrics {
     /// The exposition text.
     pub async fn render(&self) -> Result<String, crate::catalog::CatalogError> {
         let r = status::report(&self.catalog, self.secondary.clone(), now_unix_ms()).await?;
-        Ok(status::prometheus_text(&r))
+        let mut text = status::prometheus_text(&r);
+        if r.configured {
+            text.push_str(&self.scrub.prometheus_text());
+        }
+        Ok(text)
     }
 
     /// Serves on `listener` until `shutdown` is cancelled.
@@ -128,6 +134,7 @@ mod tests {
         let m = Metrics {
             catalog,
             secondary: Some("directory /x".into()),
+            scrub: Default::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -141,6 +148,10 @@ mod tests {
         );
         assert!(
             text.contains("lifeboat_replication_lag_seconds 0.000\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lifeboat_replication_scrub_damaged_total 0\n"),
             "{text}"
         );
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));

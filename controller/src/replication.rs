@@ -11,21 +11,39 @@
 //! - [`fallback`]: reads that fail on the primary (missing, unreachable, failing their hash)
 //!   are served from the secondary and a repair copy is queued.
 //! - [`status`]: the figures shown by `lifeboatctl replication status` and `/metrics`.
+//! - [`scrub`]: reads back a random sample of replicated objects from the secondary; a missing
+//!   or damaged one is counted, logged and re-queued.
+//! - [`deletes`]: deletes reach the secondary only after `delete_delay`, and never when its
+//!   credentials cannot delete (then they are only listed).
 //!
 //! Failure modes: a secondary that is down only delays replication (rows stay pending and the
 //! lag grows; backups are never blocked on it). Objects recorded before catalog v3 (except
 //! packs, which the migration queues) are not queued; a catalog rebuild will compare listings.
 
+pub mod deletes;
 pub mod fallback;
 pub mod marker;
 pub mod queue;
+pub mod scrub;
 pub mod status;
 pub mod worker;
 
+use std::sync::Arc;
+
 use thiserror::Error;
+
+use crate::config::ReplicationSettings;
 
 use crate::catalog::CatalogError;
 use crate::store::StoreError;
+
+/// What the handlers, the worker and `/metrics` share about replication: the `[secondary]`
+/// settings and the scrub counters. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Runtime {
+    pub settings: ReplicationSettings,
+    pub scrub: Arc<scrub::ScrubCounters>,
+}
 
 #[derive(Debug, Error)]
 pub enum ReplicationError {

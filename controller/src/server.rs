@@ -70,6 +70,7 @@ pub enum ServeError {
 pub struct Prepared {
     state: State,
     tls: TlsConfigs,
+    retention: crate::config::RetentionSettings,
 }
 
 /// The two TLS configurations, chosen per connection by the server name the client asks for
@@ -165,8 +166,14 @@ pub fn prepare(cfg: &ControllerConfig) -> Result<Prepared, ServeError> {
             store_deadline: crate::deadline::STORE_DEADLINE,
             enrollment: Arc::new(enrollment),
             replication_progress: tokio::sync::watch::channel(0).0,
+            streams: Arc::default(),
+            replication: crate::replication::Runtime {
+                settings: cfg.replication.clone(),
+                scrub: Default::default(),
+            },
         },
         tls,
+        retention: cfg.retention.clone(),
     })
 }
 
@@ -269,6 +276,7 @@ impl Prepared {
                 .secondary
                 .as_ref()
                 .map(|s| s.location().to_owned()),
+            scrub: self.state.replication.scrub.clone(),
         }
     }
 
@@ -284,10 +292,16 @@ impl Prepared {
                 primary: self.state.store.clone(),
                 secondary: secondary.clone(),
                 config: Default::default(),
+                runtime: self.state.replication.clone(),
                 progress: self.state.replication_progress.clone(),
             }
             .spawn(shutdown.clone());
         }
+        crate::retention::worker::spawn(
+            self.state.catalog.clone(),
+            self.retention.clone(),
+            shutdown.clone(),
+        );
         let (tx, rx) = mpsc::channel::<Conn>(64);
         let accept = tokio::spawn(accept_loop(
             listener,

@@ -27,4 +27,8 @@ pub struct State {
     /// Bumped by the replication worker after every copy attempt, so that
     /// `ReplicationStatus` with a wait condition is woken instead of polling.
     pub replication_progress: tokio::sync::watch::Sender<u64>,
+    /// `[secondary]` settings (delete delay, deletes on/off, scrub) and the scrub counters.
+    pub replication: crate::replication::Runtime,
+    /// Open upload/commit streams per agent ([`crate::streams`]).
+    pub streams: Arc<crate::streams::StreamLimiter>,
 }

@@ -233,6 +233,11 @@ pub fn agent_to_pb(a: &AgentRow) -> pb::Agent {
         not_after_unix_ms: a.not_after,
         last_seen_unix_ms: a.last_seen,
         snapshots: a.snapshots,
+        // Set by the caller from `credentials::revoked_agents` (AgentRow does not carry it).
+        revoked_at_unix_ms: 0,
+        // Set by the caller from the live control streams (not in the catalog).
+        connected: false,
+        version: String::new(),
     }
 }
 

@@ -293,8 +293,15 @@ pub fn parse_json(out: &Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("no JSON in output ({e}): {}", describe(out)))
 }
 
-/// Creates a fleet master key with `lifeboatctl key init` (it never reaches the controller).
+/// Creates a fleet master key with `lifeboatctl key init --no-escrow` (it never reaches the
+/// controller; tests of the escrow itself are in `tests/escrow.rs`).
 pub fn master_key(ctl: &Controller, path: &Path) {
-    let out = ctl.ctl(&["key", "init", "--out", path.to_str().unwrap()]);
+    let out = ctl.ctl(&[
+        "key",
+        "init",
+        "--no-escrow",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "key init: {}", describe(&out));
 }

@@ -1,16 +1,25 @@
 //! `lifeboat-agent restore`: files (`--to DIR` or `--in-place`) or databases, chosen by the
 //! snapshot's kind. After an in-place restore of nginx configuration (the source has an nginx
 //! check, or a root under /etc/nginx) `nginx -t` runs; `--reload` reloads if it passed.
+//!
+//! Regions: `--region any` (default) reads from the primary object store and lets the
+//! controller fall back to the secondary for chunks the primary fails (missing, unreachable,
+//! damaged); `primary` never falls back; `secondary` reads only the secondary. The summary says
+//! how many chunks the secondary served (text, and `region`, `chunks_read`,
+//! `chunks_from_secondary` in `--json`), so a restore that survived a damaged or lost primary
+//! says so.
 
 use std::time::Instant;
 
 use lifeboat_common::exit;
 use lifeboat_common::keys::DataKeys;
 use lifeboat_common::manifest::Manifest;
+use lifeboat_proto::v1::Region;
+use serde::Serialize;
 use tracing::warn;
 
 use super::{CmdResult, Failure, connect, data_keys, human_bytes, load_config, print_json};
-use crate::cli::{Cli, RestoreArgs};
+use crate::cli::{Cli, RegionArg, RestoreArgs};
 use crate::client::GrpcRemote;
 use crate::config::{AgentConfig, Excludes, NginxCheck};
 use crate::error::AgentError;
@@ -30,7 +39,11 @@ fn usage(message: String) -> Failure {
 pub async fn run(cli: &Cli, args: &RestoreArgs) -> CmdResult {
     let cfg = load_config(cli.config.as_deref())?;
     let keys = data_keys(&cfg)?;
-    let mut remote = connect(&cfg).await?;
+    let mut remote = connect(&cfg).await?.in_region(match args.region {
+        RegionArg::Any => Region::Any,
+        RegionArg::Primary => Region::Primary,
+        RegionArg::Secondary => Region::Secondary,
+    });
     if let Some(from) = &args.from_agent {
         remote = remote.reading_from(from);
     }
@@ -82,8 +95,12 @@ async fn restore_db(
     };
     let mut report = restore_databases(remote, keys, &server, m, &opts).await?;
     report.snapshot_id = snapshot.to_owned();
+    let regions = RegionReport::of(remote, args.region);
     if args.json {
-        print_json(&report);
+        print_json(&WithRegion {
+            report: &report,
+            regions,
+        });
     } else {
         for d in &report.databases {
             println!(
@@ -106,6 +123,7 @@ async fn restore_db(
                 println!("  not in the backup (left as is): {u}");
             }
         }
+        regions.print();
     }
     Ok(exit::SUCCESS)
 }
@@ -182,8 +200,12 @@ async fn restore_files(
             .await
             .ok();
     }
+    let regions = RegionReport::of(remote, args.region);
     if args.json {
-        print_json(&report);
+        print_json(&WithRegion {
+            report: &report,
+            regions,
+        });
     } else {
         println!(
             "restored snapshot {}: {} files written ({}), {} unchanged, {} dirs, {} symlinks, {} deleted, {} ms",
@@ -196,6 +218,7 @@ async fn restore_files(
             report.deleted,
             report.duration_ms
         );
+        regions.print();
         if let Some(n) = &report.nginx {
             println!(
                 "nginx -t: {}{}",
@@ -213,5 +236,90 @@ async fn restore_files(
             code: exit::ERROR,
         }),
         _ => Ok(exit::SUCCESS),
+    }
+}
+
+/// Which region served the chunks of a restore.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct RegionReport {
+    region: &'static str,
+    chunks_read: u64,
+    chunks_from_secondary: u64,
+}
+
+impl RegionReport {
+    fn of(remote: &GrpcRemote, region: RegionArg) -> Self {
+        let (chunks_read, chunks_from_secondary) = remote.read_counts();
+        RegionReport {
+            region: region.as_str(),
+            chunks_read,
+            chunks_from_secondary,
+        }
+    }
+
+    /// The summary line, or `None` when the primary served everything as usual.
+    fn line(&self) -> Option<String> {
+        let (n, of) = (self.chunks_from_secondary, self.chunks_read);
+        match self.region {
+            "secondary" => Some(format!(
+                "{n} of {of} chunks served from the secondary region (--region secondary)"
+            )),
+            "primary" => Some(format!(
+                "{of} chunks served from the primary region (--region primary, no fallback)"
+            )),
+            _ if n > 0 => Some(format!(
+                "{n} of {of} chunks served from the secondary region (the primary failed for them; the controller logged each and queued repairs)"
+            )),
+            _ => None,
+        }
+    }
+
+    fn print(&self) {
+        if let Some(l) = self.line() {
+            println!("{l}");
+        }
+    }
+}
+
+/// A restore report with the region figures beside its own fields (`--json`).
+#[derive(Serialize)]
+struct WithRegion<'a, T: Serialize> {
+    #[serde(flatten)]
+    report: &'a T,
+    #[serde(flatten)]
+    regions: RegionReport,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_lines_say_who_served_what() {
+        let r = |region, chunks_read, chunks_from_secondary| RegionReport {
+            region,
+            chunks_read,
+            chunks_from_secondary,
+        };
+        assert_eq!(r("any", 12, 0).line(), None);
+        let l = r("any", 312, 312).line().expect("line");
+        assert!(
+            l.starts_with("312 of 312 chunks served from the secondary region (the primary failed"),
+            "{l}"
+        );
+        assert!(
+            r("secondary", 5, 5)
+                .line()
+                .expect("line")
+                .contains("--region secondary")
+        );
+        let j = serde_json::to_value(WithRegion {
+            report: &serde_json::json!({"files_written": 3}),
+            regions: r("any", 4, 1),
+        })
+        .expect("json");
+        assert_eq!(j["files_written"], 3);
+        assert_eq!(j["chunks_from_secondary"], 1);
+        assert_eq!(j["region"], "any");
     }
 }

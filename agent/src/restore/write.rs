@@ -138,7 +138,8 @@ async fn write_file_inner<R: Remote>(
     let mut written = 0u64;
     for range in batches(&e.chunk_sizes) {
         let plain = read_verified(remote, keys, &ids[range.clone()], &what).await?;
-        let (f, n) = write_batch(file, &ids[range], plain, tmp).await?;
+        let sizes = &e.chunk_sizes[range.clone()];
+        let (f, n) = write_batch(file, &ids[range], sizes, plain, tmp).await?;
         file = f;
         written += n;
     }
@@ -156,14 +157,18 @@ async fn write_file_inner<R: Remote>(
     Ok(written)
 }
 
-/// Writes one batch's chunks in order on a blocking thread.
+/// Writes one batch's chunks in order on a blocking thread. A chunk whose plaintext length is not
+/// the manifest's size for it is refused before it is written (a hostile manifest cannot make a
+/// file longer, or shorter, than it declares).
 async fn write_batch(
     mut file: File,
     ids: &[ChunkId],
+    sizes: &[u32],
     mut plain: std::collections::HashMap<ChunkId, Vec<u8>>,
     tmp: &Path,
 ) -> Result<(File, u64), AgentError> {
     let ids = ids.to_vec();
+    let sizes = sizes.to_vec();
     let tmp = tmp.to_owned();
     tokio::task::spawn_blocking(move || {
         let mut n = 0u64;
@@ -180,6 +185,14 @@ async fn write_batch(
                     id.short()
                 ))
             })?;
+            let want = sizes.get(i).copied().map_or(0, u64::from);
+            if data.len() as u64 != want {
+                return Err(AgentError::Invalid(format!(
+                    "chunk {} holds {} bytes, the manifest says {want}",
+                    id.short(),
+                    data.len()
+                )));
+            }
             file.write_all(&data)
                 .map_err(|e| AgentError::io("cannot write", &tmp, e))?;
             n += data.len() as u64;

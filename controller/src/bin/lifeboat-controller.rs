@@ -1,4 +1,5 @@
-//! `lifeboat-controller`: `init` a controller directory, `serve` it.
+//! `lifeboat-controller`: `init` a controller directory, `serve` it, `rebuild-catalog` from the
+//! bucket.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lifeboat_controller::config::{ControllerConfig, DEFAULT_LISTEN, ENV_LISTEN};
-use lifeboat_controller::{init, server};
+use lifeboat_controller::{init, rebuild, server};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -39,6 +40,22 @@ enum Command {
         #[arg(long = "san")]
         sans: Vec<String>,
     },
+    /// Recover the CA (ca.pem, ca.key) of a lost controller from its escrow in the object store.
+    /// The only controller-side command that ever handles the escrow passphrase.
+    #[command(
+        after_help = "Example (new controller directory, primary region lost):\n  lifeboat-controller recover-ca --config /var/lib/lifeboat/controller.toml --region secondary"
+    )]
+    RecoverCa {
+        /// controller.toml (its [store]/[secondary] and tls ca_cert/ca_key paths are used).
+        #[arg(long)]
+        config: PathBuf,
+        /// Read the passphrase from the first line of FILE instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
+        /// Which object store to read the escrow from.
+        #[arg(long, value_enum, default_value = "primary")]
+        region: lifeboat_controller::recover_ca::Region,
+    },
     /// Serve agents and lifeboatctl. Prints `LISTENING <addr>` once ready.
     Serve {
         /// controller.toml
@@ -52,6 +69,30 @@ enum Command {
         #[arg(long)]
         metrics_listen: Option<String>,
     },
+    /// Recreate the catalog from the bucket alone (stop the controller first).
+    #[command(
+        after_help = "Example:\n  lifeboat-controller rebuild-catalog --config /var/lib/lifeboat/controller.toml --region secondary"
+    )]
+    RebuildCatalog {
+        /// controller.toml (names the catalog path and the stores)
+        #[arg(long)]
+        config: PathBuf,
+        /// Which store to rebuild from.
+        #[arg(long, value_enum, default_value = "primary")]
+        region: RegionArg,
+        /// Move an existing catalog aside (kept as <catalog>.replaced-<time>) instead of refusing.
+        #[arg(long)]
+        force: bool,
+        /// Print the report as JSON on stdout (the summary still goes to stderr).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum RegionArg {
+    Primary,
+    Secondary,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +106,17 @@ fn main() -> ExitCode {
             listen,
             metrics_listen,
         } => run_serve(&config, listen, metrics_listen),
+        Command::RecoverCa {
+            config,
+            passphrase_file,
+            region,
+        } => run_recover_ca(&config, passphrase_file.as_deref(), region),
+        Command::RebuildCatalog {
+            config,
+            region,
+            force,
+            json,
+        } => run_rebuild(&config, region, force, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -84,7 +136,7 @@ fn run_init(dir: &std::path::Path, listen: &str, sans: &[String]) -> anyhow::Res
     println!("Next steps:");
     println!("  1. Start the controller:   lifeboat-controller serve --config {d}/controller.toml");
     println!(
-        "  2. Create the fleet key:   lifeboatctl key init --out master.key   (keep a copy offline!)"
+        "  2. Create the fleet key:   lifeboatctl key init --out master.key   (escrowed under a passphrase; keep a paper copy offline: key export --paper)"
     );
     println!("  3. On each VM:             lifeboat-agent init --name NAME --dir /etc/lifeboat");
     println!(
@@ -111,6 +163,9 @@ fn run_serve(
     rt.block_on(async move {
         let mut prepared = server::prepare(&cfg)?;
         prepared.probe_store(&cfg).await?;
+        lifeboat_controller::registry::backfill::run(prepared.state())
+            .await
+            .context("start-up backfill of the replication queue")?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
@@ -131,6 +186,71 @@ fn run_serve(
         prepared.run(listener, shutdown).await?;
         Ok(())
     })
+}
+
+fn run_recover_ca(
+    config: &std::path::Path,
+    passphrase_file: Option<&std::path::Path>,
+    region: lifeboat_controller::recover_ca::Region,
+) -> anyhow::Result<()> {
+    use lifeboat_common::escrow::passphrase;
+    let cfg = ControllerConfig::load(config)?;
+    let source = match passphrase_file {
+        Some(f) => passphrase::Source::File(f),
+        None => passphrase::Source::Terminal {
+            prompt: "Escrow passphrase: ",
+            confirm: false,
+        },
+    };
+    let pass = passphrase::read(source)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let r = rt.block_on(lifeboat_controller::recover_ca::recover_ca(
+        &cfg, region, pass,
+    ))?;
+    let what = if r.wrote {
+        "recovered"
+    } else {
+        "already in place, identical:"
+    };
+    println!(
+        "CA {what} {} and {} from escrow {}",
+        cfg.ca_cert.display(),
+        cfg.ca_key.display(),
+        r.object_key
+    );
+    println!("CA sha256 fingerprint: {}", r.fingerprint);
+    Ok(())
+}
+
+fn run_rebuild(
+    config: &std::path::Path,
+    region: RegionArg,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = ControllerConfig::load(config)?;
+    let opts = rebuild::Options {
+        region: match region {
+            RegionArg::Primary => rebuild::Region::Primary,
+            RegionArg::Secondary => rebuild::Region::Secondary,
+        },
+        force,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = rt.block_on(rebuild::run(&cfg, &opts))?;
+    eprintln!("{}", rebuild::summary(&report));
+    if json {
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &report).context("stdout")?;
+        writeln!(out).context("stdout")?;
+    }
+    Ok(())
 }
 
 async fn watch_signals(token: CancellationToken) {

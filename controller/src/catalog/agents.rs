@@ -46,7 +46,7 @@ pub fn insert(conn: &Connection, a: &AgentRow) -> Result<bool, CatalogError> {
 pub fn list(conn: &Connection) -> Result<Vec<AgentRow>, CatalogError> {
     let mut st = conn.prepare_cached(
         "SELECT a.id, a.dedup_group, a.cert_sha256, a.not_after, a.created_at, a.last_seen,
-                (SELECT COUNT(*) FROM snapshots s WHERE s.agent = a.id)
+                (SELECT COUNT(*) FROM snapshots s WHERE s.agent = a.id AND s.forgotten_at IS NULL)
          FROM agents a ORDER BY a.id",
     )?;
     let rows = st.query_map([], |r| {

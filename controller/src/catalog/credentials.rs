@@ -84,6 +84,16 @@ pub fn revoke(
     Ok(Some(fps))
 }
 
+/// Every revoked agent with the time it was revoked (unix ms), for `agent list`.
+pub fn revoked_agents(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, i64>, CatalogError> {
+    let mut st =
+        conn.prepare_cached("SELECT id, revoked_at FROM agents WHERE revoked_at IS NOT NULL")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// Whether the agent is revoked.
 pub fn is_revoked(conn: &Connection, agent: &str) -> Result<bool, CatalogError> {
     Ok(conn

@@ -152,6 +152,49 @@ ALTER TABLE agents ADD COLUMN revoked_at INTEGER;
 ALTER TABLE agents ADD COLUMN prev_cert_sha256 TEXT;
 ALTER TABLE agents ADD COLUMN prev_valid_until INTEGER NOT NULL DEFAULT 0;
 "#,
+    // v5: catalog rebuild (rebuild-catalog): a snapshot whose reference set names chunks that no
+    // pack holds is kept but flagged, never listed as restorable.
+    r#"
+ALTER TABLE snapshots ADD COLUMN missing_refs INTEGER NOT NULL DEFAULT 0;
+"#,
+    // v6: retention (forget): a forgotten snapshot is hidden at once; GC removes its objects.
+    r#"
+ALTER TABLE snapshots ADD COLUMN forgotten_at INTEGER;
+"#,
+    // v7: fleet operations: policies per scope, the last alerted state of each condition,
+    // and what agents said about themselves on their control stream.
+    r#"
+CREATE TABLE policies (
+    scope      TEXT NOT NULL,
+    source     TEXT NOT NULL DEFAULT '',
+    schedule   TEXT,
+    rpo_ms     INTEGER,
+    bandwidth  INTEGER,
+    nice       INTEGER,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (scope, source)
+) WITHOUT ROWID;
+CREATE TABLE alert_state (
+    agent      TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    condition  TEXT NOT NULL,
+    firing     INTEGER NOT NULL,
+    changed_at INTEGER NOT NULL,
+    PRIMARY KEY (agent, source, condition)
+) WITHOUT ROWID;
+ALTER TABLE agents ADD COLUMN version TEXT NOT NULL DEFAULT '';
+"#,
+    // v8: garbage collection: pins of upload sessions (with leases) and condemned chunks.
+    r#"
+ALTER TABLE sessions ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE session_pins (
+    session_id  TEXT NOT NULL,
+    dedup_group TEXT NOT NULL,
+    chunk_id    BLOB NOT NULL,
+    PRIMARY KEY (session_id, dedup_group, chunk_id)
+) WITHOUT ROWID;
+ALTER TABLE chunks ADD COLUMN condemned_at INTEGER;
+"#,
 ];
 
 /// Brings the schema up to date; refuses a catalog newer than this binary.

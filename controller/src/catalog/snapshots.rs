@@ -2,6 +2,14 @@
 //!
 //! A snapshot row and its `snapshot_refs` rows are inserted in one transaction, after the
 //! record and segment objects are durable, so a visible snapshot always has all of its data.
+//!
+//! A forgotten snapshot (`forgotten_at` set by retention, `lifeboatctl forget`) is invisible to
+//! every query here that serves a caller: listings, "latest", lookups by id and the ReadChunks
+//! authorization. Its rows stay until GC removes its objects, so GC still marks from nothing
+//! but live snapshots while the record and reference set remain on disk.
+//!
+//! A snapshot flagged by the catalog rebuild (`missing_refs > 0`: chunks no pack holds) is
+//! likewise never listed, "latest" or found by id: it is not restorable ([`crate::rebuild`]).
 
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -161,7 +169,7 @@ pub fn list(
 ) -> Result<Vec<SnapshotRow>, CatalogError> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM snapshots WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR source = ?2)
-         ORDER BY committed_at, id"
+         AND forgotten_at IS NULL AND missing_refs = 0 ORDER BY committed_at, id"
     ))?;
     let rows = st.query_map(params![agent, source], from_row)?;
     rows.map(|r| finish(r?)).collect()
@@ -178,7 +186,7 @@ pub fn find(
             let row = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM snapshots WHERE (?1 IS NULL OR agent = ?1) AND source = ?2
-                     ORDER BY committed_at DESC, id DESC LIMIT 1"
+                     AND forgotten_at IS NULL AND missing_refs = 0 ORDER BY committed_at DESC, id DESC LIMIT 1"
                 ))?
                 .query_row(params![agent, source], from_row)
                 .optional()?;
@@ -191,7 +199,7 @@ pub fn find(
             // The prefix is validated hex by the caller, so it holds no LIKE wildcards.
             let mut st = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM snapshots WHERE (?1 IS NULL OR agent = ?1) AND id LIKE ?2 || '%'
-                 ORDER BY id LIMIT 11"
+                 AND forgotten_at IS NULL AND missing_refs = 0 ORDER BY id LIMIT 11"
             ))?;
             let mut rows = st
                 .query_map(params![agent, prefix], from_row)?
@@ -215,11 +223,63 @@ pub fn referenced_by_agent(
     Ok(conn
         .prepare_cached(
             "SELECT 1 FROM snapshot_refs r JOIN snapshots s ON s.id = r.snapshot_id
-             WHERE r.chunk_id = ?2 AND s.agent = ?1 LIMIT 1",
+             WHERE r.chunk_id = ?2 AND s.agent = ?1 AND s.forgotten_at IS NULL LIMIT 1",
         )?
         .query_row(params![agent, &id.0[..]], |r| r.get::<_, i64>(0))
         .optional()?
         .is_some())
+}
+
+/// A live (not forgotten) snapshot as retention sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionRow {
+    pub id: String,
+    pub agent: String,
+    pub source: String,
+    pub committed_at: i64,
+    /// The catalog rebuild found chunks of its reference set that no pack holds.
+    pub damaged: bool,
+}
+
+/// Every live snapshot, optionally of one agent and/or source, ordered by agent, source, time.
+/// Damaged snapshots (`missing_refs`) are included and flagged.
+pub fn retention_rows(
+    conn: &Connection,
+    agent: Option<&str>,
+    source: Option<&str>,
+) -> Result<Vec<RetentionRow>, CatalogError> {
+    let mut st = conn.prepare_cached(
+        "SELECT id, agent, source, committed_at, missing_refs FROM snapshots
+         WHERE (?1 IS NULL OR agent = ?1) AND (?2 IS NULL OR source = ?2) AND forgotten_at IS NULL
+         ORDER BY agent, source, committed_at, id",
+    )?;
+    let rows = st.query_map(params![agent, source], |r| {
+        Ok(RetentionRow {
+            id: r.get(0)?,
+            agent: r.get(1)?,
+            source: r.get(2)?,
+            committed_at: r.get(3)?,
+            damaged: r.get::<_, i64>(4)? != 0,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Marks snapshots forgotten at `now`, all in one transaction; returns how many changed (ids
+/// already forgotten or unknown are skipped). Nothing is deleted: GC frees the objects later.
+pub fn forget(conn: &mut Connection, ids: &[String], now: i64) -> Result<u64, CatalogError> {
+    let tx = conn.transaction()?;
+    let mut changed = 0u64;
+    {
+        let mut up = tx.prepare_cached(
+            "UPDATE snapshots SET forgotten_at = ?2 WHERE id = ?1 AND forgotten_at IS NULL",
+        )?;
+        for id in ids {
+            changed += up.execute(params![id, now])? as u64;
+        }
+    }
+    tx.commit()?;
+    Ok(changed)
 }
 
 #[cfg(test)]
@@ -299,6 +359,34 @@ mod tests {
             assert_eq!(other, Lookup::NotFound, "agent a cannot see b's snapshot");
             assert!(referenced_by_agent(c, "a", &ChunkId([5; 32]))?);
             assert!(!referenced_by_agent(c, "a", &ChunkId([6; 32]))?);
+            // Forgetting hides the snapshot from every caller-facing query.
+            assert_eq!(retention_rows(c, Some("a"), Some("web"))?.len(), 2);
+            assert_eq!(forget(c, &["aaaa000000000000000b".into()], 9)?, 1);
+            assert_eq!(forget(c, &["aaaa000000000000000b".into()], 9)?, 0);
+            let l = list(c, Some("a"), None)?;
+            assert_eq!(l.len(), 1);
+            assert_eq!(l[0].id, "aaaa000000000000000a");
+            let latest = find(
+                c,
+                Some("a"),
+                &Selector::Latest {
+                    source: "web".into(),
+                },
+            )?;
+            assert!(matches!(latest, Lookup::Found(r) if r.id == "aaaa000000000000000a"));
+            let gone = find(
+                c,
+                None,
+                &Selector::IdOrPrefix("aaaa000000000000000b".into()),
+            )?;
+            assert_eq!(gone, Lookup::NotFound);
+            assert!(
+                !referenced_by_agent(c, "a", &ChunkId([5; 32]))?,
+                "a forgotten snapshot no longer authorizes reads"
+            );
+            let r = retention_rows(c, Some("a"), Some("web"))?;
+            assert_eq!(r.len(), 1);
+            assert!(!r[0].damaged);
             Ok(())
         })
         .expect("ops");

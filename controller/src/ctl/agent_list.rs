@@ -1,7 +1,12 @@
 //! `lifeboatctl agent list [--json]`.
+//!
+//! The STATE column (`state` in JSON) is `revoked` for an agent cut off by `agent revoke` (until
+//! it enrolls again with a new token), `expired` when its certificate's validity has ended (it
+//! can renew only with a new token), and `active` otherwise.
 
-use lifeboat_proto::v1::ListAgentsRequest;
+use lifeboat_common::clock::now_unix_ms;
 use lifeboat_proto::v1::admin_service_client::AdminServiceClient;
+use lifeboat_proto::v1::{Agent, ListAgentsRequest};
 use serde_json::json;
 
 use super::{Ctx, Failure, output};
@@ -13,6 +18,17 @@ pub struct Args {
     pub json: bool,
 }
 
+/// The agent's state at `now` (unix ms).
+pub fn state(a: &Agent, now: i64) -> &'static str {
+    if a.revoked_at_unix_ms != 0 {
+        "revoked"
+    } else if a.not_after_unix_ms != 0 && a.not_after_unix_ms < now {
+        "expired"
+    } else {
+        "active"
+    }
+}
+
 pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let mut client = AdminServiceClient::new(ctx.channel().await?);
     let res = client.list_agents(ListAgentsRequest {}).await;
@@ -22,12 +38,15 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     }
     .into_inner()
     .agents;
+    let now = now_unix_ms();
     if a.json {
         let v: Vec<_> = agents
             .iter()
             .map(|g| {
                 json!({
                     "id": g.id,
+                    "state": state(g, now),
+                    "revoked_at_unix_ms": g.revoked_at_unix_ms,
                     "dedup_group": g.dedup_group,
                     "created_at_unix_ms": g.created_at_unix_ms,
                     "certificate_sha256": g.certificate_sha256,
@@ -45,6 +64,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         .map(|g| {
             vec![
                 g.id.clone(),
+                state(g, now).to_owned(),
                 g.dedup_group.clone(),
                 g.snapshots.to_string(),
                 output::time(g.last_seen_unix_ms),
@@ -58,6 +78,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         output::table(
             &[
                 "AGENT",
+                "STATE",
                 "GROUP",
                 "SNAPSHOTS",
                 "LAST SEEN",
@@ -68,4 +89,29 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         )
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_shows_revoked_before_expired() {
+        let now = 1_800_000_000_000;
+        let a = Agent {
+            not_after_unix_ms: now + 1,
+            ..Agent::default()
+        };
+        assert_eq!(state(&a, now), "active");
+        let expired = Agent {
+            not_after_unix_ms: now - 1,
+            ..a.clone()
+        };
+        assert_eq!(state(&expired, now), "expired");
+        let revoked = Agent {
+            revoked_at_unix_ms: now - 5,
+            ..expired
+        };
+        assert_eq!(state(&revoked, now), "revoked");
+    }
 }

@@ -3,9 +3,10 @@
 //! Failed backups reported by agents (`ReportFailure`: a dump that failed validation, nothing
 //! committed) are listed with the snapshots, in time order, with status `FAILED` and their
 //! reason below the table; in JSON they are objects with `"status": "failed"` and `"reason"`.
+//! REPLICATED is `-` when no secondary store is configured.
 
 use lifeboat_proto::v1::admin_service_client::AdminServiceClient;
-use lifeboat_proto::v1::{AdminListSnapshotsRequest, FailedBackup};
+use lifeboat_proto::v1::{AdminListSnapshotsRequest, FailedBackup, ReplicationStatusRequest};
 use serde_json::json;
 
 use super::snapshots_show::snapshot_json;
@@ -63,6 +64,11 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         println!("{}", serde_json::Value::Array(v));
         return Ok(());
     }
+    // REPLICATED is "-" when the controller has no secondary store (nothing to replicate to).
+    let replicating = client
+        .replication_status(ReplicationStatusRequest::default())
+        .await
+        .map_or(true, |r| r.into_inner().configured);
     let mut rows: Vec<(i64, Vec<String>)> = snaps
         .iter()
         .map(|s| {
@@ -80,7 +86,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 } else {
                     "ok".into()
                 },
-                if s.replicated { "yes" } else { "no" }.into(),
+                match (replicating, s.replicated) {
+                    (false, _) => "-",
+                    (true, true) => "yes",
+                    (true, false) => "no",
+                }
+                .into(),
             ];
             (s.committed_at_unix_ms, row)
         })

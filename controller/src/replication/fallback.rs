@@ -5,6 +5,10 @@
 //! Without a secondary, or when the secondary fails too, the caller returns the primary's error
 //! unchanged. ReadChunks marks a blob served this way (`ReadChunksResponse.from_secondary`) so
 //! the agent can report which region served the restore.
+//!
+//! `ReadChunksRequest.region` chooses: ANY (the primary, falling back as above), PRIMARY (no
+//! fallback: the primary's error is returned), SECONDARY (only the secondary; a request for it
+//! without a `[secondary]` store is refused with FAILED_PRECONDITION before anything is read).
 
 use std::ops::Range;
 
@@ -14,7 +18,30 @@ use tracing::warn;
 
 use super::queue;
 use crate::catalog::Catalog;
+use crate::error::ServiceError;
+use crate::service::State;
 use crate::store::Store;
+
+use lifeboat_proto::v1::Region;
+
+/// Validates a request's region: unknown values are invalid, SECONDARY needs a secondary.
+pub fn region(state: &State, raw: i32) -> Result<Region, ServiceError> {
+    let r = Region::try_from(raw)
+        .map_err(|_| ServiceError::invalid(format!("region: unknown value {raw}")))?;
+    if r == Region::Secondary {
+        secondary_for(state)?;
+    }
+    Ok(r)
+}
+
+/// The secondary store, or FAILED_PRECONDITION saying none is configured.
+pub fn secondary_for(state: &State) -> Result<&Store, ServiceError> {
+    state.secondary.as_ref().ok_or_else(|| {
+        ServiceError::FailedPrecondition(
+            "no secondary region is configured on this controller (no [secondary] in controller.toml): restore with --region any or primary".into(),
+        )
+    })
+}
 
 /// Reads `range` of `key` from the secondary after the primary failed with `primary_error`;
 /// `damaged` says the primary's object is missing or fails its hash (then a repair is queued).

@@ -5,7 +5,13 @@
 //!   row and a crash can never lose one);
 //! - `op = 'repair'`: copy secondary → primary, queued when a read found the primary's copy
 //!   missing or damaged;
-//! - `op = 'delete'` (reserved): deletes reach the secondary only after `not_before`.
+//! - `op = 'delete'`: a delete of a key in the secondary, run only after `not_before` (the
+//!   configured delay) and only when the secondary's credentials may delete
+//!   ([`super::deletes`]); never picked by [`ready`].
+//!
+//! A scrub ([`super::scrub`]) that finds a secondary copy missing or damaged re-arms its done
+//! copy row ([`requeue_copy`]); the worker then overwrites the damaged copy with the primary's
+//! bytes, verified against the row.
 //!
 //! Rows are kept when done (`done_at` set): a snapshot is *replicated* when its record's copy row
 //! is done, and a record becomes ready only when every object in `replication_deps` for it has a
@@ -26,6 +32,8 @@ pub enum Kind {
     Pack,
     Refs,
     Record,
+    /// An append-only registry object ([`crate::registry`]); waits for nothing.
+    Registry,
 }
 
 impl Kind {
@@ -34,6 +42,7 @@ impl Kind {
             Kind::Pack => "pack",
             Kind::Refs => "refs",
             Kind::Record => "record",
+            Kind::Registry => "registry",
         }
     }
 }
@@ -93,14 +102,35 @@ pub fn enqueue_repair(conn: &Connection, key: &str, now: i64) -> Result<(), Cata
     Ok(())
 }
 
-fn kind_of_key(key: &str) -> Kind {
+/// The kind of object a key names (by its prefix).
+pub fn kind_of_key(key: &str) -> Kind {
     if key.starts_with("packs/") {
         Kind::Pack
     } else if key.starts_with("refs/") {
         Kind::Refs
+    } else if key.starts_with("registry/") {
+        Kind::Registry
     } else {
         Kind::Record
     }
+}
+
+/// Re-arms the done copy row of `key` (a scrub found the secondary's copy missing or damaged):
+/// it becomes pending again, so the lag shows it until the worker has copied it. Returns whether
+/// a row was re-armed.
+pub fn requeue_copy(
+    conn: &Connection,
+    key: &str,
+    reason: &str,
+    now: i64,
+) -> Result<bool, CatalogError> {
+    let n = conn.execute(
+        "UPDATE replication_queue SET done_at = NULL, attempts = 0, next_attempt_at = 0,
+             enqueued_at = ?2, last_error = ?3, last_error_at = ?2
+         WHERE key = ?1 AND op = 'copy'",
+        params![key, now, reason],
+    )?;
+    Ok(n > 0)
 }
 
 /// Records that the record at `record_key` may be copied only after `deps` and after every

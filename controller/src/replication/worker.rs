@@ -10,6 +10,17 @@
 //! secondary that is down costs one failed attempt per row per backoff period, and the queue
 //! resumes from the catalog after a restart.
 //!
+//! A copy that finds a different object already in the secondary (a scrub found it damaged and
+//! re-armed the row) overwrites it: the bytes it writes were just verified against the row.
+//!
+//! A copy whose source object is gone from the primary while a delete of its key is queued
+//! ([`super::deletes`]: retention removed it before it was copied) is closed without copying.
+//!
+//! Beside the copies, [`Worker::spawn`] starts the worker's maintenance task: every
+//! [`MAINTENANCE_TICK`] it runs the delayed deletes that are due ([`super::deletes`], only when
+//! `[secondary] deletes` is on) and every `scrub_interval` a scrub of `scrub_sample` objects
+//! ([`super::scrub`]).
+//!
 //! Failpoint: `replication.before_copy` (a row was claimed, nothing copied yet; `error` makes
 //! the copy fail like an unreachable secondary, `abort` crashes the controller there).
 
@@ -23,10 +34,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
 
-use super::ReplicationError;
 use super::queue::{self, Job, Op};
+use super::{ReplicationError, Runtime, deletes, scrub};
 use crate::catalog::Catalog;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
+
+/// How often the maintenance task looks for due deletes.
+pub const MAINTENANCE_TICK: Duration = Duration::from_secs(60);
 
 /// Tuning of the worker.
 #[derive(Debug, Clone)]
@@ -62,6 +76,8 @@ pub struct Worker {
     pub primary: Store,
     pub secondary: Store,
     pub config: WorkerConfig,
+    /// `[secondary]` settings (deletes, scrub) and the scrub counters.
+    pub runtime: Runtime,
     /// Bumped after every copy attempt (success or failure): wakes waiting status calls.
     pub progress: tokio::sync::watch::Sender<u64>,
 }
@@ -73,10 +89,68 @@ pub fn backoff(cfg: &WorkerConfig, attempts: u32) -> Duration {
 }
 
 impl Worker {
-    /// Starts the worker on the current runtime.
+    /// Starts the worker and its maintenance task (deletes, periodic scrub) on the current
+    /// runtime.
     pub fn spawn(self, token: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let span = tracing::info_span!("replication-maintenance");
+        tokio::spawn(self.clone().maintain(token.clone()).instrument(span));
         let span = tracing::info_span!("replication-worker");
         tokio::spawn(self.run(token).instrument(span))
+    }
+
+    /// Runs due deletes every [`MAINTENANCE_TICK`] and a scrub every `scrub_interval` (zero:
+    /// never), until `token` is cancelled.
+    pub async fn maintain(self, token: CancellationToken) {
+        let settings = self.runtime.settings.clone();
+        let scrub_every = settings.scrub_interval;
+        let mut next_scrub =
+            (!scrub_every.is_zero()).then(|| tokio::time::Instant::now() + scrub_every);
+        let tick = if scrub_every.is_zero() {
+            MAINTENANCE_TICK
+        } else {
+            MAINTENANCE_TICK.min(scrub_every)
+        };
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tokio::time::sleep(tick) => {}
+            }
+            match deletes::run_due(
+                &self.catalog,
+                &self.primary,
+                &self.secondary,
+                settings.deletes,
+                now_unix_ms(),
+            )
+            .await
+            {
+                Ok(r) if r.deleted + r.cancelled + r.failed > 0 => {
+                    info!(
+                        deleted = r.deleted,
+                        cancelled = r.cancelled,
+                        failed = r.failed,
+                        "delayed deletes ran"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "delayed deletes: catalog unreadable"),
+            }
+            if let Some(at) = next_scrub
+                && tokio::time::Instant::now() >= at
+            {
+                next_scrub = Some(tokio::time::Instant::now() + scrub_every);
+                if let Err(e) = scrub::scrub(
+                    &self.catalog,
+                    &self.secondary,
+                    settings.scrub_sample,
+                    &self.runtime.scrub,
+                )
+                .await
+                {
+                    warn!(error = %e, "periodic scrub failed");
+                }
+            }
+        }
     }
 
     /// Runs until `token` is cancelled.
@@ -84,44 +158,50 @@ impl Worker {
         info!(secondary = %self.secondary.location(), "replication worker started");
         let limit = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
         loop {
-            if token.is_cancelled() {
-                break;
-            }
-            let batch = self.config.batch;
-            let jobs = match self
-                .catalog
-                .run(move |c| queue::ready(c, now_unix_ms(), batch))
-                .await
-            {
-                Ok(j) => j,
-                Err(e) => {
-                    warn!(error = %e, "replication queue unreadable");
-                    Vec::new()
-                }
+            let ran = tokio::select! {
+                _ = token.cancelled() => break,
+                n = self.round(&limit) => n,
             };
-            if jobs.is_empty() {
+            if ran == 0 {
                 tokio::select! {
                     _ = token.cancelled() => break,
-                    _ = tokio::time::sleep(self.config.idle) => continue,
+                    _ = tokio::time::sleep(self.config.idle) => {}
                 }
-            }
-            let mut set = JoinSet::new();
-            for job in jobs {
-                let Ok(permit) = limit.clone().acquire_owned().await else {
-                    break;
-                };
-                let me = self.clone();
-                set.spawn(async move {
-                    me.run_one(job).await;
-                    drop(permit);
-                });
-            }
-            tokio::select! {
-                _ = token.cancelled() => { set.abort_all(); break; }
-                _ = async { while set.join_next().await.is_some() {} } => {}
             }
         }
         info!("replication worker stopped");
+    }
+
+    /// One round: up to `batch` ready rows, at most `limit` copies in flight. Returns how many
+    /// rows it ran (0: nothing was ready). Dropping the future aborts the copies in flight; their
+    /// rows stay pending and are run again later.
+    pub async fn round(&self, limit: &Arc<Semaphore>) -> usize {
+        let batch = self.config.batch;
+        let jobs = match self
+            .catalog
+            .run(move |c| queue::ready(c, now_unix_ms(), batch))
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(error = %e, "replication queue unreadable");
+                return 0;
+            }
+        };
+        let n = jobs.len();
+        let mut set = JoinSet::new();
+        for job in jobs {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                break;
+            };
+            let me = self.clone();
+            set.spawn(async move {
+                me.run_one(job).await;
+                drop(permit);
+            });
+        }
+        while set.join_next().await.is_some() {}
+        n
     }
 
     async fn run_one(&self, job: Job) {
@@ -151,6 +231,15 @@ impl Worker {
         self.progress.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether a delete of the job's key is queued (then a copy whose source is gone is moot).
+    async fn delete_queued(&self, job: &Job) -> bool {
+        let key = job.key.clone();
+        self.catalog
+            .run(move |c| deletes::is_queued(c, &key))
+            .await
+            .unwrap_or(false)
+    }
+
     /// Copies one object; returns its size.
     async fn copy(&self, job: &Job) -> Result<u64, ReplicationError> {
         failpoint::check("replication.before_copy")
@@ -159,14 +248,28 @@ impl Worker {
             Op::Copy => (&self.primary, &self.secondary),
             Op::Repair => (&self.secondary, &self.primary),
         };
-        let bytes = from.get(&job.key).await?;
+        let bytes = match from.get(&job.key).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. })
+                if job.op == Op::Copy && self.delete_queued(job).await =>
+            {
+                info!(key = %job.key, "not copied: deleted from the primary on purpose (a delayed delete is queued)");
+                return Ok(0);
+            }
+            Err(e) => return Err(e.into()),
+        };
         let len = bytes.len() as u64;
         let expect_hash = job.blake3.or_else(|| content_hash(&job.key));
         verify(job, len, &bytes, expect_hash)?;
         match job.op {
-            Op::Copy => {
-                to.put_new(&job.key, bytes).await?;
-            }
+            Op::Copy => match to.put_new(&job.key, bytes.clone()).await {
+                Ok(_) => {}
+                Err(StoreError::Conflict { existing, .. }) => {
+                    warn!(key = %job.key, existing, "the secondary's copy differs (damaged); overwriting it with the verified primary copy");
+                    to.put_replace(&job.key, bytes).await?;
+                }
+                Err(e) => return Err(e.into()),
+            },
             Op::Repair => to.put_replace(&job.key, bytes).await?,
         }
         let reported = to.head(&job.key).await?;
@@ -232,6 +335,7 @@ mod tests {
             primary: Store::memory(),
             secondary: Store::memory(),
             config: WorkerConfig::default(),
+            runtime: Runtime::default(),
             progress: tokio::sync::watch::channel(0).0,
         }
     }
@@ -360,5 +464,95 @@ mod tests {
             w.secondary.get("snapshots/a/1").await.expect("record"),
             record
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_overwrites_a_damaged_secondary_object() {
+        let w = worker();
+        let good = Bytes::from_static(b"the good bytes");
+        w.primary
+            .put_new("snapshots/a/3", good.clone())
+            .await
+            .expect("put");
+        w.secondary
+            .put_new("snapshots/a/3", Bytes::from_static(b"the b@d bytes!"))
+            .await
+            .expect("put");
+        w.copy(&job("snapshots/a/3", &good, Op::Copy))
+            .await
+            .expect("re-copy");
+        assert_eq!(w.secondary.get("snapshots/a/3").await.expect("get"), good);
+    }
+
+    #[tokio::test]
+    async fn a_copy_of_an_object_deleted_on_purpose_is_closed() {
+        let w = worker();
+        let gone = job("packs/cc/gone", b"never copied", Op::Copy);
+        let e = w.copy(&gone).await.expect_err("source missing");
+        assert!(e.to_string().contains("not found"), "{e}");
+        w.catalog
+            .run(|c| deletes::enqueue(c, "packs/cc/gone", 5, Duration::ZERO))
+            .await
+            .expect("delete row");
+        assert_eq!(w.copy(&gone).await.expect("closed"), 0);
+    }
+
+    #[tokio::test]
+    async fn maintenance_scrubs_and_runs_due_deletes() {
+        let mut w = worker();
+        w.runtime.settings.scrub_interval = Duration::from_millis(50);
+        let good = Bytes::from_static(b"record");
+        w.primary
+            .put_new("snapshots/a/1", good.clone())
+            .await
+            .expect("put");
+        w.secondary
+            .put_new("snapshots/a/1", Bytes::from_static(b"recorX"))
+            .await
+            .expect("put");
+        w.secondary
+            .put_new("packs/bb/old", Bytes::from_static(b"old pack"))
+            .await
+            .expect("put");
+        let obj = NewObject {
+            key: "snapshots/a/1".to_owned(),
+            kind: Kind::Record,
+            size: good.len() as u64,
+            blake3: *blake3::hash(&good).as_bytes(),
+        };
+        w.catalog
+            .run(move |c| {
+                queue::enqueue(c, &obj, 1)?;
+                queue::mark_done(c, 1, 2)?;
+                deletes::enqueue(c, "packs/bb/old", 0, Duration::ZERO)
+            })
+            .await
+            .expect("queue");
+        let token = CancellationToken::new();
+        let task = tokio::spawn(w.clone().maintain(token.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let damaged = w
+                .runtime
+                .scrub
+                .damaged
+                .load(std::sync::atomic::Ordering::Relaxed);
+            let deleted = matches!(
+                w.secondary.head("packs/bb/old").await,
+                Err(StoreError::NotFound { .. })
+            );
+            if damaged >= 1 && deleted {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "maintenance did not run: damaged {damaged}, deleted {deleted}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token.cancel();
+        task.await.expect("maintenance stops");
+        let s = w.catalog.run(|c| queue::summary(c)).await.expect("summary");
+        assert_eq!(s.pending_objects, 1, "the damaged copy is re-queued: {s:?}");
     }
 }

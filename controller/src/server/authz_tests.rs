@@ -199,6 +199,42 @@ async fn call(rpc: &str, ch: Channel, f: &Fixture) -> Outcome {
             .replication_status(pb::ReplicationStatusRequest::default())
             .await
             .map(drop),
+        "GetKeyEscrow" => ag
+            .get_key_escrow(pb::GetKeyEscrowRequest {
+                kind: "master".into(),
+            })
+            .await
+            .map(drop),
+        "PutKeyEscrow" => ad
+            .put_key_escrow(pb::PutKeyEscrowRequest {
+                escrow: Some(pb::KeyEscrow {
+                    kind: "master".into(),
+                    envelope: bytes::Bytes::from_static(b"not an envelope"),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map(drop),
+        // A dry run with one rule: authorized callers change nothing in the fixture.
+        "Forget" => ad
+            .forget(pb::ForgetRequest {
+                rules: Some(pb::RetentionRules {
+                    keep_last: 1,
+                    ..Default::default()
+                }),
+                dry_run: true,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "ScrubSecondary" => ad
+            .scrub_secondary(pb::ScrubSecondaryRequest { sample: 1 })
+            .await
+            .map(drop),
+        "ListDelayedDeletes" => ad
+            .list_delayed_deletes(pb::ListDelayedDeletesRequest {})
+            .await
+            .map(drop),
         "Enroll" => EnrollmentServiceClient::new(ch)
             .enroll(pb::EnrollRequest {
                 token: "lbjt1.00".into(),
@@ -215,6 +251,16 @@ async fn call(rpc: &str, ch: Channel, f: &Fixture) -> Outcome {
 /// Expected outcome per caller: admin, owner, other agent, revoked, expired, none.
 const TABLE: &[(&str, [Outcome; 6])] = &[
     ("WhoAmI", [Denied, Ok, Ok, Unauth, Refused, Unauth]),
+    // No escrow is stored in the fixture: an authorized agent gets NotFound (Hidden).
+    (
+        "GetKeyEscrow",
+        [Denied, Hidden, Hidden, Unauth, Refused, Unauth],
+    ),
+    // A junk envelope: the admin gets InvalidArgument (authorized), agents are denied.
+    (
+        "PutKeyEscrow",
+        [Ok, Denied, Denied, Unauth, Refused, Unauth],
+    ),
     ("BeginSession", [Denied, Ok, Ok, Unauth, Refused, Unauth]),
     ("HaveChunks", [Denied, Ok, Hidden, Unauth, Refused, Unauth]),
     (
@@ -262,6 +308,16 @@ const TABLE: &[(&str, [Outcome; 6])] = &[
     ("RevokeAgent", [Ok, Denied, Denied, Unauth, Refused, Unauth]),
     (
         "ReplicationStatus",
+        [Ok, Denied, Denied, Unauth, Refused, Unauth],
+    ),
+    // Only the admin may forget: agents can never delete (invariant 2).
+    ("Forget", [Ok, Denied, Denied, Unauth, Refused, Unauth]),
+    (
+        "ScrubSecondary",
+        [Ok, Denied, Denied, Unauth, Refused, Unauth],
+    ),
+    (
+        "ListDelayedDeletes",
         [Ok, Denied, Denied, Unauth, Refused, Unauth],
     ),
     ("Enroll", [Token, Token, Token, Token, Refused, Token]),

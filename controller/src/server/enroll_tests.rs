@@ -231,13 +231,20 @@ async fn revocation_cuts_off_the_next_call_and_an_upload_in_progress() {
     let e = a.who_am_i(pb::WhoAmIRequest {}).await.expect_err("revoked");
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("revoked"), "{e:?}");
-    // Written to the bucket registry too, so a rebuilt catalog can keep it.
-    let reg = ctl.dir.join("objects/registry/revocations/web-01");
-    let n = std::fs::read_dir(&reg).map(|d| d.count()).unwrap_or(0);
+    // Written to the bucket registry too, so a rebuilt catalog can keep it: one event per
+    // change (enrolled, revoked), never overwritten.
+    let reg = ctl.dir.join("objects/registry/agents/web-01");
+    let events: Vec<String> = std::fs::read_dir(&reg)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
     assert_eq!(
-        n,
+        events.iter().filter(|e| e.contains("\"revoked\"")).count(),
         1,
-        "one revoked certificate recorded under {}",
+        "one revocation recorded under {}: {events:?}",
         reg.display()
     );
     let e = AdminServiceClient::new(ctl.admin_channel().await)

@@ -10,7 +10,7 @@ use super::State;
 use super::agent::find_snapshot;
 use crate::auth::{fingerprint, require_admin};
 use crate::catalog::agents::{self, AgentRow};
-use crate::catalog::{failures, grants, snapshots};
+use crate::catalog::{credentials, failures, grants, snapshots};
 use crate::error::ServiceError;
 use crate::wire;
 
@@ -57,7 +57,25 @@ pub async fn add_agent(
         last_seen: 0,
         snapshots: 0,
     };
-    let inserted = state.catalog.run(move |c| agents::insert(c, &row)).await?;
+    let event = crate::registry::Pending::agent(
+        &row.id,
+        row.created_at,
+        crate::registry::Change::Added {
+            group: group.clone(),
+            cert_sha256: row.cert_sha256.clone(),
+            not_after_unix_ms: row.not_after,
+        },
+    );
+    let name = row.id.clone();
+    let taken = state
+        .catalog
+        .run(move |c| Ok(grants::group_of(c, &name)?.is_some()))
+        .await?;
+    // Checked before the registry object is written, so a refused add leaves no event behind.
+    let inserted = !taken
+        && event
+            .record(state, move |c| agents::insert(c, &row))
+            .await?;
     if !inserted {
         return Err(ServiceError::AlreadyExists(format!(
             "agent {id} already exists; choose another name (replacing an agent's certificate is not supported yet)"
@@ -89,14 +107,18 @@ impl AdminService for AdminApi {
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        let rows = self
+        let (rows, revoked) = self
             .state
             .catalog
-            .run(|c| agents::list(c))
+            .run(|c| Ok((agents::list(c)?, credentials::revoked_agents(c)?)))
             .await
             .map_err(ServiceError::from)?;
+        let agent = |a: &AgentRow| pb::Agent {
+            revoked_at_unix_ms: revoked.get(&a.id).copied().unwrap_or(0),
+            ..wire::agent_to_pb(a)
+        };
         Ok(Response::new(pb::ListAgentsResponse {
-            agents: rows.iter().map(wire::agent_to_pb).collect(),
+            agents: rows.iter().map(agent).collect(),
         }))
     }
 
@@ -212,15 +234,18 @@ impl AdminService for AdminApi {
             .state
             .catalog
             .run(move |c| {
-                let known =
-                    grants::group_of(c, &a2)?.is_some() && grants::group_of(c, &f2)?.is_some();
-                if known {
-                    grants::insert(c, &a2, &f2, now)?;
-                }
-                Ok(known)
+                Ok(grants::group_of(c, &a2)?.is_some() && grants::group_of(c, &f2)?.is_some())
             })
             .await
             .map_err(ServiceError::from)?;
+        let (a2, f2) = (agent.clone(), from.clone());
+        let known = known
+            && crate::registry::Pending::grant(&agent, &from, now)
+                .record(&self.state, move |c| {
+                    grants::insert(c, &a2, &f2, now)?;
+                    Ok(true)
+                })
+                .await?;
         if !known {
             return Err(ServiceError::NotFound(format!(
                 "agent {agent} or {from} is not enrolled; see `lifeboatctl agent list`"
@@ -258,7 +283,24 @@ impl AdminService for AdminApi {
         req: Request<pb::PutKeyEscrowRequest>,
     ) -> Result<Response<pb::PutKeyEscrowResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented("key escrow is not implemented yet"))
+        let escrow = req
+            .into_inner()
+            .escrow
+            .ok_or_else(|| Status::invalid_argument("PutKeyEscrowRequest.escrow is missing"))?;
+        let kind = lifeboat_common::escrow::EscrowKind::parse(&escrow.kind)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let object_key = crate::escrow::put(
+            &self.state.store,
+            &self.state.catalog,
+            kind,
+            escrow.envelope,
+            now_unix_ms(),
+        )
+        .await?;
+        Ok(Response::new(pb::PutKeyEscrowResponse {
+            object_key,
+            replication_queued: self.state.secondary.is_some(),
+        }))
     }
 
     async fn scrub_secondary(
@@ -266,7 +308,8 @@ impl AdminService for AdminApi {
         req: Request<pb::ScrubSecondaryRequest>,
     ) -> Result<Response<pb::ScrubSecondaryResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented("scrub is not implemented yet"))
+        let r = crate::replication::scrub::answer(&self.state, req.get_ref()).await?;
+        Ok(Response::new(r))
     }
 
     async fn list_delayed_deletes(
@@ -274,9 +317,68 @@ impl AdminService for AdminApi {
         req: Request<pb::ListDelayedDeletesRequest>,
     ) -> Result<Response<pb::ListDelayedDeletesResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented(
-            "delayed deletes are not implemented yet",
+        let r = crate::replication::deletes::answer(&self.state)
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(r))
+    }
+
+    async fn forget(
+        &self,
+        req: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Ok(Response::new(
+            crate::retention::rpc::forget(&self.state, req.into_inner()).await?,
         ))
+    }
+
+    type RunBackupStream = tokio_stream::wrappers::ReceiverStream<Result<pb::RunReport, Status>>;
+
+    async fn run_backup(
+        &self,
+        req: Request<pb::RunBackupRequest>,
+    ) -> Result<Response<Self::RunBackupStream>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented(
+            "remote backups are not implemented yet",
+        ))
+    }
+
+    type RunRestoreStream = tokio_stream::wrappers::ReceiverStream<Result<pb::RunReport, Status>>;
+
+    async fn run_restore(
+        &self,
+        req: Request<pb::RunRestoreRequest>,
+    ) -> Result<Response<Self::RunRestoreStream>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented(
+            "remote restores are not implemented yet",
+        ))
+    }
+
+    async fn set_policy(
+        &self,
+        req: Request<pb::SetPolicyRequest>,
+    ) -> Result<Response<pb::SetPolicyResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented("policies are not implemented yet"))
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<pb::ListPoliciesRequest>,
+    ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented("policies are not implemented yet"))
+    }
+
+    async fn fleet_status(
+        &self,
+        req: Request<pb::FleetStatusRequest>,
+    ) -> Result<Response<pb::FleetStatusResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Err(Status::unimplemented("fleet status is not implemented yet"))
     }
 }
 

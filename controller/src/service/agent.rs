@@ -126,19 +126,36 @@ async fn authorize_reads(
         .await?
 }
 
-/// Reads one blob from the primary; if that fails and a secondary is configured, from the
-/// secondary ([`crate::replication::fallback`]), which also queues a repair of a damaged copy.
+/// Reads one blob from the region asked for (`ReadChunksRequest.region`): ANY
+/// reads the primary and, if that fails and a secondary is configured, the secondary
+/// ([`crate::replication::fallback`], which also queues a repair of a damaged copy); PRIMARY
+/// never falls back; SECONDARY reads only the secondary (checked to exist before streaming).
 /// Returns the bytes and whether the secondary served them.
 async fn read_blob_any(
     state: &State,
     id: &ChunkId,
     loc: &ChunkLocation,
+    region: pb::Region,
 ) -> Result<(Bytes, bool), ServiceError> {
+    if region == pb::Region::Secondary {
+        let secondary = crate::replication::fallback::secondary_for(state)?;
+        return match read_blob(secondary, id, loc).await {
+            Ok(d) => Ok((d, true)),
+            Err(ServiceError::DataLoss(m)) => Err(ServiceError::DataLoss(format!(
+                "{m} in the secondary region; `lifeboatctl replication scrub` re-copies damaged objects, or restore with --region any"
+            ))),
+            Err(e) => Err(e),
+        };
+    }
     let err = match read_blob(&state.store, id, loc).await {
         Ok(d) => return Ok((d, false)),
         Err(e) => e,
     };
-    let Some(secondary) = &state.secondary else {
+    let Some(secondary) = state
+        .secondary
+        .as_ref()
+        .filter(|_| region == pb::Region::Any)
+    else {
         return Err(err);
     };
     let damaged = matches!(
@@ -246,6 +263,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::UploadChunksResponse>, Status> {
         let a = self.agent(&req).await?;
         let s = &self.state;
+        let _open = s.streams.open(a.id.as_str(), "UploadChunks")?;
         let r =
             ingest::upload(&s.catalog, &s.store, s.store_deadline, &a, req.into_inner()).await?;
         Ok(Response::new(r))
@@ -257,6 +275,7 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::CommitSnapshotResponse>, Status> {
         let a = self.agent(&req).await?;
         let s = &self.state;
+        let _open = s.streams.open(a.id.as_str(), "CommitSnapshot")?;
         let r =
             commit::commit(&s.catalog, &s.store, s.store_deadline, &a, req.into_inner()).await?;
         Ok(Response::new(r))
@@ -304,13 +323,14 @@ impl AgentService for AgentApi {
         let a = self.agent(&req).await?;
         let ids = wire::ids(&req.get_ref().ids, "ids")?;
         let owner = read_owner(&self.state, &a, &req.get_ref().from_agent).await?;
+        let region = crate::replication::fallback::region(&self.state, req.get_ref().region)?;
         let plan = authorize_reads(&self.state, owner, ids).await?;
         // Two blobs in flight at most: memory stays bounded whatever the request size.
         let (tx, rx) = mpsc::channel(2);
         let state = self.state.clone();
         tokio::spawn(async move {
             for (id, loc) in plan {
-                let msg = match read_blob_any(&state, &id, &loc).await {
+                let msg = match read_blob_any(&state, &id, &loc, region).await {
                     Ok((data, from_secondary)) => Ok(pb::ReadChunksResponse {
                         blob: Some(pb::Blob {
                             id: Bytes::copy_from_slice(id.as_bytes()),
@@ -372,7 +392,40 @@ impl AgentService for AgentApi {
         &self,
         req: Request<pb::GetKeyEscrowRequest>,
     ) -> Result<Response<pb::KeyEscrow>, Status> {
+        let a = self.agent(&req).await?;
+        let kind = req.into_inner().kind;
+        if kind != "master" && !kind.is_empty() {
+            return Err(Status::permission_denied(format!(
+                "agents may read only the master key escrow, not {kind:?}"
+            )));
+        }
+        let kind = lifeboat_common::escrow::EscrowKind::Master;
+        let found = crate::escrow::newest(&self.state.store, kind)
+            .await
+            .map_err(crate::error::ServiceError::from)?
+            .ok_or_else(|| {
+                Status::not_found(
+                    "no master key escrow is stored: on a host that has the master key, run                      `lifeboatctl key escrow --key FILE` (or `key init` with escrow), then retry",
+                )
+            })?;
+        tracing::info!(agent = %a.id, key = %found.object_key, "master key escrow handed out");
+        Ok(Response::new(pb::KeyEscrow {
+            kind: kind.as_str().to_owned(),
+            envelope: found.envelope,
+            created_at_unix_ms: found.created_at_unix_ms,
+            object_key: found.object_key,
+        }))
+    }
+
+    type ControlStream = ReceiverStream<Result<pb::ControllerCommand, Status>>;
+
+    async fn control(
+        &self,
+        req: Request<tonic::Streaming<pb::AgentEvent>>,
+    ) -> Result<Response<Self::ControlStream>, Status> {
         let _a = self.agent(&req).await?;
-        Err(Status::unimplemented("key escrow is not implemented yet"))
+        Err(Status::unimplemented(
+            "the control stream is not implemented yet",
+        ))
     }
 }
