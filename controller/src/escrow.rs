@@ -118,6 +118,28 @@ pub async fn newest(store: &Store, kind: EscrowKind) -> Result<Option<StoredEnve
     Ok(None)
 }
 
+/// The newest valid envelope in the primary, else in the secondary: a controller whose primary
+/// region was lost (or replaced by an empty bucket still being refilled) keeps handing out the
+/// escrow. A primary error is logged and the secondary asked; with no secondary it is returned.
+pub async fn newest_in_either(
+    primary: &Store,
+    secondary: Option<&Store>,
+    kind: EscrowKind,
+) -> Result<Option<StoredEnvelope>, StoreError> {
+    let first = newest(primary, kind).await;
+    let Some(secondary) = secondary else {
+        return first;
+    };
+    match first {
+        Ok(Some(found)) => Ok(Some(found)),
+        Ok(None) => newest(secondary, kind).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the key escrow from the primary; trying the secondary");
+            newest(secondary, kind).await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lifeboat_common::escrow::{KdfParams, Passphrase, seal_master};

@@ -126,7 +126,7 @@ pub fn init(dir: &Path, listen: &str, sans: &[String]) -> Result<InitReport, Ini
 }
 
 /// The address a local client should use for a listen address (0.0.0.0 → 127.0.0.1).
-fn connect_address(listen: &str) -> String {
+pub fn connect_address(listen: &str) -> String {
     if let Some(port) = listen.strip_prefix("0.0.0.0:") {
         format!("127.0.0.1:{port}")
     } else if let Some(port) = listen.strip_prefix("[::]:") {

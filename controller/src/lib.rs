@@ -41,6 +41,7 @@ pub mod fault_store;
 pub mod fleet;
 pub mod ingest;
 pub mod init;
+pub mod issue_certs;
 pub mod metrics;
 pub mod pack;
 pub mod rebuild;

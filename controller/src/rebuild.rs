@@ -265,6 +265,7 @@ pub async fn build(
     };
     done("list");
     snapshots::registry(catalog, source, report).await?;
+    snapshots::escrow(catalog, source, report).await?;
     done("registry");
     packs::read_all(catalog, source, report).await?;
     done("packs");

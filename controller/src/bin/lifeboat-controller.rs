@@ -1,5 +1,5 @@
-//! `lifeboat-controller`: `init` a controller directory, `serve` it, `rebuild-catalog` from the
-//! bucket.
+//! `lifeboat-controller`: `init` a controller directory, `serve` it; after losing the host,
+//! `recover-ca`, `rebuild-catalog` from the bucket and `issue-certs`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -55,6 +55,22 @@ enum Command {
         /// Which object store to read the escrow from.
         #[arg(long, value_enum, default_value = "primary")]
         region: lifeboat_controller::recover_ca::Region,
+    },
+    /// Issue what a rebuilt controller lacks around a recovered CA: the server certificate
+    /// (when missing) and, with --admin-out, a new admin certificate recorded in the catalog.
+    #[command(
+        after_help = "Example (controller host lost; after recover-ca and rebuild-catalog):\n  lifeboat-controller issue-certs --config /var/lib/lifeboat/controller.toml --san backup.example.com --admin-out /root/lifeboat-admin"
+    )]
+    IssueCerts {
+        /// controller.toml (its tls paths and catalog are used).
+        #[arg(long)]
+        config: PathBuf,
+        /// Extra name or IP address for a new server certificate (repeatable).
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Write a new admin certificate, key, CA copy and lifeboatctl.toml into DIR.
+        #[arg(long, value_name = "DIR")]
+        admin_out: Option<PathBuf>,
     },
     /// Serve agents and lifeboatctl. Prints `LISTENING <addr>` once ready.
     Serve {
@@ -117,6 +133,11 @@ fn main() -> ExitCode {
             force,
             json,
         } => run_rebuild(&config, region, force, json),
+        Command::IssueCerts {
+            config,
+            sans,
+            admin_out,
+        } => run_issue_certs(&config, &sans, admin_out.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -143,6 +164,30 @@ fn run_init(dir: &std::path::Path, listen: &str, sans: &[String]) -> anyhow::Res
         "  4. Enroll it:              lifeboatctl --config {d}/lifeboatctl.toml agent add NAME --csr agent.csr --out DIR"
     );
     println!("  Keep {d}/ca.key and {d}/admin.key secret; back up the whole directory.");
+    Ok(())
+}
+
+fn run_issue_certs(
+    config: &std::path::Path,
+    sans: &[String],
+    admin_out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let cfg = ControllerConfig::load(config)?;
+    let r = lifeboat_controller::issue_certs::issue(&cfg, sans, admin_out)?;
+    match r.server {
+        Some(p) => println!("issued a new server certificate: {}", p.display()),
+        None => println!(
+            "kept the existing server certificate: {}",
+            cfg.cert.display()
+        ),
+    }
+    if let (Some(dir), Some(fp)) = (r.admin_dir, r.admin_fingerprint) {
+        println!(
+            "issued a new admin certificate in {} (sha256 {fp}); use: lifeboatctl --config {}/lifeboatctl.toml",
+            dir.display(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 

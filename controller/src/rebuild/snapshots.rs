@@ -57,6 +57,57 @@ async fn read_many(
     Ok(out)
 }
 
+/// Marks the key escrow envelopes (`keys/`) as recognized objects, after checking each header,
+/// so the queue copies them to the region that lacks them like everything else: a rebuilt
+/// controller whose new primary is empty still hands out (and re-replicates) the escrow.
+pub async fn escrow(
+    catalog: &Catalog,
+    store: &Store,
+    report: &mut Report,
+) -> Result<(), RebuildError> {
+    let mut after = None;
+    loop {
+        let page = listing::page(catalog, "keys/", after.clone(), BATCH).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.0.clone());
+        let keys = page.into_iter().map(|p| p.0).collect();
+        let read = read_many(store, keys, report).await?;
+        let marks: Vec<(String, Option<[u8; 32]>)> = read
+            .into_iter()
+            .map(|(key, r)| {
+                let ok = r.and_then(|b| {
+                    lifeboat_common::escrow::EnvelopeHeader::parse(&b)
+                        .map(|_| *blake3::hash(&b).as_bytes())
+                        .map_err(|e| e.to_string())
+                });
+                match ok {
+                    Ok(h) => (key, Some(h)),
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, "key escrow object skipped");
+                        report.invalid_objects += 1;
+                        (key, None)
+                    }
+                }
+            })
+            .collect();
+        catalog
+            .run(move |c| {
+                let tx = c.transaction()?;
+                for (key, hash) in &marks {
+                    match hash {
+                        // The same queue kind `escrow::put` uses.
+                        Some(h) => listing::mark(&tx, key, "record", h)?,
+                        None => listing::mark_invalid(&tx, key)?,
+                    }
+                }
+                tx.commit()?;
+                Ok(())
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// Reads and replays every `registry/` object, then inserts the fleet.
 pub async fn registry(
     catalog: &Catalog,

@@ -400,12 +400,16 @@ impl AgentService for AgentApi {
             )));
         }
         let kind = lifeboat_common::escrow::EscrowKind::Master;
-        let found = crate::escrow::newest(&self.state.store, kind)
+        let found = crate::escrow::newest_in_either(
+            &self.state.store,
+            self.state.secondary.as_ref(),
+            kind,
+        )
             .await
             .map_err(crate::error::ServiceError::from)?
             .ok_or_else(|| {
                 Status::not_found(
-                    "no master key escrow is stored: on a host that has the master key, run                      `lifeboatctl key escrow --key FILE` (or `key init` with escrow), then retry",
+                    "no master key escrow is stored: on a host that has the master key, run `lifeboatctl key escrow --key FILE` (or `key init` with escrow), then retry",
                 )
             })?;
         tracing::info!(agent = %a.id, key = %found.object_key, "master key escrow handed out");
