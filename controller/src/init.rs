@@ -58,7 +58,8 @@ pub struct InitReport {
     pub admin_fingerprint: String,
 }
 
-fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), InitError> {
+/// Writes a new file (never replacing one) with exactly `mode`, synced to disk.
+pub fn write_file(path: &Path, contents: &str, mode: u32) -> Result<(), InitError> {
     let err = |source| InitError::Write {
         path: path.to_owned(),
         source,

@@ -17,9 +17,7 @@
 //! root on the controller host. Files are created with `create_new` (never overwritten), keys
 //! mode 0600.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use lifeboat_common::clock::now_unix_ms;
@@ -29,7 +27,7 @@ use crate::auth::fingerprint;
 use crate::ca::{Ca, CaError, parse_san};
 use crate::catalog::{Catalog, CatalogError, agents};
 use crate::config::{ControllerConfig, ctl_toml};
-use crate::init::connect_address;
+use crate::init::{InitError, connect_address, write_file};
 
 #[derive(Debug, Error)]
 pub enum IssueError {
@@ -48,6 +46,8 @@ pub enum IssueError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    File(#[from] InitError),
     #[error(transparent)]
     Ca(#[from] CaError),
     #[error(transparent)]
@@ -77,8 +77,8 @@ pub fn issue(
         (true, true) => {}
         (false, false) => {
             let server = ca.issue_server(sans)?;
-            write_new(&cfg.key, &server.key_pem, 0o600)?;
-            write_new(&cfg.cert, &server.cert_pem, 0o644)?;
+            write_file(&cfg.key, &server.key_pem, 0o600)?;
+            write_file(&cfg.cert, &server.cert_pem, 0o644)?;
             out.server = Some(cfg.cert.clone());
         }
         (true, false) => return Err(half(&cfg.cert, &cfg.key)),
@@ -126,34 +126,20 @@ fn issue_admin(cfg: &ControllerConfig, ca: &Ca, dir: &Path) -> Result<String, Is
     let catalog = Catalog::open(&cfg.catalog)?;
     let f = fp.clone();
     catalog.run_blocking(move |c| agents::insert_admin(c, &f, now_unix_ms()))?;
-    write_new(&dir.join("admin.key"), &admin.key_pem, 0o600)?;
-    write_new(&dir.join("admin.pem"), &admin.cert_pem, 0o644)?;
+    write_file(&dir.join("admin.key"), &admin.key_pem, 0o600)?;
+    write_file(&dir.join("admin.pem"), &admin.cert_pem, 0o644)?;
     if ca_present.is_none() {
-        write_new(&ca_copy, ca.cert_pem(), 0o644)?;
+        write_file(&ca_copy, ca.cert_pem(), 0o644)?;
     }
     let address = format!("https://{}", connect_address(&cfg.listen));
-    write_new(&dir.join("lifeboatctl.toml"), &ctl_toml(&address), 0o600)?;
+    write_file(&dir.join("lifeboatctl.toml"), &ctl_toml(&address), 0o600)?;
     Ok(fp)
-}
-
-fn write_new(path: &Path, contents: &str, mode: u32) -> Result<(), IssueError> {
-    let err = |source| IssueError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-        .map_err(err)?;
-    f.write_all(contents.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

@@ -11,6 +11,7 @@ pub mod catalog_check;
 pub mod mariadb;
 pub mod nginx;
 pub mod process;
+pub mod regions;
 pub mod s3;
 pub mod tree;
 

@@ -9,48 +9,22 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use lifeboat_common::exit;
 use lifeboat_integration_tests::process::{bin, describe, run};
+use lifeboat_integration_tests::regions::{self, write};
 use lifeboat_integration_tests::tree::write_data;
 use lifeboat_integration_tests::{Agent, Controller};
 
 const PASSPHRASE: &str = "correct horse battery staple";
 
-fn write(path: &Path, text: &str) -> PathBuf {
-    fs::write(path, text).unwrap();
-    path.to_owned()
-}
-
 /// A controller whose controller.toml has a local-directory `[secondary]` at `secondary`.
 fn controller_with_secondary(dir: &Path, secondary: &Path) -> Controller {
-    let out = run(Command::new(bin("lifeboat-controller"))
-        .args(["init", "--dir"])
-        .arg(dir));
-    assert!(out.status.success(), "init: {}", describe(&out));
-    let cfg = dir.join("controller.toml");
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "\n[secondary]\nkind = \"local\"\npath = {:?}\n",
-        secondary.to_str().unwrap()
-    ));
-    fs::write(&cfg, text).unwrap();
+    regions::init(dir);
+    regions::local_secondary(dir, secondary);
     Controller::serve(dir)
-}
-
-fn wait_caught_up(ctl: &Controller) {
-    let out = ctl.ctl(&[
-        "replication",
-        "status",
-        "--json",
-        "--wait",
-        "caught-up",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(out.status.success(), "catch-up: {}", describe(&out));
 }
 
 /// Object keys (relative paths) under `root/prefix`, sorted.
@@ -136,7 +110,7 @@ fn key_init_escrows_and_a_fresh_vm_recovers_the_key_then_backs_up_and_restores()
     assert!(!ctl.log().contains(PASSPHRASE));
 
     // The envelope is replicated to the secondary with the same bytes.
-    wait_caught_up(&ctl);
+    ctl.wait_caught_up();
     assert_eq!(fs::read(secondary.join(&stored[0])).unwrap(), envelope);
 
     let www = tmp.path().join("www");
@@ -334,7 +308,7 @@ fn recover_ca_from_the_store_gives_the_same_ca_from_either_region() {
     ]);
     assert!(out.status.success(), "key escrow: {}", describe(&out));
     assert_eq!(objects(&old.join("objects"), "keys/ca").len(), 1);
-    wait_caught_up(&ctl);
+    ctl.wait_caught_up();
     ctl.stop();
 
     // A new controller directory on another host: the same stores, no CA yet.

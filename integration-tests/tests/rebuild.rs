@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use lifeboat_common::exit;
 use lifeboat_integration_tests::process::{bin, describe, master_key, parse_json, run};
+use lifeboat_integration_tests::regions;
 use lifeboat_integration_tests::s3::S3Server;
 use lifeboat_integration_tests::tree::{
     assert_same_tree, copy_tree, restored_root, walk, write_data,
@@ -27,19 +28,9 @@ struct Fleet {
 }
 
 fn init(dir: &Path, secondary: Option<&Path>) {
-    let out = run(Command::new(bin("lifeboat-controller"))
-        .arg("init")
-        .arg("--dir")
-        .arg(dir));
-    assert!(out.status.success(), "init: {}", describe(&out));
+    regions::init(dir);
     if let Some(s) = secondary {
-        let cfg = dir.join("controller.toml");
-        let mut text = fs::read_to_string(&cfg).unwrap();
-        text.push_str(&format!(
-            "\n[secondary]\nkind = \"local\"\npath = {:?}\n",
-            s.to_str().unwrap()
-        ));
-        fs::write(&cfg, text).unwrap();
+        regions::local_secondary(dir, s);
     }
 }
 
@@ -80,21 +71,7 @@ impl Fleet {
     }
 
     fn wait_caught_up(&self) {
-        let out = self.ctl.ctl(&[
-            "replication",
-            "status",
-            "--json",
-            "--wait",
-            "caught-up",
-            "--timeout",
-            "60s",
-        ]);
-        assert!(
-            out.status.success(),
-            "replication never caught up: {}\n{}",
-            describe(&out),
-            self.ctl.log()
-        );
+        self.ctl.wait_caught_up();
     }
 
     /// Stops the controller and deletes its catalog (and WAL files).

@@ -15,12 +15,10 @@ use std::time::Duration;
 
 use lifeboat_common::exit;
 use lifeboat_integration_tests::process::{bin, describe, master_key, parse_json, run};
+use lifeboat_integration_tests::regions;
 use lifeboat_integration_tests::s3::S3Server;
 use lifeboat_integration_tests::tree::{assert_same_tree, restored_root, walk, write_data};
 use lifeboat_integration_tests::{Agent, Controller};
-
-/// How long replication may take to catch up on loopback before a test fails.
-const CATCH_UP: Duration = Duration::from_secs(60);
 
 struct Fleet {
     tmp: tempfile::TempDir,
@@ -29,17 +27,8 @@ struct Fleet {
 }
 
 fn init_with_secondary(dir: &Path, secondary: &str) {
-    let out = run(Command::new(bin("lifeboat-controller"))
-        .arg("init")
-        .arg("--dir")
-        .arg(dir));
-    assert!(out.status.success(), "init: {}", describe(&out));
-    let cfg = dir.join("controller.toml");
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "\n[secondary]\nkind = \"local\"\npath = {secondary:?}\n"
-    ));
-    fs::write(&cfg, text).unwrap();
+    regions::init(dir);
+    regions::local_secondary(dir, Path::new(secondary));
 }
 
 impl Fleet {
@@ -78,33 +67,13 @@ impl Fleet {
         self.ctl.ctl_json(&["replication", "status", "--json"])
     }
 
-    /// `replication status --wait CONDITION`: the controller answers once the condition holds
-    /// (re-checked after each copy attempt of its worker), or fails after [`CATCH_UP`].
     fn wait_for(&self, condition: &str) -> serde_json::Value {
-        let timeout = format!("{}s", CATCH_UP.as_secs());
-        let out = self.ctl.ctl(&[
-            "replication",
-            "status",
-            "--json",
-            "--wait",
-            condition,
-            "--timeout",
-            &timeout,
-        ]);
-        assert!(
-            out.status.success(),
-            "replication never reached {condition}: {}\n{}",
-            describe(&out),
-            self.ctl.log()
-        );
-        parse_json(&out)
+        self.ctl.wait_replication(condition)
     }
 
     /// Waits until nothing is pending.
     fn wait_caught_up(&self) -> serde_json::Value {
-        let s = self.wait_for("caught-up");
-        assert_eq!(s["pending_objects"], 0, "{s}");
-        s
+        self.ctl.wait_caught_up()
     }
 }
 

@@ -11,9 +11,9 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
-use lifeboat_integration_tests::process::{bin, describe, master_key, run};
+use lifeboat_integration_tests::process::master_key;
+use lifeboat_integration_tests::regions;
 use lifeboat_integration_tests::tree::{Rng, walk, write_data};
 use lifeboat_integration_tests::{Agent, Controller};
 
@@ -66,17 +66,8 @@ fn killed_mid_replication_at_seeded_points_resumes_in_order() {
     let t = tmp.path();
     let dir = t.join("controller");
     let secondary = t.join("region-2");
-    let out = run(Command::new(bin("lifeboat-controller"))
-        .args(["init", "--dir"])
-        .arg(&dir));
-    assert!(out.status.success(), "init: {}", describe(&out));
-    let cfg = dir.join("controller.toml");
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "\n[secondary]\nkind = \"local\"\npath = {:?}\n",
-        secondary.to_str().unwrap()
-    ));
-    fs::write(&cfg, text).unwrap();
+    regions::init(&dir);
+    regions::local_secondary(&dir, &secondary);
 
     // Several backups while every copy fails: the queue fills with packs, reference segments,
     // records (each waiting on its objects) and registry objects.
@@ -134,16 +125,7 @@ fn killed_mid_replication_at_seeded_points_resumes_in_order() {
 
     // A clean restart: replication resumes and completes.
     let ctl = Controller::serve(&dir);
-    let out = ctl.ctl(&[
-        "replication",
-        "status",
-        "--json",
-        "--wait",
-        "caught-up",
-        "--timeout",
-        "60s",
-    ]);
-    assert!(out.status.success(), "catch-up: {}", describe(&out));
+    ctl.wait_caught_up();
     assert_eq!(
         assert_records_after_their_objects(&catalog, &secondary),
         5,

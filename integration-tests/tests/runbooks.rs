@@ -17,6 +17,7 @@ use std::process::{Command, Output};
 use lifeboat_integration_tests::mariadb::MariaDb;
 use lifeboat_integration_tests::nginx::Nginx;
 use lifeboat_integration_tests::process::{bin, describe, parse_json, run};
+use lifeboat_integration_tests::regions::{self, write};
 use lifeboat_integration_tests::s3::S3Server;
 use lifeboat_integration_tests::tree::{assert_same_tree, build_sample_tree, restored_root};
 use lifeboat_integration_tests::{Agent, Controller};
@@ -37,45 +38,9 @@ fn ok(out: Output, what: &str) -> Output {
 
 /// `init`, then `[store]` on `primary` and `[secondary]` on `secondary` (prefix "fleet").
 fn init_two_regions(dir: &Path, primary: &S3Server, secondary: &S3Server) {
-    ok(
-        run(Command::new(bin("lifeboat-controller"))
-            .args(["init", "--dir"])
-            .arg(dir)),
-        "init",
-    );
+    regions::init(dir);
     primary.configure_controller(dir, "fleet", "auto");
-    set_secondary(dir, secondary);
-}
-
-fn set_secondary(dir: &Path, secondary: &S3Server) {
-    let cfg = dir.join("controller.toml");
-    let mut text = fs::read_to_string(&cfg).unwrap();
-    let table = secondary
-        .store_toml("fleet", "auto")
-        .replace("[store]", "[secondary]");
-    text.push('\n');
-    text.push_str(&table);
-    fs::write(&cfg, text).unwrap();
-}
-
-fn wait_caught_up(ctl: &Controller) {
-    ok(
-        ctl.ctl(&[
-            "replication",
-            "status",
-            "--json",
-            "--wait",
-            "caught-up",
-            "--timeout",
-            "120s",
-        ]),
-        "replication catch-up",
-    );
-}
-
-fn write(path: &Path, text: &str) -> PathBuf {
-    fs::write(path, text).unwrap();
-    path.to_owned()
+    regions::s3_secondary(dir, secondary, "fleet");
 }
 
 #[test]
@@ -97,7 +62,7 @@ fn primary_region_lost() {
     );
     let agent = Agent::enroll(&ctl, &t.join("vm"), "web-01", None, &key, &sources);
     let first = agent.backup("web");
-    wait_caught_up(&ctl);
+    ctl.wait_caught_up();
 
     // Disaster: the primary bucket is gone.
     fs::remove_dir_all(region1.object_path("fleet")).unwrap();
@@ -132,7 +97,7 @@ fn primary_region_lost() {
     assert!(report["snapshots"].as_u64().unwrap() >= 1, "{report}");
     let ctl = Controller::serve(&dir);
     agent.write_config(&ctl.url(), &sources);
-    wait_caught_up(&ctl);
+    ctl.wait_caught_up();
 
     // Backups deduplicate against the old chunks; restores work from the new primary alone.
     let again = agent.backup("web");
@@ -256,7 +221,7 @@ fn total_loss() {
     agent.backup("web");
     let dbb = agent.backup("db");
     assert_eq!(dbb["databases"][0]["rows"], 3, "{dbb}");
-    wait_caught_up(&ctl);
+    ctl.wait_caught_up();
 
     // Total loss: the controller host, the primary region, and the VM (web root, database,
     // agent directory with its key and certificate).
