@@ -3,7 +3,8 @@
 //!
 //! Pipeline: [`walk`] lists the entries; a [`read`] thread chunks files (bounded channel, so
 //! memory does not grow with file size); an [`upload::Uploader`] batches ids through
-//! `HaveChunks` and uploads only the missing chunks; then the manifest is chunked and uploaded the
+//! `HaveChunks`, seals only the missing chunks on several threads and uploads them, one batch in
+//! flight while the next is read (bounded: see [`upload`]); then the manifest is chunked and uploaded the
 //! same way and `CommitSnapshot` streams every referenced id. Failure modes:
 //! - an unreadable input is listed in the report and skipped; the snapshot still commits
 //!   (`partial`, exit code 3);
@@ -17,6 +18,7 @@
 
 pub mod database;
 pub mod read;
+pub mod throttle;
 pub mod upload;
 pub mod walk;
 
@@ -44,8 +46,9 @@ use walk::{Unreadable, WalkItem};
 
 /// Commit attempts before giving up on a controller that keeps reporting missing chunks.
 pub const MAX_ATTEMPTS: u32 = 2;
-/// Messages buffered between the reader thread and the uploader (each at most one chunk).
-const READ_CHANNEL: usize = 4;
+/// Messages buffered between the reader thread and the uploader (each at most one chunk, up to
+/// 4 MiB for files): two keep the reader busy while the uploader takes a chunk.
+const READ_CHANNEL: usize = 2;
 
 /// What a backup needs besides the source.
 pub struct BackupContext<'a, R: Remote> {
@@ -54,6 +57,38 @@ pub struct BackupContext<'a, R: Remote> {
     pub zstd_level: i32,
     pub cache: Arc<dyn FileCache>,
     pub opener: Arc<dyn Opener>,
+    /// Upload limit of a source in bytes per second (0: unlimited), asked at the start of
+    /// each backup: the controller's policy under `run`, `--bandwidth` on the command line.
+    pub bandwidth: Bandwidth,
+    /// Told how a backup advances, at most about once a second ([`upload::Uploader`]).
+    pub progress: Progress,
+}
+
+/// How far one backup is: plaintext bytes chunked so far (files read, dump streamed), the
+/// total when known in advance (file sources: the sum of the walked sizes; 0 for dumps), and
+/// the bytes uploaded so far.
+#[derive(Clone, Debug, Default)]
+pub struct BackupProgress {
+    pub source: String,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    pub uploaded_bytes: u64,
+}
+
+/// See [`BackupContext::progress`].
+pub type Progress = Arc<dyn Fn(&BackupProgress) + Send + Sync>;
+
+/// Progress goes nowhere.
+pub fn no_progress() -> Progress {
+    Arc::new(|_| {})
+}
+
+/// See [`BackupContext::bandwidth`].
+pub type Bandwidth = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
+
+/// No upload limit.
+pub fn unlimited() -> Bandwidth {
+    Arc::new(|_| 0)
 }
 
 /// The outcome of one backup, as printed by `backup --json`.
@@ -172,7 +207,14 @@ async fn run_pass<R: Remote>(
         .map_err(|e| AgentError::Worker(e.to_string()))?;
     let items = Arc::new(walked.items);
     let session = ctx.remote.begin_session(&src.name).await?;
-    let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level);
+    let total: u64 = items
+        .iter()
+        .filter(|i| i.kind == EntryKind::File)
+        .map(|i| i.stat.size)
+        .sum();
+    let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level)
+        .with_bandwidth((ctx.bandwidth)(&src.name))
+        .with_progress(ctx.progress.clone(), &src.name, total);
     let mut results = FileResults {
         unreadable: walked.unreadable,
         ..FileResults::default()
@@ -255,7 +297,19 @@ async fn read_pass<R: Remote>(
         .name("lifeboat-read".into())
         .spawn(move || read::run(job, tx))
         .map_err(|e| AgentError::Worker(format!("cannot start the file reader thread: {e}")))?;
-    while let Some(msg) = rx.recv().await {
+    loop {
+        // While waiting for the reader, drive the flying batch (upload overlaps reading).
+        let msg = tokio::select! {
+            biased;
+            landed = up.land(), if up.is_flying() => {
+                landed?;
+                continue;
+            }
+            msg = rx.recv() => msg,
+        };
+        let Some(msg) = msg else {
+            break;
+        };
         match msg {
             ReadMsg::Chunk { id, data } => {
                 results.bytes_read += data.len() as u64;

@@ -20,6 +20,8 @@ use tracing::{debug, warn};
 
 /// sled's page cache size: the cache is small and mostly written once per backup.
 const CACHE_CAPACITY: u64 = 4 << 20;
+/// Entries written per sled batch by [`FileCache::put_all`].
+const PUT_SLICE: usize = 256;
 const VALUE_VERSION: u8 = 1;
 
 /// What the cache remembers about one file.
@@ -227,11 +229,20 @@ impl FileCache for SledCache {
     fn put_all(&self, entries: &[(Vec<u8>, CachedFile)]) {
         let Ok(slot) = self.db.lock() else { return };
         let Some(db) = slot.as_ref() else { return };
-        let mut batch = sled::Batch::default();
-        for (k, v) in entries {
-            batch.insert(k.as_slice(), v.encode());
-        }
-        let res = db.apply_batch(batch).and_then(|()| db.flush().map(|_| ()));
+        // In slices: one sled batch holds all its values in memory until applied, so a single
+        // batch of a whole data set's entries grew the agent with the number of files. Entries
+        // are independent (each one right on its own), so a crash between slices only leaves
+        // fewer of them.
+        let res = entries
+            .chunks(PUT_SLICE)
+            .try_for_each(|slice| {
+                let mut batch = sled::Batch::default();
+                for (k, v) in slice {
+                    batch.insert(k.as_slice(), v.encode());
+                }
+                db.apply_batch(batch)
+            })
+            .and_then(|()| db.flush().map(|_| ()));
         if let Err(e) = res {
             warn!(cache = %self.dir.display(), error = %e, "cannot update the file cache; the next backup reads these files again");
         }

@@ -116,6 +116,10 @@ pub struct BackupArgs {
     /// Back up only this source.
     #[arg(long, value_name = "NAME")]
     pub source: Option<String>,
+    /// Limit uploads to this rate, e.g. 10MiB/s or 500KB/s (under `run`, the controller's
+    /// policy sets it per source).
+    #[arg(long, value_name = "RATE", value_parser = lifeboat_common::rate::parse_bytes_per_sec)]
+    pub bandwidth: Option<u64>,
     /// Print one JSON object per source on stdout.
     #[arg(long)]
     pub json: bool,

@@ -1,10 +1,14 @@
 //! Restoring a snapshot of a source, to another directory or in place.
 //!
 //! Order: resolve the snapshot and verify its manifest ([`fetch`]); for each selected entry (walk
-//! order, parents first) check the path ([`target`]), then create the directory, or write the
-//! file or symlink through a temporary name ([`write`]); apply directory metadata last, deepest
-//! first (directories are created 0700 so read-only trees restore), after `--delete` has removed
-//! what the snapshot does not hold ([`delete`]), so directory mtimes end up as in the snapshot.
+//! order, parents first) check the path ([`target`]), then create the directory or the symlink
+//! (through a temporary name, [`write`]), or queue the file: queued files are fetched and written
+//! many at once ([`files`]), and the queue is flushed before any entry that could disturb a
+//! queued file's path, so the result is the one of a walk-order restore. Directory metadata is
+//! applied last, deepest first (directories are created 0700 so read-only trees restore), after
+//! `--delete` has removed what the snapshot does not hold ([`delete`]), so directory mtimes end
+//! up as in the snapshot. Finally every written file and the directories are `fsync`ed once: a
+//! restore that returned success is on disk.
 //!
 //! Failure modes: an entry whose path would go through a symlink or a file is refused, the rest
 //! is restored, and the restore then fails listing the refusals (and skips `--delete`). A file
@@ -14,6 +18,7 @@
 pub mod database;
 pub mod delete;
 pub mod fetch;
+pub mod files;
 pub mod target;
 pub mod write;
 
@@ -102,17 +107,6 @@ pub async fn restore_manifest<R: Remote>(
     m: &Manifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, AgentError> {
-    let params = m
-        .header
-        .chunker
-        .as_ref()
-        .map(|c| ChunkerParams {
-            min: c.min,
-            avg: c.avg,
-            max: c.max,
-        })
-        .filter(|p| p.validate().is_ok())
-        .unwrap_or(ChunkerParams::FILES);
     if let Target::To(dir) = &opts.target {
         fs::create_dir_all(dir)
             .map_err(|e| AgentError::io("cannot create restore directory", dir, e))?;
@@ -125,10 +119,18 @@ pub async fn restore_manifest<R: Remote>(
         .map(|(i, _)| root_target(&opts.target, m.root_path(i as u32)))
         .collect();
     let as_root = write::running_as_root();
+    let ctx = files::Ctx {
+        remote,
+        keys,
+        params: chunker_params(m),
+        as_root,
+    };
     let mut report = RestoreReport::default();
     let mut created = Vec::new();
     let mut dirs: Vec<(PathBuf, &Entry)> = Vec::new();
     let mut refused = Vec::new();
+    let mut pending = files::Pending::default();
+    let mut written = Vec::new();
     for e in &m.entries {
         let orig = original_path(m, e);
         if !selected(&orig, e.entry_kind(), opts.path.as_deref()) {
@@ -141,13 +143,23 @@ pub async fn restore_manifest<R: Remote>(
             rt.rel.join(e.rel_path())
         };
         let dest = rt.base.join(&rel);
+        if pending.conflicts(&dest) || pending.is_full() {
+            files::flush(&ctx, &mut pending, &mut report, &mut written).await?;
+        }
         if let Err(why) = prepare_parents(&rt.base, &rel, &mut created) {
             warn!(path = %orig.display(), reason = %why, "restore refused entry");
             refused.push(format!("{}: {why}", orig.display()));
             continue;
         }
-        let res = restore_entry(remote, keys, e, &dest, params, as_root, &mut report).await;
-        match res {
+        if e.entry_kind() == EntryKind::File {
+            pending.push(files::FileJob {
+                dest,
+                orig,
+                entry: e,
+            });
+            continue;
+        }
+        match restore_entry(e, &dest, as_root, &mut report) {
             Ok(true) => dirs.push((dest, e)),
             Ok(false) => {}
             Err(AgentError::Refused(why)) => {
@@ -161,24 +173,39 @@ pub async fn restore_manifest<R: Remote>(
             }
         }
     }
+    files::flush(&ctx, &mut pending, &mut report, &mut written).await?;
     // Deleting changes directory mtimes, so it runs before directory metadata is applied.
     if opts.delete && refused.is_empty() {
         report.deleted = delete_phase(m, &roots, opts)?;
     }
     finish_dirs(&mut dirs, &created, as_root)?;
+    let synced_dirs = dirs.iter().map(|(p, _)| p.clone()).chain(created).collect();
+    files::sync_all(written, synced_dirs).await?;
     if !refused.is_empty() {
         return Err(AgentError::Refused(refused));
     }
     Ok(report)
 }
 
-/// Restores one entry at `dest`; returns whether it is a directory (metadata applied later).
-async fn restore_entry<R: Remote>(
-    remote: &R,
-    keys: &DataKeys,
+/// The manifest's chunker parameters (for the unchanged-file check), or the files' default.
+fn chunker_params(m: &Manifest) -> ChunkerParams {
+    m.header
+        .chunker
+        .as_ref()
+        .map(|c| ChunkerParams {
+            min: c.min,
+            avg: c.avg,
+            max: c.max,
+        })
+        .filter(|p| p.validate().is_ok())
+        .unwrap_or(ChunkerParams::FILES)
+}
+
+/// Restores a directory or symlink entry at `dest` (files go through [`files`]); returns
+/// whether it is a directory (metadata applied later).
+fn restore_entry(
     e: &Entry,
     dest: &Path,
-    params: ChunkerParams,
     as_root: bool,
     report: &mut RestoreReport,
 ) -> Result<bool, AgentError> {
@@ -193,22 +220,7 @@ async fn restore_entry<R: Remote>(
             report.symlinks += 1;
             Ok(false)
         }
-        EntryKind::File => {
-            let (d, en, k) = (dest.to_owned(), e.clone(), keys.clone());
-            let unchanged =
-                tokio::task::spawn_blocking(move || write::is_unchanged(&d, &en, &k, params))
-                    .await
-                    .map_err(|err| AgentError::Worker(err.to_string()))?;
-            if unchanged {
-                write::apply_metadata(dest, e, false, as_root)?;
-                report.files_unchanged += 1;
-            } else {
-                report.bytes_written += write::write_file(remote, keys, e, dest, as_root).await?;
-                report.files_written += 1;
-            }
-            Ok(false)
-        }
-        EntryKind::Unspecified => Ok(false),
+        EntryKind::File | EntryKind::Unspecified => Ok(false),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod ids;
 pub mod join_token;
 pub mod keys;
 pub mod manifest;
+pub mod rate;
 pub mod schedule;
 pub mod telemetry;
 pub mod tls;

@@ -12,15 +12,17 @@
 //! | operation        | runs concurrently with      | why it is safe                              |
 //! |------------------|-----------------------------|---------------------------------------------|
 //! | record a pack    | any                         | `INSERT OR IGNORE`: the first writer wins   |
-//! | commit snapshot  | uploads of the same group   | it only reads chunks rows, which never go away |
+//! | commit snapshot  | uploads of the same group; GC | it re-checks, in the transaction that inserts the snapshot, that every referenced chunk row is live (GC removes only rows condemned in an earlier run and unreferenced at sweep); see `docs/gc.md` |
 //! | reads            | any                         | serialized on the same connection           |
 
 pub mod agents;
+pub mod alert_state;
 pub mod chunks;
 pub mod credentials;
 pub mod failures;
 pub mod grants;
 pub mod inventory;
+pub mod policies;
 pub mod schema;
 pub mod snapshots;
 pub mod tokens;

@@ -138,11 +138,23 @@ pub async fn commit(
                 .collect(),
         });
     }
-    let id = write_snapshot(catalog, (store, deadline), agent, &session, header, all).await?;
-    Ok(pb::CommitSnapshotResponse {
-        snapshot_id: id.to_string(),
-        missing: Vec::new(),
-    })
+    match write_snapshot(catalog, (store, deadline), agent, &session, header, all).await? {
+        Ok(id) => Ok(pb::CommitSnapshotResponse {
+            snapshot_id: id.to_string(),
+            missing: Vec::new(),
+        }),
+        Err(mut missing) => {
+            tracing::info!(agent = %agent.id, missing = missing.len(), "commit refused: chunks collected meanwhile");
+            missing.truncate(MAX_MISSING_REPORTED);
+            Ok(pb::CommitSnapshotResponse {
+                snapshot_id: String::new(),
+                missing: missing
+                    .iter()
+                    .map(|i| Bytes::copy_from_slice(i.as_bytes()))
+                    .collect(),
+            })
+        }
+    }
 }
 
 async fn write_snapshot(
@@ -152,21 +164,25 @@ async fn write_snapshot(
     session: &SessionRow,
     header: CommitHeader,
     all: Vec<ChunkId>,
-) -> Result<SnapshotId, ServiceError> {
+) -> Result<Result<SnapshotId, Vec<ChunkId>>, ServiceError> {
     let segments = refset::segments(&all);
+    let now = now_unix_ms();
+    let id = SnapshotId::generate(now);
+    let key = record_key(agent.id.as_str(), id.as_str());
+    // GC must not delete these (content-named) keys between our puts and our catalog rows.
+    let mut guarded: Vec<String> = segments.iter().map(|s| s.key.clone()).collect();
+    guarded.push(key.clone());
+    let _writing = crate::gc::guard::writing(guarded).await;
     for s in &segments {
         deadline::put(store, deadline, &s.key, Bytes::from(s.bytes.clone())).await?;
     }
     failpoint::hit("commit.after_refs");
-    let now = now_unix_ms();
-    let id = SnapshotId::generate(now);
     // Re-read the session: its stored bytes include every upload that finished before now.
     let sid = session.id.clone();
     let stored_bytes = catalog
         .run(move |c| chunks::session(c, &sid))
         .await?
         .map_or(session.stored_bytes, |s| s.stored_bytes);
-    let key = record_key(agent.id.as_str(), id.as_str());
     let record = SnapshotRecord {
         format: RECORD_FORMAT,
         id: id.to_string(),
@@ -205,12 +221,25 @@ async fn write_snapshot(
         .collect();
     objects.push(queued(&row.record_key, queue::Kind::Record, &record_bytes));
     let group = agent.group.clone();
-    catalog
-        .run(move |c| queue::insert_snapshot(c, &row, &all, &group, &objects, now))
+    // Re-validated in the same catalog closure as the insert (nothing else runs on the catalog
+    // in between): a chunk GC swept since the first check is reported missing, condemned ones
+    // are revived; then the session's pins end (its references keep the chunks live).
+    let missing = catalog
+        .run(move |c| {
+            let missing = crate::gc::pins::commit_check(c, &group, &all)?;
+            if missing.is_empty() {
+                queue::insert_snapshot(c, &row, &all, &group, &objects, now)?;
+                crate::gc::pins::release(c, &row.session_id)?;
+            }
+            Ok(missing)
+        })
         .await?;
+    if !missing.is_empty() {
+        return Ok(Err(missing));
+    }
     failpoint::hit("commit.after_catalog");
     tracing::info!(agent = %agent.id, snapshot = %id, source = %session.source, refs = refs_count, stored_bytes, "snapshot committed");
-    Ok(id)
+    Ok(Ok(id))
 }
 
 /// A replication queue row for an object this commit wrote.

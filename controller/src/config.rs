@@ -11,10 +11,13 @@ use std::path::{Path, PathBuf};
 use lifeboat_common::config::{ConfigError, load_toml, resolve};
 use serde::Deserialize;
 
+mod alerts;
+mod gc;
 mod retention;
 mod secondary;
 mod store;
 
+pub use alerts::{AlertSettings, WebhookSettings};
 pub use retention::RetentionSettings;
 pub use secondary::{MAX_SCRUB_SAMPLE, ReplicationSettings};
 pub use store::{ConditionalPut, S3Config, StoreConfig};
@@ -40,6 +43,10 @@ struct ControllerFile {
     metrics_listen: Option<String>,
     /// Default keep rules applied on a schedule (none: keep everything).
     retention: Option<retention::RetentionFile>,
+    /// Alert worker interval and webhook (default: every 30 s, log only).
+    alerts: Option<alerts::AlertsFile>,
+    /// Garbage collection timing (grace, margin, worker interval).
+    gc: Option<gc::GcFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +82,10 @@ pub struct ControllerConfig {
     pub metrics_listen: String,
     /// `[retention]`: default keep rules and how often the worker applies them.
     pub retention: RetentionSettings,
+    /// `[alerts]`: the alert worker's interval and webhook.
+    pub alerts: AlertSettings,
+    /// `[gc]`: garbage collection timing.
+    pub gc: crate::gc::GcSettings,
 }
 
 impl ControllerConfig {
@@ -110,6 +121,8 @@ impl ControllerConfig {
                 .metrics_listen
                 .unwrap_or_else(|| crate::metrics::DEFAULT_METRICS_LISTEN.to_owned()),
             retention: f.retention.unwrap_or_default().validate(path)?,
+            alerts: f.alerts.unwrap_or_default().validate(path)?,
+            gc: f.gc.unwrap_or_default().validate(path)?,
         })
     }
 }
@@ -215,6 +228,13 @@ path = "objects"
 # keep_monthly = 12
 # keep_yearly = 3
 # keep_within = "2d"       # everything within 2 days of the newest snapshot of each source
+
+# [alerts]
+# RPO breaches, failing backups and their recoveries: logged, and POSTed as signed JSON to the
+# webhook when one is set (docs/operations.md).
+# interval = "30s"
+# webhook_url = "https://hooks.example.net/lifeboat"
+# webhook_secret_file = "webhook.secret"   # mode 0600: the HMAC-SHA256 signing secret
 "#
     )
 }

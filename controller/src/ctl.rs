@@ -6,17 +6,23 @@ pub mod agent_add;
 pub mod agent_allow_restore;
 pub mod agent_list;
 pub mod agent_revoke;
+pub mod backup;
 pub mod forget;
+pub mod gc;
 pub mod key_escrow;
 pub mod key_init;
 pub mod key_paper;
 pub mod output;
+pub mod policy;
 pub mod replication;
 pub mod replication_deletes;
 pub mod replication_scrub;
+pub mod restore;
+pub mod run_follow;
 pub mod snapshots_list;
 pub mod snapshots_show;
 pub mod stats;
+pub mod status;
 pub mod storage;
 pub mod token_create;
 
@@ -106,6 +112,9 @@ pub enum Command {
     Snapshots(SnapshotsCommand),
     /// Apply retention rules: show (--dry-run) or forget the snapshots they do not keep.
     Forget(forget::Args),
+    /// Garbage collection now: condemn unreferenced chunks, sweep earlier condemned ones, delete
+    /// dead packs, forgotten snapshots' objects and orphans (--dry-run: count only).
+    Gc(gc::Args),
     /// Storage usage: logical and stored bytes, dedup ratio, objects; per agent, group, total.
     Stats(stats::Args),
     /// Inspect the object store.
@@ -117,6 +126,23 @@ pub enum Command {
     /// Join tokens for enrolling agents.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Backup policies: schedule, RPO objective, bandwidth limit, niceness.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// RPO compliance of every agent and source.
+    Status(status::Args),
+    /// Ask a connected agent to back up now, and follow the run.
+    Backup(backup::Args),
+    /// Ask a connected agent to restore a snapshot, and follow the run.
+    Restore(restore::Args),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Set fields of the policy of a scope (and optionally one source).
+    Set(policy::SetArgs),
+    /// Show the stored policies (and an agent's effective policy).
+    Show(policy::ShowArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,9 +274,15 @@ pub async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Snapshots(SnapshotsCommand::Show(a)) => snapshots_show::run(&ctx, a).await,
         Command::Stats(a) => stats::run(&ctx, a).await,
         Command::Forget(a) => forget::run(&ctx, a).await,
+        Command::Gc(a) => gc::run(&ctx, a).await,
         Command::Storage(StorageCommand::Orphans(a)) => storage::orphans(&ctx, a).await,
         Command::Token(TokenCommand::Create(a)) => token_create::run(&ctx, a).await,
         Command::Agent(AgentCommand::Revoke(a)) => agent_revoke::run(&ctx, a).await,
+        Command::Policy(PolicyCommand::Set(a)) => policy::set(&ctx, a).await,
+        Command::Policy(PolicyCommand::Show(a)) => policy::show(&ctx, a).await,
+        Command::Status(a) => status::run(&ctx, a).await,
+        Command::Backup(a) => backup::run(&ctx, a).await,
+        Command::Restore(a) => restore::run(&ctx, a).await,
         Command::Replication(ReplicationCommand::Status(a)) => replication::status(&ctx, a).await,
         Command::Replication(ReplicationCommand::Scrub(a)) => replication_scrub::run(&ctx, a).await,
         Command::Replication(ReplicationCommand::Deletes(a)) => {

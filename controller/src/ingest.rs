@@ -64,10 +64,21 @@ struct Upload<'a> {
 impl Upload<'_> {
     async fn add(&mut self, batch: UploadBatch) -> Result<(), ServiceError> {
         let ids: Vec<_> = batch.blobs.iter().map(|(id, _)| *id).collect();
-        let group = self.agent.group.clone();
+        let (group, session) = (self.agent.group.clone(), self.session.id.clone());
+        // Blobs skipped as stored are pinned (and revived if condemned) in the same transaction
+        // that found them ([`crate::gc::pins`]).
         let present = self
             .catalog
-            .run(move |c| chunks::present(c, &group, &ids))
+            .run(move |c| {
+                crate::gc::pins::pin_present(
+                    c,
+                    &session,
+                    &group,
+                    &ids,
+                    now_unix_ms(),
+                    crate::gc::DEFAULT_LEASE,
+                )
+            })
             .await?;
         for (id, data) in batch.blobs {
             if present.contains(&id) || self.pack.contains(&id) {
@@ -87,6 +98,8 @@ impl Upload<'_> {
             return Ok(());
         }
         let sealed = self.pack.finish();
+        // GC must not delete this (content-named) key between our put and our catalog row.
+        let _writing = crate::gc::guard::writing(vec![sealed.key.clone()]).await;
         failpoint::hit("ingest.before_pack_put");
         deadline::put(self.store, self.deadline, &sealed.key, sealed.bytes.clone()).await?;
         failpoint::hit("ingest.after_pack_put");
@@ -99,7 +112,12 @@ impl Upload<'_> {
         let bytes = sealed.bytes.len();
         let out = self
             .catalog
-            .run(move |c| chunks::record_pack(c, &group, &session, &sealed, now))
+            .run(move |c| {
+                let out = chunks::record_pack(c, &group, &session, &sealed, now)?;
+                let ids: Vec<_> = sealed.entries.iter().map(|e| e.id).collect();
+                crate::gc::pins::pin(c, &session, &group, &ids)?;
+                Ok(out)
+            })
             .await?;
         failpoint::hit("ingest.after_catalog");
         tracing::info!(agent = %self.agent.id, pack = %key, bytes, chunks = out.stored, "pack stored");

@@ -39,6 +39,7 @@ pub mod escrow;
 #[cfg(any(test, feature = "testing"))]
 pub mod fault_store;
 pub mod fleet;
+pub mod gc;
 pub mod ingest;
 pub mod init;
 pub mod issue_certs;

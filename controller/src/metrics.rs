@@ -1,7 +1,8 @@
 //! The Prometheus endpoint: plain HTTP on its own listener (`metrics_listen`, default
 //! 127.0.0.1:9464, localhost so that only the host's scraper sees it), serving `GET /metrics`
-//! in the text exposition format. The figures come from [`crate::replication::status`], the same
-//! code behind `lifeboatctl replication status`, so the two agree.
+//! in the text exposition format. The figures come from [`crate::replication::status`] and
+//! [`crate::fleet::status`], the same code behind `lifeboatctl replication status` and
+//! `lifeboatctl status`, so they agree.
 //!
 //! The server is deliberately tiny (no HTTP library): one request per connection, at most
 //! [`MAX_REQUEST_BYTES`] of request head read within [`REQUEST_TIMEOUT`], then the answer and
@@ -33,6 +34,10 @@ pub struct Metrics {
     pub secondary: Option<String>,
     /// Scrub totals since start-up ([`crate::replication::scrub`]).
     pub scrub: std::sync::Arc<crate::replication::scrub::ScrubCounters>,
+    /// Which agents are connected (the control-stream registry), for `lifeboat_agent_connected`.
+    pub presence: std::sync::Arc<dyn crate::fleet::status::Presence>,
+    /// Committed bytes and snapshots since start-up ([`crate::fleet::counters`]).
+    pub counters: std::sync::Arc<crate::fleet::counters::BackupCounters>,
 }
 
 impl Metrics {
@@ -43,6 +48,17 @@ impl Metrics {
         if r.configured {
             text.push_str(&self.scrub.prometheus_text());
         }
+        let (now, secondary, presence) = (
+            crate::fleet::clock::now_ms(),
+            r.configured,
+            self.presence.clone(),
+        );
+        let fleet = self
+            .catalog
+            .run(move |c| crate::fleet::status::collect(c, now, secondary, presence.as_ref()))
+            .await?;
+        text.push_str(&crate::fleet::status::prometheus_text(&fleet));
+        text.push_str(&self.counters.prometheus_text());
         Ok(text)
     }
 
@@ -135,6 +151,8 @@ mod tests {
             catalog,
             secondary: Some("directory /x".into()),
             scrub: Default::default(),
+            presence: std::sync::Arc::new(crate::fleet::status::NoPresence),
+            counters: std::sync::Arc::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -152,6 +170,10 @@ mod tests {
         );
         assert!(
             text.contains("lifeboat_replication_scrub_damaged_total 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE lifeboat_rpo_objective_seconds gauge\n"),
             "{text}"
         );
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));

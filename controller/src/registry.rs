@@ -10,6 +10,7 @@
 //! | `registry/admins/<cert sha256>.json` | an [`AdminObject`] |
 //! | `registry/grants/<agent>/<from agent>-<unix ms>.json` | a [`GrantObject`] |
 //! | `registry/revocations/<agent>/<cert sha256>` | legacy revocation (read by rebuild only) |
+//! | `registry/policies/<unix ms, 13 digits>-<8 hex>.json` | a [`PolicyObject`]: the full row of one (scope, source) |
 //!
 //! Invariants:
 //! - objects are never overwritten or deleted ([`Store::put_new`]); a change is a new object, so
@@ -91,6 +92,47 @@ pub struct GrantObject {
     pub created_at_unix_ms: i64,
 }
 
+/// `registry/policies/<ms>-<hash>.json`: the full stored policy of (scope, source) after a
+/// `policy set`; replay keeps the newest `updated_at_unix_ms` per (scope, source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyObject {
+    pub format: u32,
+    pub scope: String,
+    pub source: String,
+    pub schedule: Option<String>,
+    pub rpo_ms: Option<i64>,
+    pub bandwidth_bytes_per_sec: Option<i64>,
+    pub nice: Option<i32>,
+    pub updated_at_unix_ms: i64,
+}
+
+impl PolicyObject {
+    pub fn from_row(r: &crate::catalog::policies::PolicyRow) -> Self {
+        PolicyObject {
+            format: REGISTRY_FORMAT,
+            scope: r.scope.clone(),
+            source: r.source.clone(),
+            schedule: r.schedule.clone(),
+            rpo_ms: r.rpo_ms,
+            bandwidth_bytes_per_sec: r.bandwidth,
+            nice: r.nice,
+            updated_at_unix_ms: r.updated_at,
+        }
+    }
+
+    pub fn to_row(&self) -> crate::catalog::policies::PolicyRow {
+        crate::catalog::policies::PolicyRow {
+            scope: self.scope.clone(),
+            source: self.source.clone(),
+            schedule: self.schedule.clone(),
+            rpo_ms: self.rpo_ms,
+            bandwidth: self.bandwidth_bytes_per_sec,
+            nice: self.nice,
+            updated_at: self.updated_at_unix_ms,
+        }
+    }
+}
+
 /// The legacy revocation object (`registry/revocations/<agent>/<fp>`), read by rebuild.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct LegacyRevocation {
@@ -169,6 +211,20 @@ impl Pending {
                 from_agent: from_agent.to_owned(),
                 created_at_unix_ms,
             }),
+        }
+    }
+
+    /// A stored policy (the whole merged row of its scope and source).
+    pub fn policy(row: &crate::catalog::policies::PolicyRow, at_unix_ms: i64) -> Self {
+        let bytes = json(&PolicyObject::from_row(row));
+        let h = blake3::hash(&bytes).to_hex();
+        Pending {
+            key: format!(
+                "registry/policies/{:013}-{}.json",
+                at_unix_ms.max(0),
+                &h[..8]
+            ),
+            bytes,
         }
     }
 

@@ -71,6 +71,7 @@ pub struct Prepared {
     state: State,
     tls: TlsConfigs,
     retention: crate::config::RetentionSettings,
+    alerts: crate::config::AlertSettings,
 }
 
 /// The two TLS configurations, chosen per connection by the server name the client asks for
@@ -167,6 +168,9 @@ pub fn prepare(cfg: &ControllerConfig) -> Result<Prepared, ServeError> {
             enrollment: Arc::new(enrollment),
             replication_progress: tokio::sync::watch::channel(0).0,
             streams: Arc::default(),
+            gc: cfg.gc.clone(),
+            control: Arc::default(),
+            counters: Arc::default(),
             replication: crate::replication::Runtime {
                 settings: cfg.replication.clone(),
                 scrub: Default::default(),
@@ -174,6 +178,7 @@ pub fn prepare(cfg: &ControllerConfig) -> Result<Prepared, ServeError> {
         },
         tls,
         retention: cfg.retention.clone(),
+        alerts: cfg.alerts.clone(),
     })
 }
 
@@ -277,6 +282,8 @@ impl Prepared {
                 .as_ref()
                 .map(|s| s.location().to_owned()),
             scrub: self.state.replication.scrub.clone(),
+            presence: self.state.control.clone(),
+            counters: self.state.counters.clone(),
         }
     }
 
@@ -302,6 +309,21 @@ impl Prepared {
             self.retention.clone(),
             shutdown.clone(),
         );
+        crate::gc::worker::spawn(self.state.clone(), shutdown.clone());
+        crate::fleet::alert_worker::AlertWorker {
+            catalog: self.state.catalog.clone(),
+            settings: self.alerts.clone(),
+            secondary_configured: self.state.secondary.is_some(),
+            presence: self.state.control.clone(),
+        }
+        .spawn(shutdown.clone());
+        let control = self.state.control.clone();
+        let stop = shutdown.clone();
+        // Control streams never end on their own: close them so the drain is not held up.
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            control.close_all();
+        });
         let (tx, rx) = mpsc::channel::<Conn>(64);
         let accept = tokio::spawn(accept_loop(
             listener,

@@ -31,4 +31,10 @@ pub struct State {
     pub replication: crate::replication::Runtime,
     /// Open upload/commit streams per agent ([`crate::streams`]).
     pub streams: Arc<crate::streams::StreamLimiter>,
+    /// `[gc]` settings (grace, margin, lease, worker interval) for `RunGc` and the worker.
+    pub gc: crate::gc::GcSettings,
+    /// Live agent control streams ([`crate::fleet::control`]).
+    pub control: Arc<crate::fleet::control::Registry>,
+    /// Bytes and snapshots committed since start-up, for `/metrics` ([`crate::fleet::counters`]).
+    pub counters: Arc<crate::fleet::counters::BackupCounters>,
 }

@@ -71,6 +71,11 @@ impl Controller {
 
     /// Starts `serve` with extra environment variables (e.g. `LIFEBOAT_FAILPOINTS`).
     pub fn serve_with_env(dir: &Path, env: &[(&str, &str)]) -> Controller {
+        Self::serve_on(dir, "127.0.0.1:0", env)
+    }
+
+    /// Starts `serve` listening on `listen` (a restart on the address agents already know).
+    pub fn serve_on(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Controller {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -81,7 +86,7 @@ impl Controller {
             .arg("--config")
             .arg(dir.join("controller.toml"))
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--metrics-listen")
             .arg("127.0.0.1:0")
             .env("RUST_LOG", "info")
@@ -118,6 +123,21 @@ impl Controller {
             metrics,
             child: Some(child),
         }
+    }
+
+    /// GET /metrics (the `METRICS <addr>` listener): the exposition text.
+    pub fn scrape_metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self
+            .metrics
+            .expect("the controller printed no METRICS line");
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out
     }
 
     pub fn url(&self) -> String {
@@ -279,6 +299,16 @@ impl Agent {
 }
 
 /// Parses the last JSON object printed on stdout (one per line, or one pretty object).
+/// The value of one series (`name{labels}`) in a /metrics text; panics when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} missing in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 pub fn parse_json(out: &Output) -> serde_json::Value {
     let text = String::from_utf8_lossy(&out.stdout);
     if let Ok(v) = serde_json::from_str(&text) {

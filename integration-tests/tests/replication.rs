@@ -8,13 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use lifeboat_common::exit;
-use lifeboat_integration_tests::process::{bin, describe, master_key, parse_json, run};
+use lifeboat_integration_tests::process::{bin, describe, master_key, metric, parse_json, run};
 use lifeboat_integration_tests::regions;
 use lifeboat_integration_tests::s3::S3Server;
 use lifeboat_integration_tests::tree::{assert_same_tree, restored_root, walk, write_data};
@@ -108,25 +107,6 @@ fn assert_replicated_except(primary: &Path, secondary: &Path, orphans: &[String]
     n
 }
 
-fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to /metrics");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{name} missing in {text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// The key test: backups are replicated (status 0 pending, every object identical in the
 /// secondary, snapshots flagged replicated, /metrics agreeing), and a restore works after the
 /// primary directory is deleted entirely.
@@ -165,7 +145,7 @@ fn replication_catches_up_and_restore_survives_primary_loss() {
     let shown = f.ctl.ctl_json(&["snapshots", "show", id, "--json"]);
     assert_eq!(shown["replicated"], true, "{shown}");
 
-    let m = scrape(f.ctl.metrics.expect("METRICS line"));
+    let m = f.ctl.scrape_metrics();
     assert_eq!(metric(&m, "lifeboat_replication_pending_objects"), 0.0);
     assert_eq!(metric(&m, "lifeboat_replication_pending_bytes"), 0.0);
     assert_eq!(metric(&m, "lifeboat_replication_lag_seconds"), 0.0);
@@ -298,7 +278,7 @@ fn queue_survives_a_controller_restart() {
         "{stuck}"
     );
     assert!(stuck["newest_replicated"].as_array().unwrap().is_empty());
-    let m = scrape(f.ctl.metrics.expect("METRICS line"));
+    let m = f.ctl.scrape_metrics();
     assert_eq!(
         metric(&m, "lifeboat_replication_pending_objects"),
         stuck["pending_objects"].as_f64().unwrap(),
@@ -717,7 +697,7 @@ fn scrub_finds_damage_in_the_secondary_and_recopies() {
         "{list}"
     );
 
-    let m = scrape(f.ctl.metrics.expect("METRICS line"));
+    let m = f.ctl.scrape_metrics();
     assert_eq!(metric(&m, "lifeboat_replication_scrub_damaged_total"), 2.0);
     assert_eq!(
         metric(&m, "lifeboat_replication_scrub_checked_total"),

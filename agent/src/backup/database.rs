@@ -95,7 +95,9 @@ pub async fn backup_mysql<R: Remote>(
             reason: e.to_string(),
         })?;
     let session = ctx.remote.begin_session(&src.name).await?;
-    let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level);
+    let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level)
+        .with_bandwidth((ctx.bandwidth)(&src.name))
+        .with_progress(ctx.progress.clone(), &src.name, 0);
     let mut meta = DatabaseMeta {
         server_version: planned.info.version.clone(),
         dump_tool: server.dump_tool.display().to_string(),

@@ -1,26 +1,45 @@
-//! Batched deduplication and upload of chunks for one session.
+//! Batched, pipelined deduplication and upload of chunks for one session.
 //!
 //! Chunks are collected into a batch of at most `max_ids` ids and [`BATCH_BYTES`] of plaintext.
-//! A full batch is flushed: `HaveChunks` for its ids, then only the missing ones are sealed (on
-//! blocking threads, two halves in parallel) and uploaded in one `UploadChunks` call, whose
-//! answer means they are durable. Ids known durable in this session are remembered, so no id is
-//! asked about or uploaded twice.
+//! A full batch is *launched*: a flight asks `HaveChunks` for its ids, seals only the missing ones
+//! (on [`seal_threads`] blocking threads that share the batch's chunks) and uploads them in one
+//! `UploadChunks` call, whose answer means they are durable. At most [`FLIGHTS`] flights are in the
+//! air (one under a bandwidth limit, so the throttle sees every byte in order): launching another
+//! first lands the oldest, so memory is bounded by about `FLIGHTS + 1` batches whatever the data
+//! size. Two flights hide the controller's per-pack fsync behind the next batch's sealing. The
+//! caller drives flights while it waits for more chunks with [`Uploader::land`] (cancel-safe, for
+//! `select!`); otherwise they advance only when a launch or [`Uploader::flush`] waits for them.
+//!
+//! Invariant: an id is recorded durable only when its flight landed (`HaveChunks` said present,
+//! or its upload was acknowledged). Ids carrying data in the flying batch are skipped by later
+//! batches: if that flight fails, the whole backup fails before any commit. [`Uploader::flush`]
+//! lands everything, so a commit after it references only acknowledged chunks.
 //!
 //! Ids from the file cache carry no plaintext. If the controller reports one of them missing,
 //! the cache lied (for example the controller lost data): the files that referenced it are
 //! listed in [`Uploader::reread`] so the backup reads them again.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use lifeboat_common::blob;
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
 
+use super::throttle::Throttle;
+use super::{BackupProgress, Progress};
 use crate::error::AgentError;
 use crate::remote::{Remote, Session};
 
 /// Most plaintext bytes held in one batch.
-pub const BATCH_BYTES: usize = 8 << 20;
+pub const BATCH_BYTES: usize = 4 << 20;
+/// Most batches in the air at once (without a bandwidth limit).
+pub const FLIGHTS: usize = 2;
 
 /// Totals of what was uploaded.
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,12 +49,39 @@ pub struct UploadStats {
     pub uploaded_bytes: u64,
 }
 
+/// One batch's chunks: the id and, unless it came from the file cache, the plaintext.
+type Batch = Vec<(ChunkId, Option<Vec<u8>>)>;
+
+/// A chunk waiting to be sealed, taken by the thread that seals it.
+type Slot = Mutex<Option<(ChunkId, Vec<u8>)>>;
+
+/// A launched batch, until it lands.
+type Flight<'a> = Pin<Box<dyn Future<Output = Result<Landed, AgentError>> + Send + 'a>>;
+
+/// A launched batch, its outcome once known, and the ids carrying plaintext in it.
+struct InAir<'a> {
+    flight: Flight<'a>,
+    done: Option<Result<Landed, AgentError>>,
+    flying: HashSet<ChunkId>,
+}
+
+/// What a flight learnt.
+struct Landed {
+    /// Ids now known durable (present already, or uploaded and acknowledged).
+    durable: Vec<ChunkId>,
+    /// Cached ids (no plaintext) the controller does not have.
+    lost: HashSet<ChunkId>,
+    cached_files: Vec<(usize, Vec<ChunkId>)>,
+    stats: UploadStats,
+    throttle: Option<Throttle>,
+}
+
 pub struct Uploader<'a, R: Remote> {
     remote: &'a R,
     session: Session,
     keys: DataKeys,
     zstd_level: i32,
-    batch: Vec<(ChunkId, Option<Vec<u8>>)>,
+    batch: Batch,
     in_batch: HashMap<ChunkId, usize>,
     batch_bytes: usize,
     batch_cached: Vec<(usize, Vec<ChunkId>)>,
@@ -43,7 +89,25 @@ pub struct Uploader<'a, R: Remote> {
     pub stats: UploadStats,
     /// Files whose cached ids turned out to be missing: read them again.
     pub reread: BTreeSet<usize>,
+    /// The policy's upload limit, if any ([`super::throttle`]); lent to the flying batch.
+    throttle: Option<Throttle>,
+    batch_limit: usize,
+    max_flights: usize,
+    progress: Option<ProgressState>,
+    /// Launched batches, oldest first.
+    in_air: VecDeque<InAir<'a>>,
 }
+
+/// Where progress goes and when it was last told.
+struct ProgressState {
+    tell: Progress,
+    now: BackupProgress,
+    /// `None` until first told: the first advance is always told.
+    last: Option<Instant>,
+}
+
+/// How often progress is told at most.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 impl<'a, R: Remote> Uploader<'a, R> {
     pub fn new(remote: &'a R, session: Session, keys: DataKeys, zstd_level: i32) -> Self {
@@ -59,7 +123,55 @@ impl<'a, R: Remote> Uploader<'a, R> {
             durable: HashSet::new(),
             stats: UploadStats::default(),
             reread: BTreeSet::new(),
+            throttle: None,
+            batch_limit: BATCH_BYTES,
+            max_flights: FLIGHTS,
+            progress: None,
+            in_air: VecDeque::new(),
         }
+    }
+
+    /// Tells `tell` how the backup of `source` advances (`total`: 0 when unknown).
+    pub fn with_progress(mut self, tell: Progress, source: &str, total: u64) -> Self {
+        self.progress = Some(ProgressState {
+            tell,
+            now: BackupProgress {
+                source: source.to_owned(),
+                bytes_total: total,
+                ..BackupProgress::default()
+            },
+            last: None,
+        });
+        self
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        let uploaded = self.stats.uploaded_bytes;
+        if let Some(p) = &mut self.progress {
+            p.now.bytes_done += bytes;
+            p.now.uploaded_bytes = uploaded;
+            if p.last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY) {
+                p.last = Some(Instant::now());
+                (p.tell)(&p.now);
+            }
+        }
+    }
+
+    /// Limits uploads to `bytes_per_sec` (0: unlimited).
+    pub fn with_bandwidth(mut self, bytes_per_sec: u64) -> Self {
+        self.throttle = Throttle::new(bytes_per_sec);
+        self.batch_limit = self
+            .throttle
+            .as_ref()
+            .map_or(BATCH_BYTES, |t| t.batch_bytes(BATCH_BYTES));
+        self.max_flights = if self.throttle.is_some() { 1 } else { FLIGHTS };
+        self
+    }
+
+    /// Whether `id` is durable, or carries plaintext in a flying batch (it will be durable, or
+    /// the backup fails).
+    fn known(&self, id: &ChunkId) -> bool {
+        self.durable.contains(id) || self.in_air.iter().any(|a| a.flying.contains(id))
     }
 
     pub fn session(&self) -> &Session {
@@ -68,7 +180,8 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
     /// Adds a chunk read from a file or the manifest.
     pub async fn add(&mut self, id: ChunkId, data: Vec<u8>) -> Result<(), AgentError> {
-        if self.durable.contains(&id) {
+        self.advance(data.len() as u64);
+        if self.known(&id) {
             return Ok(());
         }
         match self.in_batch.get(&id) {
@@ -91,7 +204,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
     pub async fn add_cached(&mut self, file: usize, ids: &[ChunkId]) -> Result<(), AgentError> {
         let mut any = false;
         for id in ids {
-            if self.durable.contains(id) {
+            if self.known(id) {
                 continue;
             }
             any = true;
@@ -107,87 +220,315 @@ impl<'a, R: Remote> Uploader<'a, R> {
     }
 
     async fn maybe_flush(&mut self) -> Result<(), AgentError> {
-        if self.batch.len() >= self.session.max_ids || self.batch_bytes >= BATCH_BYTES {
-            self.flush().await?;
+        if self.batch.len() >= self.session.max_ids || self.batch_bytes >= self.batch_limit {
+            self.launch().await?;
         }
         Ok(())
     }
 
-    /// Asks which ids are missing, seals and uploads those. Call once more at the end.
-    pub async fn flush(&mut self) -> Result<(), AgentError> {
+    /// Whether a batch is in the air ([`Uploader::land`] has something to wait for).
+    pub fn is_flying(&self) -> bool {
+        !self.in_air.is_empty()
+    }
+
+    /// Drives every flying batch until the oldest lands, and records what it learnt.
+    /// Cancel-safe: dropped before that, the flights stay in the air and the next call resumes.
+    pub async fn land(&mut self) -> Result<(), AgentError> {
+        if self.in_air.is_empty() {
+            return Ok(());
+        }
+        let in_air = &mut self.in_air;
+        std::future::poll_fn(|cx| {
+            for a in in_air.iter_mut() {
+                if a.done.is_none()
+                    && let Poll::Ready(r) = a.flight.as_mut().poll(cx)
+                {
+                    a.done = Some(r);
+                }
+            }
+            if in_air.front().is_some_and(|a| a.done.is_some()) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let Some(landed) = self.in_air.pop_front().and_then(|a| a.done) else {
+            return Err(AgentError::Worker(
+                "an upload batch landed without an outcome".into(),
+            ));
+        };
+        let landed = landed?;
+        self.durable.extend(landed.durable);
+        for (file, ids) in landed.cached_files {
+            if ids.iter().any(|id| landed.lost.contains(id)) {
+                self.reread.insert(file);
+            }
+        }
+        self.stats.new_chunks += landed.stats.new_chunks;
+        self.stats.new_logical_bytes += landed.stats.new_logical_bytes;
+        self.stats.uploaded_bytes += landed.stats.uploaded_bytes;
+        if landed.throttle.is_some() {
+            self.throttle = landed.throttle;
+        }
+        Ok(())
+    }
+
+    /// Lands the oldest batches until there is room, then launches the current one (if any).
+    async fn launch(&mut self) -> Result<(), AgentError> {
+        while self.in_air.len() >= self.max_flights {
+            self.land().await?;
+        }
         if self.batch.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.batch);
         self.in_batch.clear();
         self.batch_bytes = 0;
+        let flying = batch
+            .iter()
+            .filter(|(_, d)| d.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let crew = Crew {
+            remote: self.remote,
+            session: self.session.id.clone(),
+            max_ids: self.session.max_ids.max(1),
+            keys: self.keys.clone(),
+            level: self.zstd_level,
+            throttle: self.throttle.take(),
+        };
         let cached_files = std::mem::take(&mut self.batch_cached);
+        self.in_air.push_back(InAir {
+            flight: Box::pin(crew.fly(batch, cached_files)),
+            done: None,
+            flying,
+        });
+        Ok(())
+    }
+
+    /// Uploads everything added so far and waits until it is durable. Call once more at the end.
+    pub async fn flush(&mut self) -> Result<(), AgentError> {
+        self.launch().await?;
+        while self.is_flying() {
+            self.land().await?;
+        }
+        Ok(())
+    }
+}
+
+/// What a flight needs, owned or shared, so it can run beside the filling of the next batch.
+struct Crew<'a, R: Remote> {
+    remote: &'a R,
+    session: String,
+    max_ids: usize,
+    keys: DataKeys,
+    level: i32,
+    throttle: Option<Throttle>,
+}
+
+impl<R: Remote> Crew<'_, R> {
+    /// Asks which ids are missing, seals and uploads those.
+    async fn fly(
+        mut self,
+        batch: Batch,
+        cached_files: Vec<(usize, Vec<ChunkId>)>,
+    ) -> Result<Landed, AgentError> {
         let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
         // A cached file's ids are added at once, so a batch can exceed max_ids: ask in slices.
         let mut missing: HashSet<ChunkId> = HashSet::new();
-        for part in ids.chunks(self.session.max_ids.max(1)) {
-            missing.extend(self.remote.have_chunks(&self.session.id, part).await?);
+        for part in ids.chunks(self.max_ids) {
+            missing.extend(self.remote.have_chunks(&self.session, part).await?);
         }
+        let mut durable = Vec::with_capacity(batch.len());
         let mut to_seal = Vec::new();
         let mut lost = HashSet::new();
         for (id, data) in batch {
             if !missing.contains(&id) {
-                self.durable.insert(id);
+                durable.push(id);
             } else if let Some(data) = data {
                 to_seal.push((id, data));
             } else {
                 lost.insert(id);
             }
         }
-        for (file, ids) in cached_files {
-            if ids.iter().any(|id| lost.contains(id)) {
-                self.reread.insert(file);
+        let mut stats = UploadStats::default();
+        if !to_seal.is_empty() {
+            stats.new_logical_bytes = to_seal.iter().map(|(_, d)| d.len() as u64).sum();
+            stats.new_chunks = to_seal.len() as u64;
+            let blobs = seal_all(&self.keys, self.level, to_seal).await?;
+            stats.uploaded_bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum();
+            let uploaded: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
+            if let Some(t) = &mut self.throttle {
+                t.before_send(stats.uploaded_bytes).await;
             }
+            self.remote.upload(&self.session, blobs).await?;
+            lifeboat_common::failpoint::hit("agent.after_upload_batch");
+            durable.extend(uploaded);
         }
-        if to_seal.is_empty() {
-            return Ok(());
-        }
-        let plain: u64 = to_seal.iter().map(|(_, d)| d.len() as u64).sum();
-        let count = to_seal.len() as u64;
-        let blobs = seal_all(&self.keys, self.zstd_level, to_seal).await?;
-        let sealed: u64 = blobs.iter().map(|(_, b)| b.len() as u64).sum();
-        let uploaded: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
-        self.remote.upload(&self.session.id, blobs).await?;
-        lifeboat_common::failpoint::hit("agent.after_upload_batch");
-        self.durable.extend(uploaded);
-        self.stats.new_chunks += count;
-        self.stats.new_logical_bytes += plain;
-        self.stats.uploaded_bytes += sealed;
-        Ok(())
+        Ok(Landed {
+            durable,
+            lost,
+            cached_files,
+            stats,
+            throttle: self.throttle,
+        })
     }
 }
 
-/// Seals chunks on two blocking threads, preserving order.
+/// Threads sealing one batch: one per core, at least two.
+pub fn seal_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// Seals one chunk: zstd only if a sample says it is worth it ([`blob::worth_compressing`]).
+fn seal_one(
+    keys: &DataKeys,
+    level: i32,
+    id: ChunkId,
+    data: &[u8],
+) -> Result<(ChunkId, Vec<u8>), AgentError> {
+    let level = if level != 0 && blob::worth_compressing(data) {
+        level
+    } else {
+        0
+    };
+    blob::seal(keys, &id, data, level)
+        .map(|b| (id, b))
+        .map_err(|source| AgentError::Blob {
+            what: "a backup".into(),
+            id,
+            source,
+        })
+}
+
+/// Seals chunks on [`seal_threads`] blocking threads taking the next chunk as they finish one
+/// (chunks differ in cost: text compresses slowly, media is stored raw), preserving order.
 async fn seal_all(
     keys: &DataKeys,
     level: i32,
-    mut chunks: Vec<(ChunkId, Vec<u8>)>,
+    chunks: Vec<(ChunkId, Vec<u8>)>,
 ) -> Result<Vec<(ChunkId, Vec<u8>)>, AgentError> {
-    let second = chunks.split_off(chunks.len() / 2);
-    let seal = |part: Vec<(ChunkId, Vec<u8>)>| {
-        let keys = keys.clone();
-        tokio::task::spawn_blocking(move || {
-            part.into_iter()
-                .map(|(id, data)| {
-                    blob::seal(&keys, &id, &data, level)
-                        .map(|b| (id, b))
-                        .map_err(|source| AgentError::Blob {
-                            what: "a backup".into(),
-                            id,
-                            source,
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })
-    };
-    let (a, b) = tokio::join!(seal(chunks), seal(second));
-    let join = |e: tokio::task::JoinError| AgentError::Worker(e.to_string());
-    let mut out = a.map_err(join)??;
-    out.extend(b.map_err(join)??);
-    Ok(out)
+    let count = chunks.len();
+    // Each slot is taken by the thread sealing it, which drops the plaintext once sealed: a
+    // batch's plaintext and its blobs are not both held whole.
+    let slots: Arc<Vec<Slot>> = Arc::new(chunks.into_iter().map(|c| Mutex::new(Some(c))).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..seal_threads().min(count) {
+        let (keys, slots, next) = (keys.clone(), slots.clone(), next.clone());
+        tasks.push(tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(slot) = slots.get(i) else {
+                    return Ok::<_, AgentError>(out);
+                };
+                let taken = slot
+                    .lock()
+                    .map_err(|_| AgentError::Worker("a sealing thread panicked".into()))?
+                    .take();
+                if let Some((id, data)) = taken {
+                    out.push((i, seal_one(&keys, level, id, &data)?));
+                }
+            }
+        }));
+    }
+    let mut sealed: Vec<Option<(ChunkId, Vec<u8>)>> = (0..count).map(|_| None).collect();
+    for task in tasks {
+        let part = task
+            .await
+            .map_err(|e| AgentError::Worker(e.to_string()))??;
+        for (i, blob) in part {
+            sealed[i] = Some(blob);
+        }
+    }
+    drop(slots);
+    sealed
+        .into_iter()
+        .map(|b| b.ok_or_else(|| AgentError::Worker("a sealing thread skipped a chunk".into())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remote::memory::MemoryRemote;
+    use lifeboat_common::keys::{MasterKey, fill_random};
+
+    fn keys() -> DataKeys {
+        MasterKey::from_bytes([5; 32]).data_keys()
+    }
+
+    async fn uploader(remote: &MemoryRemote) -> Uploader<'_, MemoryRemote> {
+        let session = remote.begin_session("t").await.expect("session");
+        Uploader::new(remote, session, keys(), 3)
+    }
+
+    fn chunk(i: usize, random: bool) -> Vec<u8> {
+        let mut data = vec![0u8; 100_000];
+        if random {
+            fill_random(&mut data);
+        } else {
+            let line = format!("<p>chunk {i} of some very compressible html</p>\n");
+            for (d, s) in data.iter_mut().zip(line.bytes().cycle()) {
+                *d = s;
+            }
+        }
+        data
+    }
+
+    /// Many batches (max_ids 16), some ids repeated across batches: after `flush` every id is
+    /// stored, none was uploaded twice, and media-like chunks were stored raw.
+    #[tokio::test]
+    async fn pipelined_batches_upload_each_missing_chunk_once() {
+        let remote = MemoryRemote::default();
+        let mut up = uploader(&remote).await;
+        let k = keys();
+        // Even i: random (media-like), odd i: text; every chunk is offered three times.
+        let expected: HashMap<usize, Vec<u8>> =
+            (0..40).map(|i| (i, chunk(i, i % 2 == 0))).collect();
+        for _round in 0..3 {
+            for i in 0..40 {
+                let data = expected[&i].clone();
+                up.add(k.chunk_id(&data), data).await.expect("add");
+                if i % 7 == 0 {
+                    up.land().await.expect("land");
+                }
+            }
+        }
+        up.flush().await.expect("flush");
+        assert!(!up.is_flying());
+        let blobs = remote.blobs.lock().expect("lock");
+        let uploaded = remote.uploaded_ids.lock().expect("lock");
+        assert_eq!(uploaded.len(), expected.len(), "an id was uploaded twice");
+        assert_eq!(up.stats.new_chunks, expected.len() as u64);
+        for (i, data) in &expected {
+            let id = k.chunk_id(data);
+            let blob = blobs.get(&id).expect("every chunk is stored after flush");
+            assert_eq!(blob::open(&k, &id, blob).expect("open"), *data);
+            if i % 2 == 0 {
+                assert_eq!(blob.len(), data.len() + blob::OVERHEAD, "random: raw");
+            } else {
+                assert!(blob.len() < data.len() / 10, "text: compressed");
+            }
+        }
+    }
+
+    /// A cached id the controller lacks makes its file be read again; one it has does not.
+    #[tokio::test]
+    async fn cached_ids_the_controller_lacks_are_reread() {
+        let remote = MemoryRemote::default();
+        let mut up = uploader(&remote).await;
+        let k = keys();
+        let stored = chunk(1, false);
+        let stored_id = k.chunk_id(&stored);
+        up.add(stored_id, stored).await.expect("add");
+        up.flush().await.expect("flush");
+        let lost = k.chunk_id(b"never uploaded");
+        up.add_cached(7, &[stored_id]).await.expect("cached");
+        up.add_cached(9, &[lost, stored_id]).await.expect("cached");
+        up.flush().await.expect("flush");
+        assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![9]);
+    }
 }

@@ -37,6 +37,11 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> CmdResult {
         zstd_level: cfg.zstd_level,
         cache,
         opener: Arc::new(FsOpener),
+        bandwidth: {
+            let rate = args.bandwidth.unwrap_or(0);
+            Arc::new(move |_| rate)
+        },
+        progress: terminal_progress(args.json),
     };
     let mut code = exit::SUCCESS;
     let mut failure: Option<Failure> = None;
@@ -89,4 +94,29 @@ fn print_human(r: &BackupReport) {
             println!("  {}: {}", u.path, u.error);
         }
     }
+}
+
+/// On a terminal (and without `--json`), one self-overwriting progress line on stderr.
+fn terminal_progress(json: bool) -> crate::backup::Progress {
+    use std::io::{IsTerminal, Write};
+    if json || !std::io::stderr().is_terminal() {
+        return crate::backup::no_progress();
+    }
+    Arc::new(|p: &crate::backup::BackupProgress| {
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        let total = if p.bytes_total > 0 {
+            format!(" of {:.1} MiB", mib(p.bytes_total))
+        } else {
+            String::new()
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r{}: {:.1} MiB{total} chunked, {:.1} MiB uploaded   ",
+            p.source,
+            mib(p.bytes_done),
+            mib(p.uploaded_bytes)
+        );
+        let _ = err.flush();
+    })
 }

@@ -39,7 +39,39 @@ fn usage(message: String) -> Failure {
 pub async fn run(cli: &Cli, args: &RestoreArgs) -> CmdResult {
     let cfg = load_config(cli.config.as_deref())?;
     let keys = data_keys(&cfg)?;
-    let mut remote = connect(&cfg).await?.in_region(match args.region {
+    let remote = connect(&cfg).await?;
+    let out = execute(&cfg, &keys, remote, args, &|_| {}).await?;
+    if args.json {
+        print_json(&out.json);
+    } else {
+        for l in &out.lines {
+            println!("{l}");
+        }
+    }
+    out.failure.map_or(Ok(exit::SUCCESS), Err)
+}
+
+/// What a finished restore produced: the `--json` summary, the human lines, and a failure to
+/// report after them (files restored but `nginx -t` failed). Shared by the `restore` command
+/// and the control stream's remote restores (`lifeboatctl restore --agent`).
+#[derive(Debug)]
+pub struct Outcome {
+    pub snapshot_id: String,
+    pub json: serde_json::Value,
+    pub lines: Vec<String>,
+    pub failure: Option<Failure>,
+}
+
+/// Restores as `args` say, with `remote` (already connected), without printing.
+/// `on_manifest` sees the snapshot's manifest once it is loaded and verified (for progress).
+pub async fn execute(
+    cfg: &AgentConfig,
+    keys: &DataKeys,
+    remote: GrpcRemote,
+    args: &RestoreArgs,
+    on_manifest: &(dyn Fn(&Manifest) + Send + Sync),
+) -> Result<Outcome, Failure> {
+    let mut remote = remote.in_region(match args.region {
         RegionArg::Any => Region::Any,
         RegionArg::Primary => Region::Primary,
         RegionArg::Secondary => Region::Secondary,
@@ -47,18 +79,23 @@ pub async fn run(cli: &Cli, args: &RestoreArgs) -> CmdResult {
     if let Some(from) = &args.from_agent {
         remote = remote.reading_from(from);
     }
-    let fail = |e: AgentError| Failure::new(&e, Some(&cfg));
+    let fail = |e: AgentError| Failure::new(&e, Some(cfg));
     let started = Instant::now();
-    let (info, manifest) = load_manifest(&remote, &keys, &args.snapshot, &args.source)
+    let (info, manifest) = load_manifest(&remote, keys, &args.snapshot, &args.source)
         .await
         .map_err(fail)?;
+    on_manifest(&manifest);
     if manifest.header.kind == "mysql" {
-        restore_db(&cfg, &remote, &keys, &manifest, args, &info.id)
+        restore_db(cfg, &remote, keys, &manifest, args, &info.id)
             .await
             .map_err(fail)
     } else {
-        restore_files(&cfg, &remote, &keys, &manifest, args, &info.id, started).await
+        restore_files(cfg, &remote, keys, &manifest, args, &info.id, started).await
     }
+}
+
+fn to_json<T: Serialize>(report: &T, regions: RegionReport) -> serde_json::Value {
+    serde_json::to_value(WithRegion { report, regions }).unwrap_or(serde_json::Value::Null)
 }
 
 async fn restore_db(
@@ -68,7 +105,7 @@ async fn restore_db(
     m: &Manifest,
     args: &RestoreArgs,
     snapshot: &str,
-) -> Result<i32, AgentError> {
+) -> Result<Outcome, AgentError> {
     if args.to.is_some() || args.in_place || args.delete || args.path.is_some() {
         return Err(AgentError::Invalid(format!(
             "snapshot {snapshot} is a database snapshot: --to, --in-place, --path and --delete do not apply; use --database, --as, --drop-existing, --users"
@@ -96,36 +133,35 @@ async fn restore_db(
     let mut report = restore_databases(remote, keys, &server, m, &opts).await?;
     report.snapshot_id = snapshot.to_owned();
     let regions = RegionReport::of(remote, args.region);
-    if args.json {
-        print_json(&WithRegion {
-            report: &report,
-            regions,
-        });
-    } else {
-        for d in &report.databases {
-            println!(
-                "restored database {} into {}: {} tables, {} rows verified, {} loaded{}",
-                d.name,
-                d.into,
-                d.tables,
-                d.rows,
-                human_bytes(d.bytes_loaded),
-                if d.replaced {
-                    " (replaced the existing database)"
-                } else {
-                    ""
-                }
-            );
-        }
-        if report.users_restored {
-            println!("users and grants restored");
-            for u in &report.users_not_in_backup {
-                println!("  not in the backup (left as is): {u}");
+    let mut lines = Vec::new();
+    for d in &report.databases {
+        lines.push(format!(
+            "restored database {} into {}: {} tables, {} rows verified, {} loaded{}",
+            d.name,
+            d.into,
+            d.tables,
+            d.rows,
+            human_bytes(d.bytes_loaded),
+            if d.replaced {
+                " (replaced the existing database)"
+            } else {
+                ""
             }
-        }
-        regions.print();
+        ));
     }
-    Ok(exit::SUCCESS)
+    if report.users_restored {
+        lines.push("users and grants restored".into());
+        for u in &report.users_not_in_backup {
+            lines.push(format!("  not in the backup (left as is): {u}"));
+        }
+    }
+    lines.extend(regions.line());
+    Ok(Outcome {
+        snapshot_id: snapshot.to_owned(),
+        json: to_json(&report, regions),
+        lines,
+        failure: None,
+    })
 }
 
 async fn restore_files(
@@ -136,7 +172,7 @@ async fn restore_files(
     args: &RestoreArgs,
     snapshot: &str,
     started: Instant,
-) -> CmdResult {
+) -> Result<Outcome, Failure> {
     let target = match (&args.to, args.in_place) {
         (Some(dir), false) => {
             let dir = std::path::absolute(dir)
@@ -201,42 +237,41 @@ async fn restore_files(
             .ok();
     }
     let regions = RegionReport::of(remote, args.region);
-    if args.json {
-        print_json(&WithRegion {
-            report: &report,
-            regions,
-        });
-    } else {
-        println!(
-            "restored snapshot {}: {} files written ({}), {} unchanged, {} dirs, {} symlinks, {} deleted, {} ms",
-            report.snapshot_id,
-            report.files_written,
-            human_bytes(report.bytes_written),
-            report.files_unchanged,
-            report.dirs,
-            report.symlinks,
-            report.deleted,
-            report.duration_ms
-        );
-        regions.print();
-        if let Some(n) = &report.nginx {
-            println!(
-                "nginx -t: {}{}",
-                if n.test_passed { "passed" } else { "FAILED" },
-                if n.reloaded { "; nginx reloaded" } else { "" }
-            );
-        }
+    let mut lines = vec![format!(
+        "restored snapshot {}: {} files written ({}), {} unchanged, {} dirs, {} symlinks, {} deleted, {} ms",
+        report.snapshot_id,
+        report.files_written,
+        human_bytes(report.bytes_written),
+        report.files_unchanged,
+        report.dirs,
+        report.symlinks,
+        report.deleted,
+        report.duration_ms
+    )];
+    lines.extend(regions.line());
+    if let Some(n) = &report.nginx {
+        lines.push(format!(
+            "nginx -t: {}{}",
+            if n.test_passed { "passed" } else { "FAILED" },
+            if n.reloaded { "; nginx reloaded" } else { "" }
+        ));
     }
-    match &report.nginx {
-        Some(n) if !n.test_passed => Err(Failure {
+    let failure = match &report.nginx {
+        Some(n) if !n.test_passed => Some(Failure {
             message: format!(
                 "files were restored, but `nginx -t` failed (nginx was not reloaded): {}",
                 n.test_output
             ),
             code: exit::ERROR,
         }),
-        _ => Ok(exit::SUCCESS),
-    }
+        _ => None,
+    };
+    Ok(Outcome {
+        snapshot_id: snapshot.to_owned(),
+        json: to_json(&report, regions),
+        lines,
+        failure,
+    })
 }
 
 /// Which region served the chunks of a restore.
@@ -271,12 +306,6 @@ impl RegionReport {
                 "{n} of {of} chunks served from the secondary region (the primary failed for them; the controller logged each and queued repairs)"
             )),
             _ => None,
-        }
-    }
-
-    fn print(&self) {
-        if let Some(l) = self.line() {
-            println!("{l}");
         }
     }
 }

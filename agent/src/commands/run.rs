@@ -12,6 +12,8 @@ use crate::backup::BackupContext;
 use crate::backup::read::FsOpener;
 use crate::cli::Cli;
 use crate::client::GrpcRemote;
+use crate::control::Link;
+use crate::control::exec::Executor;
 use crate::daemon;
 use crate::enroll::renew::{needs_renewal, renew, validity};
 use crate::error::AgentError;
@@ -54,6 +56,21 @@ pub async fn run(cli: &Cli) -> CmdResult {
         }
     });
     info!(sources = cfg.sources.len(), controller = %cfg.controller.address, "agent daemon started");
+    // The control stream runs beside the scheduler for the daemon's whole life; it redials on
+    // its own (and picks up a renewed certificate, since it reloads the PEM files each time).
+    let link = Arc::new(Link::default());
+    let exec = Arc::new(Executor {
+        cfg: cfg.clone(),
+        keys: keys.clone(),
+        cache: cache.clone(),
+        link: link.clone(),
+    });
+    let control = tokio::spawn(crate::control::run(
+        cfg.clone(),
+        exec,
+        link.clone(),
+        shutdown.clone(),
+    ));
     // Each round runs with the certificate on disk; a due renewal ends the round (after the
     // backup in progress), renews, and starts a new one with the new certificate.
     let mut just_renewed = false;
@@ -94,12 +111,17 @@ pub async fn run(cli: &Cli) -> CmdResult {
             zstd_level: cfg.zstd_level,
             cache: cache.clone(),
             opener: Arc::new(FsOpener),
+            bandwidth: link.bandwidth(),
+            progress: crate::backup::no_progress(),
         };
-        daemon::run(&ctx, &cfg.sources, round_rx).await;
+        daemon::run(&ctx, &cfg.sources, &link, round_rx).await;
         watcher.abort();
         if *shutdown.borrow_and_update() {
             break;
         }
+    }
+    if let Err(e) = control.await {
+        warn!(error = %e, "control stream task ended abnormally");
     }
     info!("agent daemon stopped");
     Ok(exit::SUCCESS)

@@ -96,11 +96,16 @@ pub async fn read_verified<R: Remote>(
 
 /// Splits a file's chunk list into fetch batches (index ranges) by id count and bytes.
 pub fn batches(sizes: &[u32]) -> Vec<std::ops::Range<usize>> {
+    batches_of(sizes, BATCH_IDS, BATCH_BYTES)
+}
+
+/// Like [`batches`], with other limits.
+pub fn batches_of(sizes: &[u32], max_ids: usize, max_bytes: u64) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0u64;
     for (i, &s) in sizes.iter().enumerate() {
-        if i > start && (i - start >= BATCH_IDS || bytes + u64::from(s) > BATCH_BYTES) {
+        if i > start && (i - start >= max_ids || bytes + u64::from(s) > max_bytes) {
             out.push(start..i);
             start = i;
             bytes = 0;

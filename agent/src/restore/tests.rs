@@ -100,6 +100,8 @@ async fn backup(f: &Fixture, opener: Arc<dyn Opener>) -> BackupReport {
         zstd_level: 3,
         cache: f.cache.clone(),
         opener,
+        bandwidth: crate::backup::unlimited(),
+        progress: crate::backup::no_progress(),
     };
     backup_source(&ctx, &source(&f.root, &["*.swp"]))
         .await
@@ -419,4 +421,32 @@ async fn crafted_symlink_escape_is_refused_and_nothing_is_written_outside() {
         manifest::decode(&w.finish()),
         Err(manifest::ManifestError::InvalidEntry { .. })
     ));
+}
+
+#[tokio::test]
+async fn backup_progress_is_told_with_the_walked_total() {
+    let f = fixture();
+    let seen: Arc<std::sync::Mutex<Vec<crate::backup::BackupProgress>>> = Arc::default();
+    let sink = seen.clone();
+    let ctx = BackupContext {
+        remote: &f.remote,
+        keys: keys(),
+        zstd_level: 3,
+        cache: f.cache.clone(),
+        opener: Arc::new(FsOpener),
+        bandwidth: crate::backup::unlimited(),
+        progress: Arc::new(move |p| sink.lock().expect("lock").push(p.clone())),
+    };
+    backup_source(&ctx, &source(&f.root, &["*.swp"]))
+        .await
+        .expect("backup");
+    let seen = seen.lock().expect("lock");
+    let first = seen.first().expect("at least one progress report");
+    assert_eq!(first.source, "web");
+    // index.html + big.bin + copy.bin (x.swp is excluded by the walk).
+    assert_eq!(first.bytes_total, 14 + 100_000 + 100_000);
+    assert!(
+        first.bytes_done > 0 && first.bytes_done <= first.bytes_total,
+        "{first:?}"
+    );
 }

@@ -1,12 +1,14 @@
 //! Writing one entry: files and symlinks go to a temporary name in the target directory and are
 //! renamed into place, so a crash or a damaged chunk never leaves a partial file under its real
-//! name. Metadata (owner, mode, mtime) is applied to the temporary name before the rename.
+//! name. Metadata (owner, mode, mtime) is applied to the temporary name before the rename. Files
+//! are not `fsync`ed here: the caller syncs everything written once at the end.
 //!
 //! Owner changes need root: `lchown` failing with EPERM while not running as root is ignored
 //! (debug log); any other failure is an error. An existing regular file with the same size and
 //! mtime is re-chunked with the manifest's chunker parameters; if its chunk ids equal the
 //! manifest's, it is kept and only its metadata is fixed.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
@@ -19,7 +21,8 @@ use lifeboat_common::keys::{DataKeys, fill_random};
 use lifeboat_common::manifest::Entry;
 use tracing::debug;
 
-use super::fetch::{batches, read_verified};
+use super::fetch::{BATCH_IDS, batches_of, read_verified};
+use super::files::UNIT_BYTES;
 use crate::chunking::for_each_chunk;
 use crate::error::AgentError;
 use crate::remote::Remote;
@@ -127,29 +130,64 @@ async fn write_file_inner<R: Remote>(
     tmp: &Path,
     as_root: bool,
 ) -> Result<u64, AgentError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-        .map_err(io_err("cannot create temporary file", tmp))?;
+    let mut file = create_temp(tmp)?;
     let ids = e.chunk_ids();
     let what = format!("file {}", target.display());
     let mut written = 0u64;
-    for range in batches(&e.chunk_sizes) {
+    for range in batches_of(&e.chunk_sizes, BATCH_IDS, UNIT_BYTES) {
         let plain = read_verified(remote, keys, &ids[range.clone()], &what).await?;
         let sizes = &e.chunk_sizes[range.clone()];
         let (f, n) = write_batch(file, &ids[range], sizes, plain, tmp).await?;
         file = f;
         written += n;
     }
+    finish(file, written, e, tmp, target, as_root)
+}
+
+/// Writes a file entry to `target` via a temporary name from plaintexts already fetched and
+/// verified (blocking). Returns bytes written.
+pub fn write_file_from(
+    plain: &HashMap<ChunkId, Vec<u8>>,
+    e: &Entry,
+    target: &Path,
+    as_root: bool,
+) -> Result<u64, AgentError> {
+    let tmp = temp_path(target);
+    let res = create_temp(&tmp).and_then(|mut file| {
+        let n = write_chunks(&mut file, &e.chunk_ids(), &e.chunk_sizes, plain, &tmp)?;
+        finish(file, n, e, &tmp, target, as_root)
+    });
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn create_temp(tmp: &Path) -> Result<File, AgentError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(io_err("cannot create temporary file", tmp))
+}
+
+/// Checks the length, applies metadata and renames into place. No `fsync` here: the restore
+/// syncs every written file and directory once at the end (see `files::sync_all`).
+fn finish(
+    file: File,
+    written: u64,
+    e: &Entry,
+    tmp: &Path,
+    target: &Path,
+    as_root: bool,
+) -> Result<u64, AgentError> {
     if written != e.size {
         return Err(AgentError::Invalid(format!(
             "wrote {written} bytes, the manifest says {}",
             e.size
         )));
     }
-    file.sync_all().map_err(io_err("cannot fsync", tmp))?;
     drop(file);
     apply_metadata(tmp, e, false, as_root)?;
     clear_dir_in_the_way(target)?;
@@ -157,50 +195,55 @@ async fn write_file_inner<R: Remote>(
     Ok(written)
 }
 
-/// Writes one batch's chunks in order on a blocking thread. A chunk whose plaintext length is not
-/// the manifest's size for it is refused before it is written (a hostile manifest cannot make a
-/// file longer, or shorter, than it declares).
+/// Writes one batch's chunks in order on a blocking thread.
 async fn write_batch(
     mut file: File,
     ids: &[ChunkId],
     sizes: &[u32],
-    mut plain: std::collections::HashMap<ChunkId, Vec<u8>>,
+    plain: HashMap<ChunkId, Vec<u8>>,
     tmp: &Path,
 ) -> Result<(File, u64), AgentError> {
     let ids = ids.to_vec();
     let sizes = sizes.to_vec();
     let tmp = tmp.to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut n = 0u64;
-        for (i, id) in ids.iter().enumerate() {
-            let last_use = !ids[i + 1..].contains(id);
-            let data = if last_use {
-                plain.remove(id)
-            } else {
-                plain.get(id).cloned()
-            };
-            let data = data.ok_or_else(|| {
-                AgentError::Invalid(format!(
-                    "chunk {} was not returned by the controller",
-                    id.short()
-                ))
-            })?;
-            let want = sizes.get(i).copied().map_or(0, u64::from);
-            if data.len() as u64 != want {
-                return Err(AgentError::Invalid(format!(
-                    "chunk {} holds {} bytes, the manifest says {want}",
-                    id.short(),
-                    data.len()
-                )));
-            }
-            file.write_all(&data)
-                .map_err(|e| AgentError::io("cannot write", &tmp, e))?;
-            n += data.len() as u64;
-        }
-        Ok((file, n))
+        write_chunks(&mut file, &ids, &sizes, &plain, &tmp).map(|n| (file, n))
     })
     .await
     .map_err(|e| AgentError::Worker(e.to_string()))?
+}
+
+/// Writes chunks `ids` in order from `plain`. A chunk whose plaintext length is not the
+/// manifest's size for it is refused before it is written (a hostile manifest cannot make a file
+/// longer, or shorter, than it declares).
+fn write_chunks(
+    file: &mut File,
+    ids: &[ChunkId],
+    sizes: &[u32],
+    plain: &HashMap<ChunkId, Vec<u8>>,
+    tmp: &Path,
+) -> Result<u64, AgentError> {
+    let mut n = 0u64;
+    for (i, id) in ids.iter().enumerate() {
+        let data = plain.get(id).ok_or_else(|| {
+            AgentError::Invalid(format!(
+                "chunk {} was not returned by the controller",
+                id.short()
+            ))
+        })?;
+        let want = sizes.get(i).copied().map_or(0, u64::from);
+        if data.len() as u64 != want {
+            return Err(AgentError::Invalid(format!(
+                "chunk {} holds {} bytes, the manifest says {want}",
+                id.short(),
+                data.len()
+            )));
+        }
+        file.write_all(data)
+            .map_err(|e| AgentError::io("cannot write", tmp, e))?;
+        n += data.len() as u64;
+    }
+    Ok(n)
 }
 
 /// Creates a symlink entry at `target` via a temporary name.

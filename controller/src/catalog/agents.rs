@@ -104,6 +104,20 @@ pub fn touch(conn: &Connection, agent: &str, now: i64) -> Result<(), CatalogErro
     Ok(())
 }
 
+/// Records the version an agent announced on its control stream. A non-empty version also
+/// marks the agent as one that keeps a control stream, so losing it is alerted on
+/// (`fleet::alerts::Condition::Disconnected`).
+pub fn set_version(
+    conn: &Connection,
+    agent: &str,
+    version: &str,
+    now: i64,
+) -> Result<(), CatalogError> {
+    conn.prepare_cached("UPDATE agents SET version = ?2, last_seen = ?3 WHERE id = ?1")?
+        .execute(params![agent, version, now])?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -184,7 +184,8 @@ CREATE TABLE alert_state (
 ) WITHOUT ROWID;
 ALTER TABLE agents ADD COLUMN version TEXT NOT NULL DEFAULT '';
 "#,
-    // v8: garbage collection: pins of upload sessions (with leases) and condemned chunks.
+    // v8: garbage collection: pins of upload sessions (with leases), condemned chunks, and the
+    // objects GC has removed from the catalog but not yet from the store (`gc_tombstones`).
     r#"
 ALTER TABLE sessions ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE session_pins (
@@ -194,6 +195,17 @@ CREATE TABLE session_pins (
     PRIMARY KEY (session_id, dedup_group, chunk_id)
 ) WITHOUT ROWID;
 ALTER TABLE chunks ADD COLUMN condemned_at INTEGER;
+CREATE INDEX session_pins_by_chunk ON session_pins(dedup_group, chunk_id);
+CREATE INDEX chunks_by_pack ON chunks(pack_id);
+CREATE INDEX chunks_condemned ON chunks(condemned_at) WHERE condemned_at IS NOT NULL;
+CREATE INDEX sessions_by_lease ON sessions(lease_until);
+CREATE TABLE gc_tombstones (
+    key            TEXT PRIMARY KEY,
+    kind           TEXT NOT NULL,
+    size           INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    snapshots_seen INTEGER NOT NULL
+);
 "#,
 ];
 

@@ -2,7 +2,9 @@
 //!
 //! The STATE column (`state` in JSON) is `revoked` for an agent cut off by `agent revoke` (until
 //! it enrolls again with a new token), `expired` when its certificate's validity has ended (it
-//! can renew only with a new token), and `active` otherwise.
+//! can renew only with a new token), and `active` otherwise. CONNECTED (`connected`) is whether
+//! the agent holds its control stream open now; VERSION (`version`) is what its last hello said
+//! since the controller started ("" / `-` if it has not connected since).
 
 use lifeboat_common::clock::now_unix_ms;
 use lifeboat_proto::v1::admin_service_client::AdminServiceClient;
@@ -53,6 +55,8 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                     "not_after_unix_ms": g.not_after_unix_ms,
                     "last_seen_unix_ms": g.last_seen_unix_ms,
                     "snapshots": g.snapshots,
+                    "connected": g.connected,
+                    "version": g.version,
                 })
             })
             .collect();
@@ -67,7 +71,13 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 state(g, now).to_owned(),
                 g.dedup_group.clone(),
                 g.snapshots.to_string(),
+                if g.connected { "yes" } else { "no" }.to_owned(),
                 output::time(g.last_seen_unix_ms),
+                if g.version.is_empty() {
+                    "-".to_owned()
+                } else {
+                    g.version.clone()
+                },
                 output::time(g.not_after_unix_ms),
                 g.certificate_sha256.chars().take(16).collect(),
             ]
@@ -81,7 +91,9 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 "STATE",
                 "GROUP",
                 "SNAPSHOTS",
+                "CONNECTED",
                 "LAST SEEN",
+                "VERSION",
                 "CERT NOT AFTER",
                 "CERT SHA256"
             ],

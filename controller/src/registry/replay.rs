@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{Connection, params};
 
-use super::{AdminObject, AgentEvent, Change, GrantObject, LegacyRevocation};
+use super::{AdminObject, AgentEvent, Change, GrantObject, LegacyRevocation, PolicyObject};
 use crate::catalog::CatalogError;
 
 /// One registry object, parsed by its key.
@@ -26,6 +26,7 @@ pub enum Parsed {
     Admin(AdminObject),
     Grant(GrantObject),
     Revocation(LegacyRevocation),
+    Policy(PolicyObject),
     /// A key the registry does not interpret (`registry/role`, future kinds).
     Other,
 }
@@ -52,6 +53,9 @@ pub fn parse(key: &str, bytes: &[u8]) -> Result<Parsed, String> {
         ["registry", "revocations", _, _] => Ok(Parsed::Revocation(
             serde_json::from_slice(bytes).map_err(bad)?,
         )),
+        ["registry", "policies", _] => {
+            Ok(Parsed::Policy(serde_json::from_slice(bytes).map_err(bad)?))
+        }
         _ => Ok(Parsed::Other),
     }
 }
@@ -75,6 +79,7 @@ pub struct Collected {
     grants: Vec<GrantObject>,
     /// fingerprint → (agent, revoked at)
     revoked: HashMap<String, (String, i64)>,
+    policies: Vec<PolicyObject>,
 }
 
 /// The replayed fleet.
@@ -84,6 +89,8 @@ pub struct Fleet {
     pub admins: Vec<AdminObject>,
     pub grants: Vec<GrantObject>,
     pub revoked: HashMap<String, (String, i64)>,
+    /// Stored policies (any order; [`Fleet::apply`] keeps the newest per scope and source).
+    pub policies: Vec<PolicyObject>,
 }
 
 impl Collected {
@@ -101,6 +108,7 @@ impl Collected {
             Parsed::Admin(a) => self.admins.push(a),
             Parsed::Grant(g) => self.grants.push(g),
             Parsed::Revocation(r) => self.revoke(&r.cert_sha256, &r.agent, r.revoked_at_unix_ms),
+            Parsed::Policy(p) => self.policies.push(p),
             Parsed::Other => {}
         }
     }
@@ -139,6 +147,7 @@ impl Collected {
             admins: self.admins,
             grants: self.grants,
             revoked: self.revoked,
+            policies: self.policies,
         }
     }
 }
@@ -207,6 +216,7 @@ pub struct Applied {
     pub admins: u64,
     pub grants: u64,
     pub revoked_certs: u64,
+    pub policies: u64,
 }
 
 impl Fleet {
@@ -255,6 +265,12 @@ impl Fleet {
                     params![g.agent, g.from_agent, g.created_at_unix_ms],
                 )? as u64;
             }
+        }
+        for p in &self.policies {
+            out.policies += u64::from(crate::catalog::policies::upsert_if_newer(
+                conn,
+                &p.to_row(),
+            )?);
         }
         Ok(out)
     }

@@ -331,6 +331,7 @@ pub fn newest_replicated(
     let mut st = conn.prepare_cached(
         "SELECT s.agent, s.source, s.id, MAX(s.committed_at) FROM snapshots s
          JOIN replication_queue q ON q.key = s.record_key AND q.op = 'copy' AND q.done_at IS NOT NULL
+         WHERE s.forgotten_at IS NULL
          GROUP BY s.agent, s.source ORDER BY s.agent, s.source",
     )?;
     let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;

@@ -235,6 +235,46 @@ async fn call(rpc: &str, ch: Channel, f: &Fixture) -> Outcome {
             .list_delayed_deletes(pb::ListDelayedDeletesRequest {})
             .await
             .map(drop),
+        // An invalid schedule: the admin gets InvalidArgument (authorized), nothing is stored.
+        "SetPolicy" => ad
+            .set_policy(pb::SetPolicyRequest {
+                policy: Some(pb::Policy {
+                    scope: "default".into(),
+                    schedule: Some("never".into()),
+                    ..Default::default()
+                }),
+                force: false,
+            })
+            .await
+            .map(drop),
+        "ListPolicies" => ad
+            .list_policies(pb::ListPoliciesRequest::default())
+            .await
+            .map(drop),
+        "FleetStatus" => ad.fleet_status(pb::FleetStatusRequest {}).await.map(drop),
+        // A hello alone: the stream is accepted (the policy comes back), then the agent hangs up.
+        "Control" => ag
+            .control(tokio_stream::iter(vec![pb::AgentEvent {
+                event: Some(pb::agent_event::Event::Hello(pb::AgentHello {
+                    version: "authz".into(),
+                    sources: Vec::new(),
+                })),
+            }]))
+            .await
+            .map(drop),
+        // No agent id: the admin gets InvalidArgument (authorized), nothing is sent anywhere.
+        "RunBackup" => ad
+            .run_backup(pb::RunBackupRequest::default())
+            .await
+            .map(drop),
+        "RunRestore" => ad
+            .run_restore(pb::RunRestoreRequest::default())
+            .await
+            .map(drop),
+        "RunGc" => ad
+            .run_gc(pb::RunGcRequest { dry_run: true })
+            .await
+            .map(drop),
         "Enroll" => EnrollmentServiceClient::new(ch)
             .enroll(pb::EnrollRequest {
                 token: "lbjt1.00".into(),
@@ -320,6 +360,18 @@ const TABLE: &[(&str, [Outcome; 6])] = &[
         "ListDelayedDeletes",
         [Ok, Denied, Denied, Unauth, Refused, Unauth],
     ),
+    ("SetPolicy", [Ok, Denied, Denied, Unauth, Refused, Unauth]),
+    (
+        "ListPolicies",
+        [Ok, Denied, Denied, Unauth, Refused, Unauth],
+    ),
+    ("FleetStatus", [Ok, Denied, Denied, Unauth, Refused, Unauth]),
+    // Every agent may hold its own control stream; only the admin may command agents.
+    ("Control", [Denied, Ok, Ok, Unauth, Refused, Unauth]),
+    ("RunBackup", [Ok, Denied, Denied, Unauth, Refused, Unauth]),
+    ("RunRestore", [Ok, Denied, Denied, Unauth, Refused, Unauth]),
+    // Only the admin may collect garbage: agents can never delete (invariant 2).
+    ("RunGc", [Ok, Denied, Denied, Unauth, Refused, Unauth]),
     ("Enroll", [Token, Token, Token, Token, Refused, Token]),
 ];
 

@@ -113,8 +113,11 @@ impl AdminService for AdminApi {
             .run(|c| Ok((agents::list(c)?, credentials::revoked_agents(c)?)))
             .await
             .map_err(ServiceError::from)?;
+        let control = &self.state.control;
         let agent = |a: &AgentRow| pb::Agent {
             revoked_at_unix_ms: revoked.get(&a.id).copied().unwrap_or(0),
+            connected: control.live(&a.id).is_some(),
+            version: control.version(&a.id),
             ..wire::agent_to_pb(a)
         };
         Ok(Response::new(pb::ListAgentsResponse {
@@ -340,9 +343,8 @@ impl AdminService for AdminApi {
         req: Request<pb::RunBackupRequest>,
     ) -> Result<Response<Self::RunBackupStream>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented(
-            "remote backups are not implemented yet",
-        ))
+        let s = crate::fleet::control::run::run_backup(&self.state, req.into_inner()).await?;
+        Ok(Response::new(s))
     }
 
     type RunRestoreStream = tokio_stream::wrappers::ReceiverStream<Result<pb::RunReport, Status>>;
@@ -352,9 +354,8 @@ impl AdminService for AdminApi {
         req: Request<pb::RunRestoreRequest>,
     ) -> Result<Response<Self::RunRestoreStream>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented(
-            "remote restores are not implemented yet",
-        ))
+        let s = crate::fleet::control::run::run_restore(&self.state, req.into_inner()).await?;
+        Ok(Response::new(s))
     }
 
     async fn set_policy(
@@ -362,7 +363,9 @@ impl AdminService for AdminApi {
         req: Request<pb::SetPolicyRequest>,
     ) -> Result<Response<pb::SetPolicyResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented("policies are not implemented yet"))
+        Ok(Response::new(
+            crate::fleet::rpc::set_policy(&self.state, req.into_inner()).await?,
+        ))
     }
 
     async fn list_policies(
@@ -370,7 +373,9 @@ impl AdminService for AdminApi {
         req: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented("policies are not implemented yet"))
+        Ok(Response::new(
+            crate::fleet::rpc::list_policies(&self.state, req.into_inner()).await?,
+        ))
     }
 
     async fn fleet_status(
@@ -378,7 +383,19 @@ impl AdminService for AdminApi {
         req: Request<pb::FleetStatusRequest>,
     ) -> Result<Response<pb::FleetStatusResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        Err(Status::unimplemented("fleet status is not implemented yet"))
+        Ok(Response::new(
+            crate::fleet::rpc::fleet_status(&self.state).await?,
+        ))
+    }
+
+    async fn run_gc(
+        &self,
+        req: Request<pb::RunGcRequest>,
+    ) -> Result<Response<pb::RunGcResponse>, Status> {
+        require_admin(&self.state.catalog, &req).await?;
+        Ok(Response::new(
+            crate::gc::worker::answer(&self.state, req.get_ref()).await?,
+        ))
     }
 }
 

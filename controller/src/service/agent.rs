@@ -193,6 +193,23 @@ async fn read_blob(
     Ok(data)
 }
 
+/// Adds a committed snapshot to the `/metrics` counters (a catalog error only skips counting).
+async fn count_commit(s: &State, snapshot_id: &str) {
+    let sel = snapshots::Selector::IdOrPrefix(snapshot_id.to_owned());
+    match s.catalog.run(move |c| snapshots::find(c, None, &sel)).await {
+        Ok(snapshots::Lookup::Found(row)) => s.counters.add(
+            &row.agent,
+            &row.source,
+            row.stats.logical_bytes,
+            row.stats.new_logical_bytes,
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(snapshot = snapshot_id, error = %e, "snapshot not counted in /metrics")
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentApi {
     async fn who_am_i(
@@ -241,14 +258,21 @@ impl AgentService for AgentApi {
     ) -> Result<Response<pb::HaveChunksResponse>, Status> {
         let a = self.agent(&req).await?;
         let r = HaveChunks::try_from(req.into_inner())?;
-        ingest::owned_session(&self.state.catalog, &a, &r.session).await?;
-        let group = a.group.clone();
-        let missing = self
-            .state
-            .catalog
-            .run(move |c| chunks::missing(c, &group, &r.ids))
-            .await
-            .map_err(ServiceError::from)?;
+        let session = ingest::owned_session(&self.state.catalog, &a, &r.session).await?;
+        // The answer pins what it says the session has (garbage collection, crate::gc::pins).
+        let missing = crate::gc::pins::answer_have(
+            &self.state.catalog,
+            &self.state.store,
+            &session.id,
+            &a.group,
+            r.ids,
+            crate::gc::DEFAULT_LEASE,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::gc::pins::PinError::Catalog(e) => ServiceError::from(e),
+            crate::gc::pins::PinError::Store(e) => ServiceError::from(e),
+        })?;
         Ok(Response::new(pb::HaveChunksResponse {
             missing: missing
                 .iter()
@@ -278,6 +302,9 @@ impl AgentService for AgentApi {
         let _open = s.streams.open(a.id.as_str(), "CommitSnapshot")?;
         let r =
             commit::commit(&s.catalog, &s.store, s.store_deadline, &a, req.into_inner()).await?;
+        if !r.snapshot_id.is_empty() {
+            count_commit(s, &r.snapshot_id).await;
+        }
         Ok(Response::new(r))
     }
 
@@ -427,9 +454,9 @@ impl AgentService for AgentApi {
         &self,
         req: Request<tonic::Streaming<pb::AgentEvent>>,
     ) -> Result<Response<Self::ControlStream>, Status> {
-        let _a = self.agent(&req).await?;
-        Err(Status::unimplemented(
-            "the control stream is not implemented yet",
-        ))
+        let a = self.agent(&req).await?;
+        let s =
+            crate::fleet::control::stream::open(self.state.clone(), a, req.into_inner()).await?;
+        Ok(Response::new(s))
     }
 }

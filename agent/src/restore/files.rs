@@ -1,0 +1,385 @@
+//! Writing many files at once: the restore's data path.
+//!
+//! File entries are queued ([`Pending`]) while the main loop creates directories and symlinks in
+//! walk order; the queue is flushed ([`flush`]) when it is full, at the end, and before any entry
+//! whose path is, lies below, or lies above a queued file's path (so a later entry can never
+//! replace a directory a queued file is about to be renamed into, and walk-order semantics are
+//! kept). A flush packs consecutive small files into units of at most [`UNIT_IDS`] chunk ids and
+//! [`UNIT_BYTES`] of plaintext, fetched with one `ReadChunks` call each (across file
+//! boundaries, in manifest order); a file larger than a unit is its own unit, fetched batch by
+//! batch. [`WORKERS`] units are in flight at once: fetch, then decrypt + verify and write on
+//! blocking threads, so memory is bounded by `WORKERS × UNIT_BYTES` of plaintext (plus the same
+//! of ciphertext) whatever the data size.
+//!
+//! Failure modes: when a multi-file unit cannot be fetched or verified, its files are retried one
+//! by one, so the error names the file whose chunks are damaged and the others are written. The
+//! first error stops the flush once the units in flight have finished (none is cancelled half
+//! way, so every temporary file of a failed file is removed).
+//!
+//! Durability: files are written and renamed without an `fsync` each; their final paths are
+//! returned to the caller, which syncs them (and their directories) once at the end
+//! ([`sync_all`]). A restore that returned success is durable; after a crash mid-restore a file
+//! may be incomplete under its real name, which a rerun detects (same size and mtime but other
+//! chunk ids) and rewrites.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use lifeboat_common::chunker::ChunkerParams;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_common::keys::DataKeys;
+use lifeboat_common::manifest::Entry;
+
+use super::RestoreReport;
+use super::fetch::read_verified;
+use super::write;
+use crate::error::AgentError;
+use crate::remote::Remote;
+
+/// Units fetched and written at once.
+pub const WORKERS: usize = 4;
+/// Most chunk ids in one unit's `ReadChunks` call.
+pub const UNIT_IDS: usize = 256;
+/// Plaintext bytes per unit (a unit always holds at least one chunk).
+pub const UNIT_BYTES: u64 = 4 << 20;
+/// Files queued before a flush.
+pub const MAX_PENDING: usize = 4096;
+
+/// A file to write: where, its original path (for errors) and its entry.
+pub struct FileJob<'m> {
+    pub dest: PathBuf,
+    pub orig: PathBuf,
+    pub entry: &'m Entry,
+}
+
+/// Files queued for the next flush, with their paths and ancestors for conflict checks.
+#[derive(Default)]
+pub struct Pending<'m> {
+    pub jobs: Vec<FileJob<'m>>,
+    paths: HashSet<PathBuf>,
+    ancestors: HashSet<PathBuf>,
+}
+
+impl<'m> Pending<'m> {
+    pub fn push(&mut self, job: FileJob<'m>) {
+        for a in job.dest.ancestors().skip(1) {
+            if !self.ancestors.insert(a.to_owned()) {
+                break;
+            }
+        }
+        self.paths.insert(job.dest.clone());
+        self.jobs.push(job);
+    }
+
+    /// Whether an entry at `dest` must wait until the queue is flushed.
+    pub fn conflicts(&self, dest: &Path) -> bool {
+        !self.jobs.is_empty()
+            && (self.ancestors.contains(dest) || dest.ancestors().any(|a| self.paths.contains(a)))
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.jobs.len() >= MAX_PENDING
+    }
+
+    fn take(&mut self) -> Vec<FileJob<'m>> {
+        self.paths.clear();
+        self.ancestors.clear();
+        std::mem::take(&mut self.jobs)
+    }
+}
+
+/// What a flush needs besides the jobs.
+pub struct Ctx<'a, R> {
+    pub remote: &'a R,
+    pub keys: &'a DataKeys,
+    pub params: ChunkerParams,
+    pub as_root: bool,
+}
+
+/// Totals of a flush, merged into the report.
+#[derive(Default)]
+struct Tally {
+    files_written: u64,
+    files_unchanged: u64,
+    bytes_written: u64,
+    written: Vec<PathBuf>,
+}
+
+/// Groups jobs into units (index ranges of `jobs`) of bounded ids and bytes.
+fn units(jobs: &[FileJob<'_>]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut ids, mut bytes) = (0, 0usize, 0u64);
+    for (i, j) in jobs.iter().enumerate() {
+        let (n, b) = (j.entry.chunk_sizes.len(), j.entry.size);
+        if i > start && (ids + n > UNIT_IDS || bytes + b > UNIT_BYTES) {
+            out.push(start..i);
+            (start, ids, bytes) = (i, 0, 0);
+        }
+        ids += n;
+        bytes += b;
+    }
+    if start < jobs.len() {
+        out.push(start..jobs.len());
+    }
+    out
+}
+
+/// Writes every queued file (see the module docs); written paths are appended to `written`.
+pub async fn flush<R: Remote>(
+    ctx: &Ctx<'_, R>,
+    pending: &mut Pending<'_>,
+    report: &mut RestoreReport,
+    written: &mut Vec<PathBuf>,
+) -> Result<(), AgentError> {
+    let jobs = pending.take();
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let units = units(&jobs);
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let tally = Mutex::new(Tally::default());
+    let first_err: Mutex<Option<(usize, AgentError)>> = Mutex::new(None);
+    let worker = || async {
+        while !stop.load(Ordering::Relaxed) {
+            let u = next.fetch_add(1, Ordering::Relaxed);
+            let Some(range) = units.get(u) else { break };
+            let mut t = Tally::default();
+            let res = run_unit(ctx, &jobs[range.clone()], &mut t).await;
+            merge(&tally, t);
+            if let Err(e) = res {
+                stop.store(true, Ordering::Relaxed);
+                let mut slot = first_err.lock().unwrap_or_else(|p| p.into_inner());
+                if slot.as_ref().is_none_or(|(at, _)| u < *at) {
+                    *slot = Some((u, e));
+                }
+            }
+        }
+    };
+    tokio::join!(worker(), worker(), worker(), worker());
+    let t = tally.into_inner().unwrap_or_else(|p| p.into_inner());
+    report.files_written += t.files_written;
+    report.files_unchanged += t.files_unchanged;
+    report.bytes_written += t.bytes_written;
+    written.extend(t.written);
+    match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn merge(into: &Mutex<Tally>, t: Tally) {
+    let mut g = into.lock().unwrap_or_else(|p| p.into_inner());
+    g.files_written += t.files_written;
+    g.files_unchanged += t.files_unchanged;
+    g.bytes_written += t.bytes_written;
+    g.written.extend(t.written);
+}
+
+fn file_err(job: &FileJob<'_>, source: AgentError) -> AgentError {
+    AgentError::RestoreFile {
+        path: job.orig.display().to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// One unit: skip unchanged files, fetch the others' chunks in one call, write them.
+async fn run_unit<R: Remote>(
+    ctx: &Ctx<'_, R>,
+    jobs: &[FileJob<'_>],
+    t: &mut Tally,
+) -> Result<(), AgentError> {
+    let checks: Vec<(PathBuf, Entry)> = jobs
+        .iter()
+        .map(|j| (j.dest.clone(), j.entry.clone()))
+        .collect();
+    let (keys, params) = (ctx.keys.clone(), ctx.params);
+    let unchanged: Vec<bool> = tokio::task::spawn_blocking(move || {
+        checks
+            .iter()
+            .map(|(d, e)| write::is_unchanged(d, e, &keys, params))
+            .collect()
+    })
+    .await
+    .map_err(|e| AgentError::Worker(e.to_string()))?;
+    let mut todo = Vec::new();
+    for (j, same) in jobs.iter().zip(unchanged) {
+        if same {
+            write::apply_metadata(&j.dest, j.entry, false, ctx.as_root)
+                .map_err(|e| file_err(j, e))?;
+            t.files_unchanged += 1;
+        } else {
+            todo.push(j);
+        }
+    }
+    let batched = todo.len() > 1
+        || todo
+            .first()
+            .is_some_and(|j| j.entry.size <= UNIT_BYTES && j.entry.chunk_sizes.len() <= UNIT_IDS);
+    if batched {
+        let ids: Vec<ChunkId> = todo.iter().flat_map(|j| j.entry.chunk_ids()).collect();
+        let plain = if ids.is_empty() {
+            Ok(HashMap::new())
+        } else {
+            let what = format!("{} files from {}", todo.len(), todo[0].orig.display());
+            read_verified(ctx.remote, ctx.keys, &ids, &what).await
+        };
+        if let Ok(plain) = plain {
+            return write_unit(ctx, &todo, plain, t).await;
+        }
+        // Retried one file at a time below, so the error names the damaged file.
+    }
+    for j in todo {
+        let n = write::write_file(ctx.remote, ctx.keys, j.entry, &j.dest, ctx.as_root)
+            .await
+            .map_err(|e| file_err(j, e))?;
+        t.files_written += 1;
+        t.bytes_written += n;
+        t.written.push(j.dest.clone());
+    }
+    Ok(())
+}
+
+/// Writes a unit's files from its fetched plaintexts on a blocking thread.
+async fn write_unit<R>(
+    ctx: &Ctx<'_, R>,
+    todo: &[&FileJob<'_>],
+    plain: HashMap<ChunkId, Vec<u8>>,
+    t: &mut Tally,
+) -> Result<(), AgentError> {
+    let work: Vec<(PathBuf, PathBuf, Entry)> = todo
+        .iter()
+        .map(|j| (j.dest.clone(), j.orig.clone(), j.entry.clone()))
+        .collect();
+    let as_root = ctx.as_root;
+    let done = tokio::task::spawn_blocking(move || {
+        let mut done = Vec::with_capacity(work.len());
+        for (dest, orig, e) in work {
+            match write::write_file_from(&plain, &e, &dest, as_root) {
+                Ok(n) => done.push((dest, n)),
+                Err(source) => {
+                    return Err((
+                        done,
+                        AgentError::RestoreFile {
+                            path: orig.display().to_string(),
+                            source: Box::new(source),
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(done)
+    })
+    .await
+    .map_err(|e| AgentError::Worker(e.to_string()))?;
+    let (done, err) = match done {
+        Ok(d) => (d, None),
+        Err((d, e)) => (d, Some(e)),
+    };
+    for (dest, n) in done {
+        t.files_written += 1;
+        t.bytes_written += n;
+        t.written.push(dest);
+    }
+    err.map_or(Ok(()), Err)
+}
+
+/// Makes written files and their directories durable: files are `fsync`ed on [`WORKERS`]
+/// blocking threads, then each distinct parent directory once (after the renames, so the new
+/// names are on disk). Extra directories (created or whose metadata was set) are synced too.
+pub async fn sync_all(files: Vec<PathBuf>, dirs: Vec<PathBuf>) -> Result<(), AgentError> {
+    let mut parents: HashSet<PathBuf> = dirs.into_iter().collect();
+    parents.extend(files.iter().filter_map(|f| f.parent().map(Path::to_owned)));
+    let per = files.len().div_ceil(WORKERS).max(1);
+    let mut handles = Vec::new();
+    for part in files.chunks(per).map(<[PathBuf]>::to_vec) {
+        handles.push(tokio::task::spawn_blocking(move || sync_paths(&part)));
+    }
+    for h in handles {
+        h.await.map_err(|e| AgentError::Worker(e.to_string()))??;
+    }
+    let dirs: Vec<PathBuf> = parents.into_iter().collect();
+    tokio::task::spawn_blocking(move || sync_paths(&dirs))
+        .await
+        .map_err(|e| AgentError::Worker(e.to_string()))?
+}
+
+fn sync_paths(paths: &[PathBuf]) -> Result<(), AgentError> {
+    for p in paths {
+        // Opened read-only without following a final symlink: a path replaced since by a
+        // symlink (overlapping roots) is skipped, not followed out of the target.
+        let f = match fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => continue,
+            Ok(_) => fs::File::open(p),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => Err(e),
+        };
+        f.and_then(|f| f.sync_all())
+            .map_err(|e| AgentError::io("cannot fsync", p, e))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str, sizes: &[u32]) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            size: sizes.iter().map(|&s| u64::from(s)).sum(),
+            chunk_sizes: sizes.to_vec(),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn units_pack_small_files_and_isolate_large_ones() {
+        let es = [
+            entry("a", &[100]),
+            entry("b", &[200, 300]),
+            entry("big", &[8 << 20, 8 << 20]),
+            entry("c", &[10]),
+        ];
+        let jobs: Vec<FileJob<'_>> = es
+            .iter()
+            .map(|e| FileJob {
+                dest: PathBuf::from("/t").join(e.rel_path()),
+                orig: PathBuf::from("/o"),
+                entry: e,
+            })
+            .collect();
+        assert_eq!(units(&jobs), vec![0..2, 2..3, 3..4]);
+        let many: Vec<Entry> = (0..300).map(|i| entry(&format!("f{i}"), &[1])).collect();
+        let jobs: Vec<FileJob<'_>> = many
+            .iter()
+            .map(|e| FileJob {
+                dest: PathBuf::from("/t").join(e.rel_path()),
+                orig: PathBuf::from("/o"),
+                entry: e,
+            })
+            .collect();
+        assert_eq!(units(&jobs), vec![0..UNIT_IDS, UNIT_IDS..300]);
+    }
+
+    #[test]
+    fn conflicts_cover_same_path_ancestors_and_descendants() {
+        let e = entry("x", &[1]);
+        let mut p = Pending::default();
+        assert!(!p.conflicts(Path::new("/t/a/b")));
+        p.push(FileJob {
+            dest: PathBuf::from("/t/a/b"),
+            orig: PathBuf::from("/o"),
+            entry: &e,
+        });
+        assert!(p.conflicts(Path::new("/t/a/b")), "same path");
+        assert!(p.conflicts(Path::new("/t/a")), "an ancestor");
+        assert!(p.conflicts(Path::new("/t/a/b/c")), "below a queued file");
+        assert!(!p.conflicts(Path::new("/t/a/c")), "a sibling");
+        p.take();
+        assert!(!p.conflicts(Path::new("/t/a")));
+    }
+}

@@ -1,0 +1,48 @@
+//! Mark: what is live. A chunk row (alias `c`) is live when
+//! - a committed, not forgotten snapshot of an agent of its dedup group references it
+//!   ([`REFERENCED`], through `snapshot_refs_by_chunk`), or
+//! - an upload session whose lease has not expired pinned it ([`PINNED`], `:now` bound).
+//!
+//! Marking is never materialised: GC evaluates these predicates per chunk inside the
+//! transaction that acts on the answer (condemn, revive, sweep), so the decision and the change
+//! are atomic and memory does not grow with the catalog. Snapshots flagged by a catalog
+//! rebuild (`missing_refs`) still count as live: GC never makes a damaged snapshot worse.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::catalog::CatalogError;
+
+/// SQL: chunk `c` is referenced by a live snapshot of its group.
+pub const REFERENCED: &str = "EXISTS (SELECT 1 FROM snapshot_refs r
+    JOIN snapshots s ON s.id = r.snapshot_id JOIN agents a ON a.id = s.agent
+    WHERE r.chunk_id = c.id AND a.dedup_group = c.dedup_group AND s.forgotten_at IS NULL)";
+
+/// SQL: chunk `c` is pinned by a session whose lease runs at `:now`.
+pub const PINNED: &str =
+    "EXISTS (SELECT 1 FROM session_pins p JOIN sessions x ON x.id = p.session_id
+    WHERE p.dedup_group = c.dedup_group AND p.chunk_id = c.id AND x.lease_until >= :now)";
+
+/// The start of the oldest upload session whose lease runs at `now` (an open session).
+pub fn oldest_open_session(conn: &Connection, now: i64) -> Result<Option<i64>, CatalogError> {
+    Ok(conn
+        .query_row(
+            "SELECT MIN(started_at) FROM sessions WHERE lease_until >= ?1",
+            params![now],
+            |r| r.get::<_, Option<i64>>(0),
+        )
+        .optional()?
+        .flatten())
+}
+
+/// The condemn cutoff: only chunks created before it may be condemned.
+/// `min(start − grace, oldest open session start) − margin`.
+pub fn cutoff(
+    conn: &Connection,
+    start: i64,
+    grace_ms: i64,
+    margin_ms: i64,
+) -> Result<i64, CatalogError> {
+    let by_grace = start.saturating_sub(grace_ms);
+    let by_session = oldest_open_session(conn, start)?.unwrap_or(i64::MAX);
+    Ok(by_grace.min(by_session).saturating_sub(margin_ms))
+}

@@ -1,0 +1,227 @@
+//! Pins and leases: what an upload session was told it "has", or uploaded, stays live until
+//! the session commits or its lease expires.
+//!
+//! - [`answer_have`] (HaveChunks) renews the lease, revives condemned chunks it answers "have"
+//!   for, pins them, and computes the answer, all in one transaction. A condemned chunk is
+//!   answered "have" only after its pack was confirmed present in the store (HEAD); a pack
+//!   that is gone makes its condemned rows disappear and the ids are answered "missing", so the
+//!   agent uploads them again.
+//! - [`pin_present`] (UploadChunks, per batch) does the same for the blobs an upload skips as
+//!   already stored; [`pin`] pins the chunks a pack just recorded (same catalog closure as the
+//!   pack's transaction: nothing else runs on the catalog in between).
+//! - [`commit_check`] (CommitSnapshot) re-validates, in the closure that inserts the snapshot,
+//!   that every referenced chunk still has a row (reviving condemned ones); [`release`] then
+//!   drops the session's pins and lease: the snapshot's reference set keeps its chunks live.
+//!
+//! A chunk row that exists was never swept (the sweep deletes rows before objects, in the
+//! transaction that tombstones the pack), so reviving a row is safe; the HEAD in
+//! [`answer_have`] additionally catches a pack lost behind the controller's back.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::Duration;
+
+use lifeboat_common::ids::ChunkId;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::store::{Store, StoreError};
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Extends `session`'s lease to `now + lease`.
+pub fn renew(
+    conn: &Connection,
+    session: &str,
+    now: i64,
+    lease: Duration,
+) -> Result<(), CatalogError> {
+    conn.prepare_cached("UPDATE sessions SET lease_until = MAX(lease_until, ?2) WHERE id = ?1")?
+        .execute(params![session, now.saturating_add(millis(lease))])?;
+    Ok(())
+}
+
+/// Pins `ids` (which the caller knows are stored for `group`) to `session`.
+pub fn pin(
+    conn: &Connection,
+    session: &str,
+    group: &str,
+    ids: &[ChunkId],
+) -> Result<(), CatalogError> {
+    let mut st = conn.prepare_cached(
+        "INSERT OR IGNORE INTO session_pins (session_id, dedup_group, chunk_id) VALUES (?1, ?2, ?3)",
+    )?;
+    for id in ids {
+        st.execute(params![session, group, &id.0[..]])?;
+    }
+    Ok(())
+}
+
+/// Whether `group` has `id`, reviving it if condemned. `None`: no row.
+fn have_and_revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<bool, CatalogError> {
+    let condemned: Option<Option<i64>> = conn
+        .prepare_cached("SELECT condemned_at FROM chunks WHERE dedup_group = ?1 AND id = ?2")?
+        .query_row(params![group, &id.0[..]], |r| r.get(0))
+        .optional()?;
+    match condemned {
+        None => Ok(false),
+        Some(None) => Ok(true),
+        Some(Some(_)) => {
+            conn.prepare_cached(
+                "UPDATE chunks SET condemned_at = NULL WHERE dedup_group = ?1 AND id = ?2",
+            )?
+            .execute(params![group, &id.0[..]])?;
+            tracing::debug!(group, chunk = %id, "condemned chunk revived by a dedup hit");
+            Ok(true)
+        }
+    }
+}
+
+/// In one transaction: renews the lease, revives and pins every stored id, returns the stored
+/// ones.
+pub fn pin_present(
+    conn: &mut Connection,
+    session: &str,
+    group: &str,
+    ids: &[ChunkId],
+    now: i64,
+    lease: Duration,
+) -> Result<HashSet<ChunkId>, CatalogError> {
+    let tx = conn.transaction()?;
+    renew(&tx, session, now, lease)?;
+    let mut have = HashSet::new();
+    for id in ids {
+        if have.contains(id) || have_and_revive(&tx, group, id)? {
+            have.insert(*id);
+        }
+    }
+    let list: Vec<ChunkId> = have.iter().copied().collect();
+    pin(&tx, session, group, &list)?;
+    tx.commit()?;
+    Ok(have)
+}
+
+/// The condemned chunks among `ids` and their pack keys.
+pub fn condemned_packs(
+    conn: &Connection,
+    group: &str,
+    ids: &[ChunkId],
+) -> Result<Vec<(ChunkId, String)>, CatalogError> {
+    let mut st = conn.prepare_cached(
+        "SELECT p.key FROM chunks c JOIN packs p ON p.id = c.pack_id
+         WHERE c.dedup_group = ?1 AND c.id = ?2 AND c.condemned_at IS NOT NULL",
+    )?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(k) = st
+            .query_row(params![group, &id.0[..]], |r| r.get::<_, String>(0))
+            .optional()?
+        {
+            out.push((*id, k));
+        }
+    }
+    Ok(out)
+}
+
+/// Drops the condemned rows of `group` that live in the lost pack `pack_key` (its object is
+/// gone), so the ids are answered missing and uploaded again.
+pub fn drop_lost(conn: &Connection, group: &str, pack_key: &str) -> Result<u64, CatalogError> {
+    let n = conn.execute(
+        "DELETE FROM chunks WHERE dedup_group = ?1 AND condemned_at IS NOT NULL
+         AND pack_id IN (SELECT id FROM packs WHERE key = ?2)",
+        params![group, pack_key],
+    )?;
+    Ok(n as u64)
+}
+
+/// HaveChunks: confirms condemned packs, then answers and pins in one transaction. Returns the
+/// missing ids in request order, each once.
+pub async fn answer_have(
+    catalog: &Catalog,
+    store: &Store,
+    session: &str,
+    group: &str,
+    ids: Vec<ChunkId>,
+    lease: Duration,
+) -> Result<Vec<ChunkId>, PinError> {
+    let g = group.to_owned();
+    let (ids, condemned) = catalog
+        .run(move |c| {
+            let cp = condemned_packs(c, &g, &ids)?;
+            Ok((ids, cp))
+        })
+        .await?;
+    let packs: BTreeSet<String> = condemned.into_iter().map(|(_, k)| k).collect();
+    for key in packs {
+        match store.head(&key).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound { .. }) => {
+                tracing::warn!(pack = %key, "condemned pack is missing from the store; its chunks will be uploaded again");
+                let (g, k) = (group.to_owned(), key.clone());
+                catalog.run(move |c| drop_lost(c, &g, &k)).await?;
+            }
+            Err(e) => return Err(PinError::Store(e)),
+        }
+    }
+    let (s, g) = (session.to_owned(), group.to_owned());
+    let now = lifeboat_common::clock::now_unix_ms();
+    Ok(catalog
+        .run(move |c| {
+            let have = pin_present(c, &s, &g, &ids, now, lease)?;
+            let mut seen = HashSet::new();
+            Ok(ids
+                .iter()
+                .filter(|id| !have.contains(id) && seen.insert(**id))
+                .copied()
+                .collect())
+        })
+        .await?)
+}
+
+/// CommitSnapshot's re-validation (call in the closure that inserts the snapshot): the ids
+/// of `refs` that `group` no longer has; condemned ones are revived.
+pub fn commit_check(
+    conn: &Connection,
+    group: &str,
+    refs: &[ChunkId],
+) -> Result<Vec<ChunkId>, CatalogError> {
+    let mut missing = Vec::new();
+    for id in refs {
+        if !have_and_revive(conn, group, id)? {
+            missing.push(*id);
+        }
+    }
+    Ok(missing)
+}
+
+/// Ends `session`'s pins and lease (its snapshot is committed).
+pub fn release(conn: &Connection, session: &str) -> Result<(), CatalogError> {
+    conn.execute(
+        "DELETE FROM session_pins WHERE session_id = ?1",
+        params![session],
+    )?;
+    conn.execute(
+        "UPDATE sessions SET lease_until = 0 WHERE id = ?1",
+        params![session],
+    )?;
+    Ok(())
+}
+
+/// Drops the pins of sessions whose lease expired before `now`.
+pub fn drop_expired(conn: &Connection, now: i64) -> Result<u64, CatalogError> {
+    let n = conn.execute(
+        "DELETE FROM session_pins WHERE session_id IN (SELECT id FROM sessions WHERE lease_until < ?1)",
+        params![now],
+    )?;
+    Ok(n as u64)
+}
+
+/// Errors of [`answer_have`].
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

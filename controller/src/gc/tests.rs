@@ -1,0 +1,409 @@
+//! GC phases against an in-memory catalog and store (times driven explicitly).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use lifeboat_common::ids::ChunkId;
+use rusqlite::params;
+
+use super::*;
+use crate::catalog::agents;
+use crate::catalog::chunks::{self, SessionRow};
+use crate::catalog::snapshots::{self, SnapshotRow};
+use crate::pack::PackBuilder;
+use crate::record::SnapshotStats;
+use crate::refset;
+
+pub(crate) fn id(n: u8) -> ChunkId {
+    ChunkId(*blake3::hash(&[n]).as_bytes())
+}
+
+pub(crate) struct World {
+    pub cat: Catalog,
+    pub store: Store,
+}
+
+impl World {
+    pub fn new() -> World {
+        let w = World {
+            cat: Catalog::open_in_memory().expect("catalog"),
+            store: Store::memory(),
+        };
+        w.cat
+            .run_blocking(|c| {
+                agents::insert(
+                    c,
+                    &agents::AgentRow {
+                        id: "a".into(),
+                        dedup_group: "g".into(),
+                        cert_sha256: "fa".into(),
+                        not_after: 0,
+                        created_at: 0,
+                        last_seen: 0,
+                        snapshots: 0,
+                    },
+                )?;
+                chunks::create_session(
+                    c,
+                    &SessionRow {
+                        id: "s0".into(),
+                        agent: "a".into(),
+                        source: "web".into(),
+                        started_at: 0,
+                        stored_bytes: 0,
+                        stored_chunks: 0,
+                    },
+                )
+            })
+            .expect("setup");
+        w
+    }
+
+    /// Puts a pack of `ids` (created at `at`) and records it; returns its key.
+    pub async fn pack(&self, ids: &[u8], at: i64) -> String {
+        let mut b = PackBuilder::new();
+        for n in ids {
+            b.push(id(*n), &[*n; 100]);
+        }
+        let p = b.finish();
+        self.store
+            .put_new(&p.key, p.bytes.clone())
+            .await
+            .expect("put");
+        let key = p.key.clone();
+        self.cat
+            .run_blocking(move |c| chunks::record_pack(c, "g", "s0", &p, at))
+            .expect("record");
+        key
+    }
+
+    /// Writes a snapshot's segments and record, then inserts it; returns its record key.
+    pub async fn snapshot(&self, name: &str, refs: &[u8]) -> String {
+        let mut all: Vec<ChunkId> = refs.iter().map(|n| id(*n)).collect();
+        all.sort();
+        all.dedup();
+        for s in refset::segments(&all) {
+            self.store
+                .put_new(&s.key, Bytes::from(s.bytes))
+                .await
+                .expect("put seg");
+        }
+        let key = format!("snapshots/a/{name}");
+        self.store
+            .put_new(&key, Bytes::from_static(b"{}"))
+            .await
+            .expect("put record");
+        let row = SnapshotRow {
+            id: name.into(),
+            agent: "a".into(),
+            source: "web".into(),
+            session_id: "s0".into(),
+            started_at: 1,
+            finished_at: 1,
+            committed_at: 1,
+            stats: SnapshotStats::default(),
+            stored_bytes: 0,
+            manifest_ids: Vec::new(),
+            reference_count: all.len() as u64,
+            record_key: key.clone(),
+        };
+        self.cat
+            .run_blocking(move |c| snapshots::insert(c, &row, &all))
+            .expect("insert");
+        key
+    }
+
+    pub fn forget(&self, name: &str) {
+        let ids = vec![name.to_owned()];
+        self.cat
+            .run_blocking(move |c| snapshots::forget(c, &ids, 5))
+            .expect("forget");
+    }
+
+    pub fn chunk_state(&self, n: u8) -> Option<Option<i64>> {
+        self.cat
+            .run_blocking(move |c| {
+                use rusqlite::OptionalExtension;
+                Ok(c.query_row(
+                    "SELECT condemned_at FROM chunks WHERE dedup_group = 'g' AND id = ?1",
+                    params![&id(n).0[..]],
+                    |r| r.get::<_, Option<i64>>(0),
+                )
+                .optional()?)
+            })
+            .expect("query")
+    }
+
+    pub async fn exists(&self, key: &str) -> bool {
+        self.store.head(key).await.is_ok()
+    }
+
+    pub async fn gc(&self, at: i64) -> Report {
+        run_at(
+            &self.cat,
+            &self.store,
+            &settings(),
+            Some(Duration::from_secs(60)),
+            false,
+            at,
+        )
+        .await
+        .expect("gc")
+    }
+}
+
+pub(crate) fn settings() -> GcSettings {
+    GcSettings {
+        grace: Duration::ZERO,
+        margin: Duration::ZERO,
+        ..GcSettings::default()
+    }
+}
+
+#[tokio::test]
+async fn condemn_then_sweep_frees_dead_packs_and_forgotten_snapshots() {
+    let w = World::new();
+    let p1 = w.pack(&[1, 2], 1000).await;
+    let p2 = w.pack(&[3], 1000).await;
+    let keep = w.snapshot("s-keep", &[1]).await;
+    let gone = w.snapshot("s-gone", &[1, 3]).await;
+    w.forget("s-gone");
+
+    let dry = run_at(&w.cat, &w.store, &settings(), None, true, 10_000)
+        .await
+        .expect("dry run");
+    assert_eq!(
+        dry.swept.snapshots, 1,
+        "would remove the forgotten snapshot"
+    );
+    assert_eq!(w.chunk_state(3), Some(None), "dry run changes nothing");
+    assert!(w.exists(&gone).await);
+
+    let r1 = w.gc(10_000).await;
+    assert_eq!(r1.swept.snapshots, 1);
+    assert!(!w.exists(&gone).await, "forgotten record deleted");
+    assert!(w.exists(&keep).await);
+    assert_eq!(r1.condemned, 2, "chunks 2 and 3: {r1:?}");
+    assert_eq!(
+        w.chunk_state(1),
+        Some(None),
+        "referenced chunk never condemned"
+    );
+    assert_eq!(w.chunk_state(2), Some(Some(10_000)));
+    assert!(
+        w.exists(&p2).await,
+        "condemned, not deleted, in the first run"
+    );
+
+    let r2 = w.gc(20_000).await;
+    assert_eq!(r2.swept.chunks, 2);
+    assert_eq!(r2.swept.packs, 1);
+    assert_eq!(w.chunk_state(3), None);
+    assert!(!w.exists(&p2).await, "dead pack deleted");
+    assert!(w.exists(&p1).await, "pack with a live chunk kept");
+    assert!(r2.finished.bytes > 0);
+    let queued = w
+        .cat
+        .run_blocking(move |c| crate::replication::deletes::is_queued(c, &p2))
+        .expect("queued");
+    assert!(queued, "secondary delete queued with the delay");
+    // The kept snapshot's segments are still there.
+    for k in refset::segment_keys([id(1)]) {
+        assert!(w.exists(&k).await, "live segment kept");
+    }
+}
+
+#[tokio::test]
+async fn pins_and_references_revive_condemned_chunks() {
+    let w = World::new();
+    w.pack(&[1, 2, 3], 1000).await;
+    w.gc(10_000).await;
+    assert_eq!(w.chunk_state(1), Some(Some(10_000)));
+    // A dedup hit (HaveChunks) revives and pins chunk 1.
+    let missing = pins::answer_have(
+        &w.cat,
+        &w.store,
+        "s0",
+        "g",
+        vec![id(1), id(9)],
+        DEFAULT_LEASE,
+    )
+    .await
+    .expect("have");
+    assert_eq!(missing, vec![id(9)]);
+    assert_eq!(w.chunk_state(1), Some(None), "revived");
+    // A snapshot referencing chunk 2 was committed meanwhile: the sweep revives it.
+    w.snapshot("s1", &[2]).await;
+    let r = w.gc(20_000).await;
+    assert_eq!(r.swept.revived, 1, "{r:?}");
+    assert_eq!(r.swept.chunks, 1, "only chunk 3 swept");
+    assert_eq!(w.chunk_state(3), None);
+    // Chunk 1 is pinned by a live lease: not condemned again.
+    assert_eq!(w.chunk_state(1), Some(None));
+    assert_eq!(w.chunk_state(2), Some(None));
+    // The commit check reports swept chunks and revives condemned ones.
+    let missing = w
+        .cat
+        .run_blocking(|c| pins::commit_check(c, "g", &[id(1), id(3)]))
+        .expect("check");
+    assert_eq!(missing, vec![id(3)]);
+}
+
+#[tokio::test]
+async fn condemned_chunk_whose_pack_is_gone_is_answered_missing() {
+    let w = World::new();
+    let p = w.pack(&[1], 1000).await;
+    w.gc(10_000).await;
+    w.store.delete(&p).await.expect("lose the pack");
+    let missing = pins::answer_have(&w.cat, &w.store, "s0", "g", vec![id(1)], DEFAULT_LEASE)
+        .await
+        .expect("have");
+    assert_eq!(
+        missing,
+        vec![id(1)],
+        "the agent is asked to upload it again"
+    );
+    assert_eq!(w.chunk_state(1), None);
+}
+
+#[tokio::test]
+async fn a_reused_key_is_never_deleted() {
+    let w = World::new();
+    let p = w.pack(&[1], 1000).await;
+    w.gc(10_000).await;
+    // Sweep the catalog rows, but stop before the object delete (as a crash would).
+    let swept = w
+        .cat
+        .run_blocking(|c| sweep::sweep(c, 20_000, 20_000, false))
+        .expect("sweep");
+    assert_eq!(swept.packs, 1);
+    // The same content is uploaded again before the delete runs: same key, recorded again.
+    let again = w.pack(&[1], 30_000).await;
+    assert_eq!(again, p);
+    let f = sweep::finish(&w.cat, &w.store, None).await.expect("finish");
+    assert_eq!((f.deleted, f.kept), (0, 1));
+    assert!(w.exists(&p).await, "re-recorded pack kept");
+    assert_eq!(w.chunk_state(1), Some(None));
+}
+
+#[tokio::test]
+async fn a_writer_holding_the_key_defers_the_delete() {
+    let w = World::new();
+    let p = w.pack(&[77], 1000).await;
+    w.gc(10_000).await;
+    w.cat
+        .run_blocking(|c| sweep::sweep(c, 20_000, 20_000, false))
+        .expect("sweep");
+    let writer = guard::writing(vec![p.clone()]).await;
+    let f = sweep::finish(&w.cat, &w.store, None).await.expect("finish");
+    assert_eq!(f.deferred, 1);
+    assert!(w.exists(&p).await);
+    drop(writer);
+    let f = sweep::finish(&w.cat, &w.store, None).await.expect("finish");
+    assert_eq!(f.deleted, 1, "next run deletes it");
+    assert!(!w.exists(&p).await);
+}
+
+#[tokio::test]
+async fn orphans_older_than_the_grace_are_deleted() {
+    let w = World::new();
+    let known = w.pack(&[1], 1000).await;
+    w.snapshot("s1", &[1]).await;
+    w.store
+        .put_new("packs/ab/orphan", Bytes::from_static(b"junk"))
+        .await
+        .expect("put");
+    let now = lifeboat_common::clock::now_unix_ms();
+    let young = orphans::scan(&w.cat, &w.store, now - 3_600_000, now, false)
+        .await
+        .expect("scan");
+    assert_eq!((young.orphans, young.young), (0, 1));
+    let found = orphans::scan(&w.cat, &w.store, now + 60_000, now, false)
+        .await
+        .expect("scan");
+    assert_eq!((found.orphans, found.bytes), (1, 4));
+    let f = sweep::finish(&w.cat, &w.store, None).await.expect("finish");
+    assert_eq!(f.deleted, 1);
+    assert!(!w.exists("packs/ab/orphan").await);
+    assert!(w.exists(&known).await);
+}
+
+#[tokio::test]
+async fn open_sessions_hold_the_cutoff_back() {
+    let w = World::new();
+    w.cat
+        .run_blocking(|c| {
+            chunks::create_session(
+                c,
+                &SessionRow {
+                    id: "s1".into(),
+                    agent: "a".into(),
+                    source: "web".into(),
+                    started_at: 5_000,
+                    stored_bytes: 0,
+                    stored_chunks: 0,
+                },
+            )?;
+            pins::renew(c, "s1", 9_000, Duration::from_secs(10))
+        })
+        .expect("session");
+    let cut = w
+        .cat
+        .run_blocking(|c| mark::cutoff(c, 10_000, 1_000, 100))
+        .expect("cutoff");
+    assert_eq!(cut, 4_900, "oldest open session start − margin");
+    let cut = w
+        .cat
+        .run_blocking(|c| mark::cutoff(c, 100_000, 1_000, 100))
+        .expect("cutoff");
+    assert_eq!(cut, 98_900, "lease expired: grace decides");
+}
+
+#[tokio::test]
+async fn a_failed_object_delete_is_retried_by_the_next_run() {
+    use crate::fault_store::{Fault, FaultStore, Op};
+    let faulty = FaultStore::new(Store::memory().object_store().clone());
+    let mut w = World::new();
+    w.store = Store::from_object_store(faulty.clone());
+    let p = w.pack(&[41], 1000).await;
+    w.gc(10_000).await;
+    faulty.inject(Op::Delete, "", Fault::FailAll);
+    let r = w.gc(20_000).await;
+    assert_eq!(
+        (r.swept.packs, r.finished.failed),
+        (1, 1),
+        "{r:?} deletes={}",
+        faulty.calls(Op::Delete)
+    );
+    assert!(w.exists(&p).await, "still there after the failed delete");
+    let left = w.cat.run_blocking(|c| sweep::tombstones(c)).expect("list");
+    assert_eq!(left.len(), 1, "the tombstone stays for the next run");
+    faulty.clear();
+    let r = w.gc(30_000).await;
+    assert_eq!(r.finished.deleted, 1);
+    assert!(!w.exists(&p).await);
+}
+
+#[tokio::test]
+async fn pins_of_an_expired_lease_stop_protecting() {
+    let w = World::new();
+    w.pack(&[51], 1000).await;
+    // Pinned by s0 with a lease that ends at 1000 + 1 s.
+    w.cat
+        .run_blocking(|c| {
+            pins::pin_present(c, "s0", "g", &[id(51)], 1000, Duration::from_secs(1)).map(drop)
+        })
+        .expect("pin");
+    let r = w.gc(1_500).await;
+    assert_eq!(
+        r.condemned, 0,
+        "pinned while the lease runs (and the session holds the cutoff)"
+    );
+    let r = w.gc(10_000).await;
+    assert_eq!(
+        r.condemned, 1,
+        "lease expired mid-upload: no longer protected"
+    );
+    assert_eq!(r.expired_pins, 1);
+}
