@@ -257,6 +257,16 @@ key = "admin.key"
     )
 }
 
+/// Loads the config `init` writes with `extra` appended (tests of the optional sections).
+#[cfg(test)]
+pub(crate) fn load_with(extra: &str) -> Result<ControllerConfig, ConfigError> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("controller.toml");
+    let text = format!("{}\n{extra}", controller_toml("127.0.0.1:9"));
+    std::fs::write(&p, text).expect("write");
+    ControllerConfig::load(&p)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -112,15 +112,8 @@ impl RetentionFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ControllerConfig, controller_toml};
 
-    fn load(extra: &str) -> Result<ControllerConfig, ConfigError> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("controller.toml");
-        let text = format!("{}\n{extra}", controller_toml("127.0.0.1:9"));
-        std::fs::write(&p, text).expect("write");
-        ControllerConfig::load(&p)
-    }
+    use crate::config::load_with as load;
 
     #[test]
     fn absent_section_keeps_everything() {

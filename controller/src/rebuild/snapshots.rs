@@ -57,6 +57,29 @@ async fn read_many(
     Ok(out)
 }
 
+/// Marks one page of listed objects in one transaction: recognized as `kind` with their BLAKE3,
+/// or invalid (`None`).
+async fn mark_page(
+    catalog: &Catalog,
+    kind: &'static str,
+    marks: Vec<(String, Option<[u8; 32]>)>,
+) -> Result<(), RebuildError> {
+    catalog
+        .run(move |c| {
+            let tx = c.transaction()?;
+            for (key, hash) in &marks {
+                match hash {
+                    Some(h) => listing::mark(&tx, key, kind, h)?,
+                    None => listing::mark_invalid(&tx, key)?,
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await?;
+    Ok(())
+}
+
 /// Marks the key escrow envelopes (`keys/`) as recognized objects, after checking each header,
 /// so the queue copies them to the region that lacks them like everything else: a rebuilt
 /// controller whose new primary is empty still hands out (and re-replicates) the escrow.
@@ -90,20 +113,8 @@ pub async fn escrow(
                 }
             })
             .collect();
-        catalog
-            .run(move |c| {
-                let tx = c.transaction()?;
-                for (key, hash) in &marks {
-                    match hash {
-                        // The same queue kind `escrow::put` uses.
-                        Some(h) => listing::mark(&tx, key, "record", h)?,
-                        None => listing::mark_invalid(&tx, key)?,
-                    }
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        // The same queue kind `escrow::put` uses.
+        mark_page(catalog, "record", marks).await?;
     }
     Ok(())
 }
@@ -138,19 +149,7 @@ pub async fn registry(
                 }
             }
         }
-        catalog
-            .run(move |c| {
-                let tx = c.transaction()?;
-                for (key, hash) in &marks {
-                    match hash {
-                        Some(h) => listing::mark(&tx, key, "registry", h)?,
-                        None => listing::mark_invalid(&tx, key)?,
-                    }
-                }
-                tx.commit()?;
-                Ok(())
-            })
-            .await?;
+        mark_page(catalog, "registry", marks).await?;
     }
     let fleet = collected.replay();
     let applied = catalog
