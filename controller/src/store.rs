@@ -1,9 +1,12 @@
 //! The object store: a narrow wrapper over `object_store` exposing what the controller needs.
 //!
 //! Acknowledged means durable: for the local-directory store, every successful put is followed
-//! by an fsync of the file and of each directory from the file up to the store root (the
-//! underlying `LocalFileSystem` also syncs before publishing, so a published file is never
-//! partial). An S3 put is durable when the store answers 200 (S3's own guarantee).
+//! by an fsync of the file and of its directory (the underlying `LocalFileSystem` also syncs
+//! before publishing, so a published file is never partial), and of each ancestor directory up
+//! to the store root *until* that chain has been synced once by this process: a directory's own
+//! entry in its parent stays durable once synced, so later puts into the same directory (most of
+//! them: `packs/ab/…`) cost two fsyncs instead of one per level. An S3 put is durable when the
+//! store answers 200 (S3's own guarantee).
 //!
 //! Objects are immutable. [`Store::put_new`] never overwrites different bytes:
 //! - with conditional puts (`If-None-Match: *`, or `create_new` locally) the put fails with
@@ -107,6 +110,9 @@ pub struct Store {
     inner: Arc<dyn ObjectStore>,
     /// Set for the local-directory store: the root to fsync under.
     local_root: Option<PathBuf>,
+    /// Local store: directories whose entry in their parent is known durable (synced after
+    /// they were created), so their ancestors need no fsync again.
+    durable_dirs: Arc<std::sync::Mutex<std::collections::HashSet<PathBuf>>>,
     /// Whether puts send a conditional create (else HEAD, then a plain put).
     conditional: bool,
     /// Where the objects are, for messages (never holds secrets).
@@ -129,6 +135,7 @@ impl Store {
             inner: Arc::new(fs),
             location: format!("directory {}", root.display()),
             local_root: Some(root),
+            durable_dirs: Arc::default(),
             conditional: true,
         })
     }
@@ -138,6 +145,7 @@ impl Store {
         Store {
             inner: Arc::new(object_store::memory::InMemory::new()),
             local_root: None,
+            durable_dirs: Arc::default(),
             conditional: true,
             location: "memory".to_owned(),
         }
@@ -150,6 +158,7 @@ impl Store {
             location: inner.to_string(),
             inner,
             local_root: None,
+            durable_dirs: Arc::default(),
             conditional: true,
         }
     }
@@ -160,6 +169,7 @@ impl Store {
         Ok(Store {
             inner,
             local_root: None,
+            durable_dirs: Arc::default(),
             conditional: cfg.conditional_put != crate::config::ConditionalPut::Disabled,
             location: cfg.describe(),
         })
@@ -290,12 +300,14 @@ impl Store {
             return Ok(());
         };
         let file = key.split('/').fold(root.clone(), |p, part| p.join(part));
-        tokio::task::spawn_blocking(move || sync_path_and_parents(&root, &file))
+        let known = self.durable_dirs.clone();
+        tokio::task::spawn_blocking(move || sync_path_and_parents(&root, &file, &known))
             .await
             .map_err(|e| StoreError::Sync {
                 path: PathBuf::from(key),
                 source: std::io::Error::other(e.to_string()),
             })?
+            .map(|_| ())
     }
 
     /// Reads a whole object.
@@ -348,22 +360,60 @@ fn sync_one(p: &Path) -> Result<(), StoreError> {
         })
 }
 
-/// Fsyncs `file`, then every directory from its parent up to and including `root`.
-fn sync_path_and_parents(root: &Path, file: &Path) -> Result<(), StoreError> {
+/// Fsyncs `file` and its directory, then each ancestor up to and including `root`, stopping at
+/// the first directory already in `known` (its entry in its parent was synced before). Returns
+/// how many fsyncs it made.
+fn sync_path_and_parents(
+    root: &Path,
+    file: &Path,
+    known: &std::sync::Mutex<std::collections::HashSet<PathBuf>>,
+) -> Result<usize, StoreError> {
     sync_one(file)?;
+    let mut synced = 1;
     let mut dir = file.parent();
+    let mut newly = Vec::new();
     while let Some(d) = dir {
         sync_one(d)?;
+        synced += 1;
         if d == root {
             break;
         }
+        // `d`'s entry in its parent is durable once the parent is synced after `d` was created.
+        let is_known = known.lock().map(|k| k.contains(d)).unwrap_or(false);
+        if is_known {
+            break;
+        }
+        newly.push(d.to_owned());
         dir = d.parent();
     }
-    Ok(())
+    if let Ok(mut k) = known.lock() {
+        k.extend(newly);
+    }
+    Ok(synced)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ancestors_are_synced_once_then_only_the_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_owned();
+        let known = std::sync::Mutex::default();
+        let put = |rel: &str| {
+            let f = root.join(rel);
+            std::fs::create_dir_all(f.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&f, b"x").expect("write");
+            sync_path_and_parents(&root, &f, &known).expect("sync")
+        };
+        // file, packs/ab, packs, root
+        assert_eq!(put("packs/ab/one"), 4);
+        // file, packs/ab: its entry in packs is already durable
+        assert_eq!(put("packs/ab/two"), 2);
+        // a new directory: file, packs/cd, packs (known: stop)
+        assert_eq!(put("packs/cd/three"), 3);
+        assert_eq!(put("top"), 2, "file, root");
+    }
+
     use super::*;
 
     pub(crate) fn count_files(dir: &Path) -> usize {
