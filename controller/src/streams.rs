@@ -23,6 +23,8 @@ pub const MAX_STREAMS_PER_AGENT: usize = 4;
 pub struct StreamLimiter {
     max: usize,
     open: Mutex<HashMap<String, usize>>,
+    /// Woken on every open and close, for [`StreamLimiter::wait_until`].
+    changed: tokio::sync::Notify,
 }
 
 impl Default for StreamLimiter {
@@ -36,6 +38,7 @@ impl StreamLimiter {
         StreamLimiter {
             max,
             open: Mutex::new(HashMap::new()),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -57,6 +60,8 @@ impl StreamLimiter {
             )));
         }
         *n += 1;
+        drop(open);
+        self.changed.notify_waiters();
         Ok(StreamPermit {
             limiter: Arc::clone(self),
             agent: agent.to_owned(),
@@ -69,6 +74,19 @@ impl StreamLimiter {
             .lock()
             .map(|o| o.get(agent).copied().unwrap_or(0))
             .unwrap_or(0)
+    }
+
+    /// Returns once `agent` has exactly `n` streams open, woken by each open and close (no
+    /// polling). Used by tests and diagnostics to observe the limiter; bound it with a timeout.
+    pub async fn wait_until(&self, agent: &str, n: usize) {
+        loop {
+            // Registered before the check, so a change between the check and the await wakes us.
+            let changed = self.changed.notified();
+            if self.open_for(agent) == n {
+                return;
+            }
+            changed.await;
+        }
     }
 }
 
@@ -89,6 +107,7 @@ impl Drop for StreamPermit {
                 open.remove(&self.agent);
             }
         }
+        self.limiter.changed.notify_waiters();
     }
 }
 

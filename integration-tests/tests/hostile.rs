@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use lifeboat_controller::streams::{MAX_STREAMS_PER_AGENT, StreamLimiter};
@@ -41,16 +41,14 @@ async fn agent(ctl: &TestController, name: &str) -> AgentServiceClient<Channel> 
     )
 }
 
-/// Waits until the controller counts `n` open streams for `agent` (bounded; no fixed sleep).
+/// Waits until the controller counts `n` open streams for `agent`: woken by the limiter on each
+/// open and close, bounded by 30 s.
 async fn wait_open(l: &StreamLimiter, agent: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while l.open_for(agent) != n {
-        assert!(
-            Instant::now() < deadline,
-            "{agent}: {} streams open, want {n}",
-            l.open_for(agent)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    if tokio::time::timeout(Duration::from_secs(30), l.wait_until(agent, n))
+        .await
+        .is_err()
+    {
+        panic!("{agent}: {} streams open, want {n}", l.open_for(agent));
     }
 }
 
