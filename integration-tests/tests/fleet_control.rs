@@ -48,23 +48,42 @@ fn agent_entry(ctl: &Controller, name: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Polls `agent list --json` until the agent's `connected` is `want` (bounded deadline).
+/// `agent list --json --wait-connected|--wait-disconnected`: the controller answers once the
+/// agent's connection state is `want` (woken on every connect and disconnect), or fails after
+/// 60 s. Returns the agent's entry.
 fn wait_connected(ctl: &Controller, agent: &Agent, want: bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let a = agent_entry(ctl, &agent.name);
-        if a["connected"] == want {
-            return a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent {} connected != {want} after 60 s: {a}\nagent log:\n{}\ncontroller log:\n{}",
-            agent.name,
-            fs::read_to_string(agent.dir.join("run.log")).unwrap_or_default(),
-            ctl.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let flag = if want {
+        "--wait-connected"
+    } else {
+        "--wait-disconnected"
+    };
+    let out = ctl.ctl(&[
+        "agent",
+        "list",
+        "--json",
+        flag,
+        &agent.name,
+        "--timeout",
+        "60s",
+    ]);
+    assert!(
+        out.status.success(),
+        "agent {} connected != {want}: {}\nagent log:\n{}\ncontroller log:\n{}",
+        agent.name,
+        describe(&out),
+        fs::read_to_string(agent.dir.join("run.log")).unwrap_or_default(),
+        ctl.log()
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == agent.name.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(a["connected"], want, "{a}");
+    a
 }
 
 fn ndjson(out: &std::process::Output) -> Vec<Value> {
@@ -228,6 +247,21 @@ fn offline_and_unknown_agents_get_a_clear_error() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("agent ghost is not enrolled"),
+        "{}",
+        describe(&out)
+    ); // Waiting for an agent that never connects ends at the timeout with a clear error.
+    let out = ctl.ctl(&[
+        "agent",
+        "list",
+        "--wait-connected",
+        "web-01",
+        "--timeout",
+        "1s",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("web-01 is still not connected after 1000 ms"),
         "{}",
         describe(&out)
     );

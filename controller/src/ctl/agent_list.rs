@@ -1,4 +1,4 @@
-//! `lifeboatctl agent list [--json]`.
+//! `lifeboatctl agent list [--json] [--wait-connected A | --wait-disconnected A] [--timeout D]`.
 //!
 //! The STATE column (`state` in JSON) is `revoked` for an agent cut off by `agent revoke` (until
 //! it enrolls again with a new token), `expired` when its certificate's validity has ended (it
@@ -18,6 +18,16 @@ pub struct Args {
     /// Print a JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Answer only once this agent holds its control stream (the controller wakes the call on
+    /// every connect; exit 1 after --timeout).
+    #[arg(long, value_name = "AGENT", conflicts_with = "wait_disconnected")]
+    pub wait_connected: Option<String>,
+    /// Answer only once this agent's control stream is gone.
+    #[arg(long, value_name = "AGENT")]
+    pub wait_disconnected: Option<String>,
+    /// How long --wait-connected/--wait-disconnected may wait.
+    #[arg(long, default_value = "60s", value_parser = lifeboat_common::clock::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 /// The agent's state at `now` (unix ms).
@@ -33,9 +43,25 @@ pub fn state(a: &Agent, now: i64) -> &'static str {
 
 pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let mut client = AdminServiceClient::new(ctx.channel().await?);
-    let res = client.list_agents(ListAgentsRequest {}).await;
+    let (wait_agent, wait_connected) = match (&a.wait_connected, &a.wait_disconnected) {
+        (Some(x), _) => (x.clone(), true),
+        (None, Some(x)) => (x.clone(), false),
+        (None, None) => (String::new(), false),
+    };
+    let req = ListAgentsRequest {
+        wait_agent,
+        wait_connected,
+        timeout_ms: u64::try_from(a.timeout.as_millis()).unwrap_or(u64::MAX),
+    };
+    let req_wait = req.wait_agent.clone();
+    let res = client.list_agents(req).await;
     let agents = match res {
         Ok(r) => r,
+        // DEADLINE_EXCEEDED for a --wait-… is the controller's answer (exit 1), not an
+        // unreachable controller.
+        Err(s) if !req_wait.is_empty() && s.code() == tonic::Code::DeadlineExceeded => {
+            return Err(Failure::error(s.message()));
+        }
         Err(s) => return Err(ctx.failure("ListAgents", &s).await),
     }
     .into_inner()

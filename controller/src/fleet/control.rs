@@ -127,6 +127,8 @@ pub struct Registry {
     versions: Mutex<HashMap<String, String>>,
     next_conn: AtomicU64,
     shutdown: CancellationToken,
+    /// Woken on every connect and disconnect ([`Registry::wait_connected`]).
+    changed: tokio::sync::Notify,
 }
 
 /// Registration of one stream; unregisters it (and only it) when dropped.
@@ -210,6 +212,7 @@ impl Registry {
             .lock()
             .map_err(|_| poisoned())?
             .insert(agent.to_owned(), hello.version.clone());
+        self.changed.notify_waiters();
         Ok(Connection {
             registry: Arc::clone(self),
             agent: agent.to_owned(),
@@ -222,6 +225,20 @@ impl Registry {
             && e.get(agent).is_some_and(|x| x.conn == conn)
         {
             e.remove(agent);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Returns once `agent` is connected (`want`) or not, woken by every connect and
+    /// disconnect (no polling). Callers bound it with a timeout.
+    pub async fn wait_connected(&self, agent: &str, want: bool) {
+        loop {
+            // Registered before the check, so a change in between still wakes us.
+            let changed = self.changed.notified();
+            if self.live(agent).is_some() == want {
+                return;
+            }
+            changed.await;
         }
     }
 

@@ -156,7 +156,10 @@ async fn call(rpc: &str, ch: Channel, f: &Fixture) -> Outcome {
             })
             .await
             .map(drop),
-        "ListAgents" => ad.list_agents(pb::ListAgentsRequest {}).await.map(drop),
+        "ListAgents" => ad
+            .list_agents(pb::ListAgentsRequest::default())
+            .await
+            .map(drop),
         "Admin.ListSnapshots" => ad
             .list_snapshots(pb::AdminListSnapshotsRequest::default())
             .await

@@ -143,7 +143,7 @@ async fn join_token_enrolls_once_and_bad_tokens_are_refused() {
         .expect_err("no cert");
     assert_eq!(e.code(), Code::Unauthenticated);
     let e = AdminServiceClient::new(anonymous(&ctl))
-        .list_agents(pb::ListAgentsRequest {})
+        .list_agents(pb::ListAgentsRequest::default())
         .await
         .expect_err("no cert");
     assert_eq!(e.code(), Code::Unauthenticated);

@@ -266,7 +266,7 @@ async fn backup_commit_list_read_and_isolation() {
     // Roles: an agent on the admin service, the admin on the agent service.
     let mut as_admin = AdminServiceClient::new(enroll_channel(&ctl, "web-03", "").await);
     let e = as_admin
-        .list_agents(pb::ListAgentsRequest {})
+        .list_agents(pb::ListAgentsRequest::default())
         .await
         .expect_err("agent as admin");
     assert_eq!(e.code(), Code::PermissionDenied);
@@ -280,7 +280,7 @@ async fn backup_commit_list_read_and_isolation() {
     // The admin sees everything.
     let mut admin = AdminServiceClient::new(ctl.admin_channel().await);
     let agents = admin
-        .list_agents(pb::ListAgentsRequest {})
+        .list_agents(pb::ListAgentsRequest::default())
         .await
         .expect("agents")
         .into_inner()
@@ -440,7 +440,7 @@ async fn handshake_refuses_missing_or_foreign_certificates() {
     // The controller still serves good clients afterwards.
     let mut admin = AdminServiceClient::new(ctl.admin_channel().await);
     admin
-        .list_agents(pb::ListAgentsRequest {})
+        .list_agents(pb::ListAgentsRequest::default())
         .await
         .expect("admin still works");
 }

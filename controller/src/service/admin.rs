@@ -90,6 +90,35 @@ pub async fn add_agent(
     })
 }
 
+/// ListAgents' optional wait for one agent's connection state.
+async fn wait_connected(
+    control: &crate::fleet::control::Registry,
+    r: &pb::ListAgentsRequest,
+) -> Result<(), ServiceError> {
+    if r.wait_agent.is_empty() {
+        return Ok(());
+    }
+    let ms = if r.timeout_ms == 0 {
+        60_000
+    } else {
+        r.timeout_ms
+    };
+    let wait = control.wait_connected(&r.wait_agent, r.wait_connected);
+    tokio::time::timeout(std::time::Duration::from_millis(ms), wait)
+        .await
+        .map_err(|_| {
+            ServiceError::DeadlineExceeded(format!(
+                "agent {} is still {} after {ms} ms",
+                r.wait_agent,
+                if r.wait_connected {
+                    "not connected"
+                } else {
+                    "connected"
+                }
+            ))
+        })
+}
+
 #[tonic::async_trait]
 impl AdminService for AdminApi {
     async fn add_agent(
@@ -107,6 +136,7 @@ impl AdminService for AdminApi {
         req: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
+        wait_connected(&self.state.control, req.get_ref()).await?;
         let (rows, revoked) = self
             .state
             .catalog
