@@ -10,6 +10,7 @@
 pub mod catalog_check;
 pub mod mariadb;
 pub mod nginx;
+pub mod poc_vm;
 pub mod process;
 pub mod regions;
 pub mod s3;

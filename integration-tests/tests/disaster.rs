@@ -5,8 +5,7 @@
 
 use std::fs;
 
-use lifeboat_integration_tests::mariadb::MariaDb;
-use lifeboat_integration_tests::nginx::Nginx;
+use lifeboat_integration_tests::poc_vm::PocVm;
 use lifeboat_integration_tests::process::{describe, master_key, parse_json};
 use lifeboat_integration_tests::{Agent, Controller};
 
@@ -19,41 +18,12 @@ fn disaster_scenario_nginx_and_mariadb() {
     master_key(&ctl, &key);
 
     // 1. nginx serves the page; MariaDB holds poc_db.test_table with three rows.
-    let www = t.join("www");
-    fs::create_dir(&www).unwrap();
-    fs::write(www.join("index.html"), "<h1>DR PoC Web Page</h1>\n").unwrap();
-    let prefix = t.join("nginx");
-    let mut ngx = Nginx::start(&prefix, &www);
-    assert!(ngx.get("/").1.contains("<h1>DR PoC Web Page</h1>"));
-    let mut db = MariaDb::start(&t.join("db"), false);
-    db.sql(
-        "CREATE DATABASE poc_db; USE poc_db; CREATE TABLE test_table (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50), created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP); \
-         INSERT INTO test_table (name) VALUES ('Backup test 1'), ('Backup test 2'), ('Backup test 3');",
-    );
-    let rows_before = db.sql("SELECT * FROM poc_db.test_table ORDER BY id");
-    assert_eq!(rows_before.lines().count(), 3, "{rows_before}");
+    let mut vm = PocVm::start(t);
+    assert!(vm.nginx.get("/").1.contains("<h1>DR PoC Web Page</h1>"));
+    assert_eq!(vm.rows.lines().count(), 3, "{}", vm.rows);
 
     // 2. The agent backs up the nginx preset (web root + nginx configuration) and poc_db.
-    let p = prefix.display();
-    let sources = format!(
-        r#"[[source]]
-name = "web"
-kind = "nginx"
-paths = ["{www}", "{p}"]
-exclude = ["{p}/logs", "{p}/tmp", "*.pid", "*.log"]
-nginx_conf = "{p}/nginx.conf"
-nginx_prefix = "{p}"
-
-[[source]]
-name = "db"
-kind = "mysql"
-databases = ["poc_db"]
-socket = "{sock}"
-user = "root"
-"#,
-        www = www.display(),
-        sock = db.socket.display()
-    );
+    let sources = vm.sources();
     let agent = Agent::enroll(&ctl, &t.join("agent"), "vm-01", None, &key, &sources);
     let web = agent.backup("web");
     assert!(web["files"].as_u64().unwrap() >= 2, "{web}");
@@ -63,14 +33,14 @@ user = "root"
 
     // 3. Disaster: nginx stopped and its web root deleted; MariaDB stopped and poc_db's directory
     //    deleted from the data directory.
-    ngx.stop();
-    fs::remove_dir_all(&www).unwrap();
-    db.stop();
-    fs::remove_dir_all(db.dir.join("data/poc_db")).unwrap();
+    vm.nginx.stop();
+    fs::remove_dir_all(&vm.www).unwrap();
+    vm.db.stop();
+    fs::remove_dir_all(vm.db.dir.join("data/poc_db")).unwrap();
 
     // 4. MariaDB starts (without poc_db); both are restored as the operator would; nginx starts.
-    db.restart();
-    assert!(!db.sql("SHOW DATABASES").contains("poc_db"));
+    vm.db.restart();
+    assert!(!vm.db.sql("SHOW DATABASES").contains("poc_db"));
     let r = agent.restore("web", &["--in-place"]);
     assert_eq!(
         r["nginx"]["test_passed"], true,
@@ -81,14 +51,14 @@ user = "root"
     let r = parse_json(&out);
     assert_eq!(r["databases"][0]["into"], "poc_db", "{r}");
     assert_eq!(r["databases"][0]["rows"], 3, "{r}");
-    ngx.start_again();
+    vm.nginx.start_again();
 
     // 5. The page is served and the rows are identical (ids, names, created_at).
-    let (code, body) = ngx.get("/");
+    let (code, body) = vm.nginx.get("/");
     assert_eq!(code, 200);
     assert!(body.contains("<h1>DR PoC Web Page</h1>"), "{body}");
     assert_eq!(
-        db.sql("SELECT * FROM poc_db.test_table ORDER BY id"),
-        rows_before
+        vm.db.sql("SELECT * FROM poc_db.test_table ORDER BY id"),
+        vm.rows
     );
 }

@@ -11,11 +11,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-use lifeboat_integration_tests::mariadb::MariaDb;
-use lifeboat_integration_tests::nginx::Nginx;
+use lifeboat_integration_tests::poc_vm::PocVm;
 use lifeboat_integration_tests::process::{bin, describe, parse_json, run};
 use lifeboat_integration_tests::regions::{self, write};
 use lifeboat_integration_tests::s3::S3Server;
@@ -114,61 +113,6 @@ fn primary_region_lost() {
     assert_eq!(r["chunks_from_secondary"], 0, "{r}");
 }
 
-/// The nginx + MariaDB VM of the user's runbook, backed up by agent `vm-01`.
-struct Vm {
-    www: PathBuf,
-    prefix: PathBuf,
-    nginx: Nginx,
-    db: MariaDb,
-    rows: String,
-}
-
-impl Vm {
-    fn start(t: &Path) -> Vm {
-        let www = t.join("www");
-        fs::create_dir(&www).unwrap();
-        fs::write(www.join("index.html"), "<h1>DR PoC Web Page</h1>\n").unwrap();
-        let prefix = t.join("nginx");
-        let nginx = Nginx::start(&prefix, &www);
-        let db = MariaDb::start(&t.join("db"), false);
-        db.sql(
-            "CREATE DATABASE poc_db; USE poc_db; CREATE TABLE test_table (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50), created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP); \
-             INSERT INTO test_table (name) VALUES ('Backup test 1'), ('Backup test 2'), ('Backup test 3');",
-        );
-        let rows = db.sql("SELECT * FROM poc_db.test_table ORDER BY id");
-        Vm {
-            www,
-            prefix,
-            nginx,
-            db,
-            rows,
-        }
-    }
-
-    fn sources(&self) -> String {
-        let p = self.prefix.display();
-        format!(
-            r#"[[source]]
-name = "web"
-kind = "nginx"
-paths = ["{www}", "{p}"]
-exclude = ["{p}/logs", "{p}/tmp", "*.pid", "*.log"]
-nginx_conf = "{p}/nginx.conf"
-nginx_prefix = "{p}"
-
-[[source]]
-name = "db"
-kind = "mysql"
-databases = ["poc_db"]
-socket = "{sock}"
-user = "root"
-"#,
-            www = self.www.display(),
-            sock = self.db.socket.display()
-        )
-    }
-}
-
 #[test]
 fn total_loss() {
     let tmp = tempfile::tempdir().unwrap();
@@ -216,7 +160,7 @@ fn total_loss() {
     );
     let old_ca = fs::read(&ca_cert).unwrap();
 
-    let mut vm = Vm::start(t);
+    let mut vm = PocVm::start(t);
     let agent = Agent::enroll(&ctl, &t.join("vm-01"), "vm-01", None, &key, &vm.sources());
     agent.backup("web");
     let dbb = agent.backup("db");
