@@ -11,12 +11,15 @@
 //!    snapshot) forgotten snapshots (rows, record, unused reference segments); every object so
 //!    released is tombstoned in the transaction that releases it; then **delete the objects**
 //!    ([`sweep::finish`]): primary now, secondary after `[secondary] delete_delay`;
-//! 3. **condemn** ([`condemn`]): chunks created before the cutoff
+//! 3. **repack** ([`repack`]): packs whose live bytes fell below `[gc] repack_below` percent
+//!    are rewritten (live blobs copied into new packs, rows switched in one transaction, the old
+//!    packs tombstoned and deleted), within `[gc] repack_budget` bytes of I/O per run;
+//! 4. **condemn** ([`condemn`]): chunks created before the cutoff
 //!    `min(start − grace, oldest open session start) − margin` that no live snapshot references
 //!    and no session pins ([`mark`]) get `condemned_at` (batched transactions);
-//! 4. **orphans** ([`orphans`]): objects the catalog does not know, older than the grace, are
+//! 5. **orphans** ([`orphans`]): objects the catalog does not know, older than the grace, are
 //!    tombstoned and deleted like swept ones;
-//! 5. pins of sessions whose lease expired are dropped.
+//! 6. pins of sessions whose lease expired are dropped.
 //!
 //! A chunk is therefore deleted only after two runs agreed it was dead, the second one
 //! re-checking in the transaction that deletes it. Ingest cooperates ([`pins`]): HaveChunks and
@@ -36,10 +39,10 @@
 //! |---|---|
 //! | ingest (HaveChunks, upload) | pins + revive in the answer's transaction; new chunks are younger than the cutoff; key guards |
 //! | commit | references re-validated (and condemned ones revived) atomically with the insert |
-//! | restore (ReadChunks) | reads only live snapshots' chunks, which are never condemned |
+//! | restore (ReadChunks) | reads only live snapshots' chunks, which are never condemned; a chunk whose pack was repacked away since the lookup is looked up again ([`crate::service::reads`]) |
 //! | forget | only sets `forgotten_at`; GC frees the objects in its next runs |
 //! | another GC | serialized by [`RUN_LOCK`] |
-//! | repack | not implemented |
+//! | repack | part of a GC run (same lock); switches rows only where they still point at the old pack |
 //! | replication | copy rows of deleted keys are dropped in the sweep transaction; secondary deletes are delayed |
 //! | rebuild-catalog | offline (no server running), never concurrent |
 
@@ -48,6 +51,7 @@ pub mod guard;
 pub mod mark;
 pub mod orphans;
 pub mod pins;
+pub mod repack;
 pub mod sweep;
 pub mod worker;
 
@@ -82,6 +86,7 @@ pub struct GcSettings {
     pub lease: Duration,
     /// Zero: no periodic worker.
     pub interval: Duration,
+    pub repack: repack::RepackSettings,
 }
 
 impl Default for GcSettings {
@@ -91,6 +96,7 @@ impl Default for GcSettings {
             margin: DEFAULT_MARGIN,
             lease: DEFAULT_LEASE,
             interval: DEFAULT_INTERVAL,
+            repack: repack::RepackSettings::default(),
         }
     }
 }
@@ -113,10 +119,12 @@ pub struct Report {
     pub condemned: u64,
     pub condemned_bytes: u64,
     pub orphans: orphans::Found,
+    pub repacked: repack::Repacked,
     pub expired_pins: u64,
     pub duration_ms: u64,
-    /// Milliseconds spent in the catalog sweep, the condemn pass and the orphan scan.
-    pub phase_ms: [u64; 3],
+    /// Milliseconds spent in the catalog sweep, the repack, the condemn pass and the orphan
+    /// scan.
+    pub phase_ms: [u64; 4],
 }
 
 fn millis(d: Duration) -> i64 {
@@ -178,6 +186,21 @@ pub async fn run_at(
         .run(move |c| mark::cutoff(c, start, grace, margin))
         .await?;
     let t = Instant::now();
+    report.repacked = repack::run(
+        catalog,
+        store,
+        settings.repack,
+        report.cutoff,
+        start,
+        dry_run,
+    )
+    .await?;
+    if !dry_run {
+        let f = sweep::finish(catalog, store, secondary_delay).await?;
+        merge(&mut report.finished, &f);
+    }
+    report.phase_ms[1] = elapsed_ms(t);
+    let t = Instant::now();
     let mut cursor = condemn::Cursor::default();
     let cutoff = report.cutoff;
     loop {
@@ -192,11 +215,11 @@ pub async fn run_at(
             None => break,
         }
     }
-    report.phase_ms[1] = elapsed_ms(t);
+    report.phase_ms[2] = elapsed_ms(t);
     let t = Instant::now();
     report.orphans =
         orphans::scan(catalog, store, start.saturating_sub(grace), start, dry_run).await?;
-    report.phase_ms[2] = elapsed_ms(t);
+    report.phase_ms[3] = elapsed_ms(t);
     if !dry_run {
         let f = sweep::finish(catalog, store, secondary_delay).await?;
         merge(&mut report.finished, &f);
@@ -209,6 +232,7 @@ pub async fn run_at(
         swept_chunks = report.swept.chunks,
         swept_packs = report.swept.packs,
         swept_snapshots = report.swept.snapshots,
+        repacked = report.repacked.packs,
         objects_deleted = report.finished.deleted,
         bytes_reclaimed = report.finished.bytes,
         orphans = report.orphans.orphans,

@@ -55,6 +55,7 @@ struct Upload<'a> {
     catalog: &'a Catalog,
     store: &'a Store,
     deadline: Duration,
+    lease: Duration,
     agent: &'a AgentCtx,
     session: SessionRow,
     pack: PackBuilder,
@@ -64,20 +65,17 @@ struct Upload<'a> {
 impl Upload<'_> {
     async fn add(&mut self, batch: UploadBatch) -> Result<(), ServiceError> {
         let ids: Vec<_> = batch.blobs.iter().map(|(id, _)| *id).collect();
-        let (group, session) = (self.agent.group.clone(), self.session.id.clone());
+        let (group, session, lease) = (
+            self.agent.group.clone(),
+            self.session.id.clone(),
+            self.lease,
+        );
         // Blobs skipped as stored are pinned (and revived if condemned) in the same transaction
         // that found them ([`crate::gc::pins`]).
         let present = self
             .catalog
             .run(move |c| {
-                crate::gc::pins::pin_present(
-                    c,
-                    &session,
-                    &group,
-                    &ids,
-                    now_unix_ms(),
-                    crate::gc::DEFAULT_LEASE,
-                )
+                crate::gc::pins::pin_present(c, &session, &group, &ids, now_unix_ms(), lease)
             })
             .await?;
         for (id, data) in batch.blobs {
@@ -128,11 +126,12 @@ impl Upload<'_> {
     }
 }
 
-/// Runs one UploadChunks stream to completion.
+/// Runs one UploadChunks stream to completion. `lease`: how long each batch extends the
+/// session's pins ([`crate::gc::pins`]).
 pub async fn upload(
     catalog: &Catalog,
     store: &Store,
-    deadline: Duration,
+    (deadline, lease): (Duration, Duration),
     agent: &AgentCtx,
     mut stream: Streaming<pb::UploadChunksRequest>,
 ) -> Result<pb::UploadChunksResponse, ServiceError> {
@@ -152,6 +151,7 @@ pub async fn upload(
                     catalog,
                     store,
                     deadline,
+                    lease,
                     agent,
                     session,
                     pack: PackBuilder::new(),

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod agent;
 pub mod enrollment;
+pub mod reads;
 pub mod storage;
 
 use std::sync::Arc;

@@ -40,6 +40,14 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             "orphan_bytes": r.orphan_bytes,
             "objects_scanned": r.objects_scanned,
             "duration_ms": r.duration_ms,
+            "repack_candidates": r.repack_candidates,
+            "packs_repacked": r.packs_repacked,
+            "repack_chunks_moved": r.repack_chunks_moved,
+            "repack_bytes_read": r.repack_bytes_read,
+            "repack_bytes_written": r.repack_bytes_written,
+            "repack_deferred": r.repack_deferred,
+            "repack_skipped": r.repack_skipped,
+            "empty_packs": r.empty_packs,
         });
         println!("{v}");
         return Ok(());
@@ -59,6 +67,24 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         "{} chunks, {} packs, {} forgotten snapshots {verb} swept from the catalog",
         r.chunks_swept, r.packs_swept, r.snapshots_swept
     );
+    if r.dry_run {
+        println!(
+            "{} packs are below the repack threshold; {} packs have no chunk left",
+            r.repack_candidates, r.empty_packs
+        );
+    } else {
+        println!(
+            "{} of {} mostly-dead packs repacked ({} chunks moved, {} read, {} written; {} left for the next run, {} skipped); {} empty packs dropped",
+            r.packs_repacked,
+            r.repack_candidates,
+            r.repack_chunks_moved,
+            output::bytes(r.repack_bytes_read),
+            output::bytes(r.repack_bytes_written),
+            r.repack_deferred,
+            r.repack_skipped,
+            r.empty_packs
+        );
+    }
     println!(
         "{} orphan objects ({}) of {} scanned",
         r.orphans,

@@ -149,7 +149,7 @@ async fn ten_million_references_over_a_million_chunks() {
     );
     println!("RSS before GC (after fill): {} MiB", base / 1024);
     println!(
-        "phases [sweep, condemn, orphans] ms: run 1 {:?}, run 2 {:?}",
+        "phases [sweep, repack, condemn, orphans] ms: run 1 {:?}, run 2 {:?}",
         r1.phase_ms, r2.phase_ms
     );
     assert_eq!(r1.swept.snapshots, u64::from(SNAPSHOTS / 2));

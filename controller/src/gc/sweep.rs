@@ -40,7 +40,7 @@ pub struct Swept {
     pub tombstoned_bytes: u64,
 }
 
-fn tombstone(
+pub(super) fn tombstone(
     tx: &Connection,
     key: &str,
     kind: &str,

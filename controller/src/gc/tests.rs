@@ -407,3 +407,5 @@ async fn pins_of_an_expired_lease_stop_protecting() {
     );
     assert_eq!(r.expired_pins, 1);
 }
+
+mod repack;

@@ -89,5 +89,13 @@ pub fn to_pb(r: &Report) -> pb::RunGcResponse {
         orphan_bytes: r.orphans.bytes,
         objects_scanned: r.orphans.scanned,
         duration_ms: r.duration_ms,
+        repack_candidates: r.repacked.candidates,
+        packs_repacked: r.repacked.packs,
+        repack_chunks_moved: r.repacked.chunks_moved,
+        repack_bytes_read: r.repacked.bytes_read,
+        repack_bytes_written: r.repacked.bytes_written,
+        repack_deferred: r.repacked.deferred,
+        repack_skipped: r.repacked.skipped,
+        empty_packs: r.repacked.empty_packs,
     }
 }

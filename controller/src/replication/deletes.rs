@@ -15,6 +15,9 @@
 //! hashes) is not deleted: the row is closed as cancelled. A scrub never samples a key with a
 //! delete row, so it cannot re-copy what was deleted on purpose.
 //!
+//! A due delete also waits for every copy queued before it ([`due`]): the secondary never loses
+//! an object's replacement before it has it (a repacked chunk is in the old pack or the new).
+//!
 //! Every function takes `now` (unix ms) from its caller, so tests drive time explicitly.
 
 use std::time::Duration;
@@ -97,12 +100,17 @@ pub fn list(conn: &Connection) -> Result<Vec<PendingDelete>, CatalogError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Up to `limit` deletes due at `now`: (seq, key).
+/// Up to `limit` deletes due at `now`: (seq, key). A delete never runs ahead of a copy queued
+/// before it: a repack queues the new pack's copy before the old pack's delete
+/// ([`crate::gc::repack`]), so the secondary always holds one of the two.
 pub fn due(conn: &Connection, now: i64, limit: usize) -> Result<Vec<(i64, String)>, CatalogError> {
     let mut st = conn.prepare_cached(
-        "SELECT seq, key FROM replication_queue
-         WHERE op = 'delete' AND done_at IS NULL AND not_before <= ?1 AND next_attempt_at <= ?1
-         ORDER BY not_before, seq LIMIT ?2",
+        "SELECT d.seq, d.key FROM replication_queue d
+         WHERE d.op = 'delete' AND d.done_at IS NULL AND d.not_before <= ?1
+           AND d.next_attempt_at <= ?1
+           AND NOT EXISTS (SELECT 1 FROM replication_queue x WHERE x.done_at IS NULL
+               AND x.op = 'copy' AND x.enqueued_at <= d.enqueued_at)
+         ORDER BY d.not_before, d.seq LIMIT ?2",
     )?;
     let rows = st.query_map(params![now, to_i64(limit as u64)], |r| {
         Ok((r.get(0)?, r.get(1)?))

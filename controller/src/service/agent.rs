@@ -3,21 +3,19 @@
 
 use bytes::Bytes;
 use lifeboat_common::clock::now_unix_ms;
-use lifeboat_common::ids::ChunkId;
 use lifeboat_proto::v1 as pb;
 use lifeboat_proto::v1::agent_service_server::AgentService;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::State;
+use super::{State, reads};
 use crate::auth::{AgentCtx, require_agent};
-use crate::catalog::chunks::{self, ChunkLocation, SessionRow};
+use crate::catalog::chunks::{self, SessionRow};
 use crate::catalog::failures::{self, FailureRow};
 use crate::catalog::grants;
 use crate::catalog::snapshots::{self, Lookup};
 use crate::error::ServiceError;
-use crate::store::Store;
 use crate::wire::{self, HaveChunks, SessionId};
 use crate::{MAX_IDS, MAX_MESSAGE_BYTES, VERSION, commit, ingest};
 
@@ -97,102 +95,6 @@ pub async fn read_owner(
     }
 }
 
-/// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
-async fn authorize_reads(
-    state: &State,
-    owner: (String, String),
-    ids: Vec<ChunkId>,
-) -> Result<Vec<(ChunkId, ChunkLocation)>, ServiceError> {
-    let (name, group) = owner;
-    state
-        .catalog
-        .run(move |c| {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                if !snapshots::referenced_by_agent(c, &name, &id)? {
-                    return Ok(Err(ServiceError::PermissionDenied(format!(
-                        "chunk {id} is not referenced by any snapshot of agent {name}"
-                    ))));
-                }
-                let Some(loc) = chunks::location(c, &group, &id)? else {
-                    return Ok(Err(ServiceError::DataLoss(format!(
-                        "chunk {id} is referenced by a snapshot of agent {name} but has no stored copy"
-                    ))));
-                };
-                out.push((id, loc));
-            }
-            Ok(Ok(out))
-        })
-        .await?
-}
-
-/// Reads one blob from the region asked for (`ReadChunksRequest.region`): ANY
-/// reads the primary and, if that fails and a secondary is configured, the secondary
-/// ([`crate::replication::fallback`], which also queues a repair of a damaged copy); PRIMARY
-/// never falls back; SECONDARY reads only the secondary (checked to exist before streaming).
-/// Returns the bytes and whether the secondary served them.
-async fn read_blob_any(
-    state: &State,
-    id: &ChunkId,
-    loc: &ChunkLocation,
-    region: pb::Region,
-) -> Result<(Bytes, bool), ServiceError> {
-    if region == pb::Region::Secondary {
-        let secondary = crate::replication::fallback::secondary_for(state)?;
-        return match read_blob(secondary, id, loc).await {
-            Ok(d) => Ok((d, true)),
-            Err(ServiceError::DataLoss(m)) => Err(ServiceError::DataLoss(format!(
-                "{m} in the secondary region; `lifeboatctl replication scrub` re-copies damaged objects, or restore with --region any"
-            ))),
-            Err(e) => Err(e),
-        };
-    }
-    let err = match read_blob(&state.store, id, loc).await {
-        Ok(d) => return Ok((d, false)),
-        Err(e) => e,
-    };
-    let Some(secondary) = state
-        .secondary
-        .as_ref()
-        .filter(|_| region == pb::Region::Any)
-    else {
-        return Err(err);
-    };
-    let damaged = matches!(
-        err,
-        ServiceError::DataLoss(_) | ServiceError::Store(crate::store::StoreError::NotFound { .. })
-    );
-    let end = loc.offset + u64::from(loc.length);
-    let served = crate::replication::fallback::read_from_secondary(
-        secondary,
-        &state.catalog,
-        &loc.pack_key,
-        loc.offset..end,
-        &loc.blob_hash,
-        &err.to_string(),
-        damaged,
-    )
-    .await;
-    served.map(|d| (d, true)).ok_or(err)
-}
-
-/// Reads one blob by ranged GET and verifies its BLAKE3 against the catalog.
-async fn read_blob(
-    store: &Store,
-    id: &ChunkId,
-    loc: &ChunkLocation,
-) -> Result<Bytes, ServiceError> {
-    let end = loc.offset + u64::from(loc.length);
-    let data = store.get_range(&loc.pack_key, loc.offset..end).await?;
-    if data.len() != loc.length as usize || blake3::hash(&data).as_bytes() != &loc.blob_hash {
-        return Err(ServiceError::DataLoss(format!(
-            "chunk {id} in pack {} does not match its recorded hash (damaged object)",
-            loc.pack_key
-        )));
-    }
-    Ok(data)
-}
-
 /// Adds a committed snapshot to the `/metrics` counters (a catalog error only skips counting).
 async fn count_commit(s: &State, snapshot_id: &str) {
     let sel = snapshots::Selector::IdOrPrefix(snapshot_id.to_owned());
@@ -266,7 +168,7 @@ impl AgentService for AgentApi {
             &session.id,
             &a.group,
             r.ids,
-            crate::gc::DEFAULT_LEASE,
+            self.state.gc.lease,
         )
         .await
         .map_err(|e| match e {
@@ -288,8 +190,14 @@ impl AgentService for AgentApi {
         let a = self.agent(&req).await?;
         let s = &self.state;
         let _open = s.streams.open(a.id.as_str(), "UploadChunks")?;
-        let r =
-            ingest::upload(&s.catalog, &s.store, s.store_deadline, &a, req.into_inner()).await?;
+        let r = ingest::upload(
+            &s.catalog,
+            &s.store,
+            (s.store_deadline, s.gc.lease),
+            &a,
+            req.into_inner(),
+        )
+        .await?;
         Ok(Response::new(r))
     }
 
@@ -351,13 +259,14 @@ impl AgentService for AgentApi {
         let ids = wire::ids(&req.get_ref().ids, "ids")?;
         let owner = read_owner(&self.state, &a, &req.get_ref().from_agent).await?;
         let region = crate::replication::fallback::region(&self.state, req.get_ref().region)?;
-        let plan = authorize_reads(&self.state, owner, ids).await?;
+        let group = owner.1.clone();
+        let plan = reads::authorize(&self.state, owner, ids).await?;
         // Two blobs in flight at most: memory stays bounded whatever the request size.
         let (tx, rx) = mpsc::channel(2);
         let state = self.state.clone();
         tokio::spawn(async move {
             for (id, loc) in plan {
-                let msg = match read_blob_any(&state, &id, &loc, region).await {
+                let msg = match reads::read_blob_any(&state, &group, &id, &loc, region).await {
                     Ok((data, from_secondary)) => Ok(pb::ReadChunksResponse {
                         blob: Some(pb::Blob {
                             id: Bytes::copy_from_slice(id.as_bytes()),

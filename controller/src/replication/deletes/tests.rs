@@ -155,3 +155,49 @@ async fn queuing_again_rearms_with_the_later_time() {
         "deletes are not replication lag"
     );
 }
+
+/// A delete never runs ahead of a copy queued before it (a repack's new pack).
+#[tokio::test]
+async fn a_delete_waits_for_copies_queued_before_it() {
+    let s = stores().await;
+    let (new, old) = (pack_key(2), pack_key(3));
+    let n = new.clone();
+    s.catalog
+        .run(move |c| {
+            crate::replication::queue::enqueue(
+                c,
+                &crate::replication::queue::NewObject {
+                    key: n,
+                    kind: crate::replication::queue::Kind::Pack,
+                    size: 1,
+                    blake3: [2; 32],
+                },
+                T0,
+            )
+        })
+        .await
+        .expect("copy");
+    queue_delete(&s, &old, T0 + 1, Duration::ZERO).await;
+    let due_now = s
+        .catalog
+        .run(|c| due(c, T0 + DAY.as_millis() as i64, 10))
+        .await
+        .expect("due");
+    assert!(due_now.is_empty(), "waits for the copy: {due_now:?}");
+    s.catalog
+        .run(|c| {
+            Ok(c.execute(
+                "UPDATE replication_queue SET done_at = 1 WHERE op = 'copy'",
+                [],
+            )?)
+        })
+        .await
+        .expect("done");
+    let due_now = s
+        .catalog
+        .run(|c| due(c, T0 + DAY.as_millis() as i64, 10))
+        .await
+        .expect("due");
+    assert_eq!(due_now.len(), 1);
+    assert_eq!(due_now[0].1, old);
+}
