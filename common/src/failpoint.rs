@@ -10,7 +10,7 @@
 //! ```text
 //! LIFEBOAT_FAILPOINTS = rule (";" rule)*
 //! rule                = name "=" [count ":"] action
-//! action              = "abort" | "pause" | "error" | "off"
+//! action              = "abort" | "pause" | "wait" | "error" | "off"
 //! ```
 //!
 //! `count` is the 1-based hit on which the rule fires (`ingest.after_pack_put=3:abort` aborts on
@@ -19,6 +19,9 @@
 //!   (no destructors, no flushing: as close to a power cut as a process can get);
 //! - `pause`: writes `failpoint <name> hit <n>: paused` to stderr and blocks the calling thread
 //!   forever, so a test can SIGKILL the process at a known point;
+//! - `wait`: writes `failpoint <name> hit <n>: waiting for stdin` to stderr and blocks the
+//!   calling thread until a line (or end of file) arrives on stdin, then goes on: a test holds a
+//!   process at a known point, changes the world (moves a clock, runs GC), and releases it;
 //! - `error`: [`check`] returns [`Injected`] (callers that can fail use [`check`]; [`hit`]
 //!   ignores `error` rules);
 //! - `off`: nothing (handy to disable one rule of a shared spec).
@@ -42,6 +45,7 @@ pub const ENV: &str = "LIFEBOAT_FAILPOINTS";
 pub enum Action {
     Abort,
     Pause,
+    Wait,
     Error,
     Off,
 }
@@ -58,7 +62,7 @@ pub struct Rule {
 
 /// A malformed failpoint specification.
 #[derive(Debug, Error, PartialEq, Eq)]
-#[error("invalid {ENV} rule {rule:?}: {reason} (expected name=[count:]abort|pause|error|off)")]
+#[error("invalid {ENV} rule {rule:?}: {reason} (expected name=[count:]abort|pause|wait|error|off)")]
 pub struct SpecError {
     pub rule: String,
     pub reason: &'static str,
@@ -101,6 +105,7 @@ fn parse_rule(text: &str) -> Result<Rule, SpecError> {
     let action = match action.trim() {
         "abort" => Action::Abort,
         "pause" => Action::Pause,
+        "wait" => Action::Wait,
         "error" => Action::Error,
         "off" => Action::Off,
         _ => return Err(err("unknown action")),
@@ -185,6 +190,13 @@ fn fire(name: &'static str, action: Action, hit: u64) -> Result<(), Injected> {
             loop {
                 std::thread::park();
             }
+        }
+        Action::Wait => {
+            eprintln!("failpoint {name} hit {hit}: waiting for stdin");
+            let mut line = String::new();
+            // End of file or an error releases the process just the same.
+            let _ = std::io::stdin().read_line(&mut line);
+            Ok(())
         }
         Action::Error => Err(Injected { name, hit }),
         Action::Off => Ok(()),

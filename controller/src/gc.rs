@@ -57,7 +57,6 @@ pub mod worker;
 
 use std::time::{Duration, Instant};
 
-use lifeboat_common::clock::now_unix_ms;
 use thiserror::Error;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -131,7 +130,8 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs one GC pass. `secondary_delay`: queue secondary deletes with this delay (`None`: no
+/// Runs one GC pass, starting now by the controller's judging clock
+/// ([`crate::fleet::clock`], which a testing build lets tests move). `secondary_delay`: queue secondary deletes with this delay (`None`: no
 /// secondary). `dry_run`: count only; nothing changes.
 pub async fn run(
     catalog: &Catalog,
@@ -146,7 +146,7 @@ pub async fn run(
         settings,
         secondary_delay,
         dry_run,
-        now_unix_ms(),
+        crate::fleet::clock::now_ms(),
     )
     .await
 }

@@ -1,7 +1,9 @@
 //! Garbage collection end to end (real controller, lifeboatctl and agent processes):
-//! - under load: three agents of one dedup group back up overlapping content while forget and
-//!   GC run concurrently (grace 0); every remaining snapshot then restores byte for byte, and
-//!   after final GC runs no unreferenced chunk, pack or orphan object remains;
+//! - under load: three agents of one dedup group back up overlapping content while forget, GC
+//!   and repack run concurrently (grace 0, repack below 90 % live, some object deletes failing)
+//!   and a fourth agent restores its snapshot over and over; every remaining snapshot then
+//!   restores byte for byte, and after final GC runs no unreferenced chunk, pack or orphan
+//!   object remains;
 //! - a backup that deduplicates against condemned chunks still commits and restores;
 //! - stored bytes return to the live data (within a stated bound) after forget + GC;
 //! - the controller killed between GC's catalog commit and its object deletes: the next run
@@ -24,6 +26,11 @@ use lifeboat_integration_tests::{Agent, Controller, bin};
 
 /// Inits a controller whose GC has no grace (tests drive it with `lifeboatctl gc`), then serves.
 fn controller(dir: &Path, env: &[(&str, &str)]) -> Controller {
+    controller_with(dir, env, "")
+}
+
+/// [`controller`] with more `[gc]` lines.
+fn controller_with(dir: &Path, env: &[(&str, &str)], gc_extra: &str) -> Controller {
     let out = run(Command::new(bin("lifeboat-controller"))
         .arg("init")
         .arg("--dir")
@@ -32,6 +39,7 @@ fn controller(dir: &Path, env: &[(&str, &str)]) -> Controller {
     let cfg = dir.join("controller.toml");
     let mut text = fs::read_to_string(&cfg).expect("read config");
     text.push_str("\n[gc]\ngrace = \"0s\"\nmargin = \"0s\"\ninterval = \"0s\"\n");
+    text.push_str(gc_extra);
     fs::write(&cfg, text).expect("write config");
     Controller::serve_with_env(dir, env)
 }
@@ -116,39 +124,72 @@ fn write_version(root: &Path, rng: &mut Rng, agent: usize, round: usize) {
     write_data(&root.join("unique.bin"), 120_000, unique, false);
 }
 
+/// Object deletes that fail (failpoint `gc.object_delete`, error on these hits): their
+/// tombstones stay and later runs finish them.
+const FAILING_DELETES: &str =
+    "gc.object_delete=2:error;gc.object_delete=9:error;gc.object_delete=20:error";
+
+/// The reader: an agent of the same group whose one snapshot is never forgotten; it restores
+/// that snapshot again and again while the others back up and GC repacks the packs it reads.
+fn reader_restores(
+    ctl: &Controller,
+    reader: &(Agent, PathBuf),
+    expected: &Path,
+    done: &AtomicBool,
+    tmp: &Path,
+) -> u32 {
+    let (agent, root) = reader;
+    let id = snapshot_ids(ctl, &agent.name)[0].clone();
+    let mut n = 0;
+    while !done.load(Ordering::SeqCst) || n == 0 {
+        let to = tmp.join(format!("reader-{n}"));
+        restore_matches(agent, &id, &to, root, expected);
+        fs::remove_dir_all(&to).expect("rm restore");
+        n += 1;
+    }
+    n
+}
+
 #[test]
 fn gc_under_load_keeps_every_snapshot_restorable_and_frees_the_rest() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("controller");
-    let ctl = Arc::new(controller(&dir, &[]));
+    let ctl = Arc::new(controller_with(
+        &dir,
+        &[("LIFEBOAT_FAILPOINTS", FAILING_DELETES)],
+        "repack_below = 90\n",
+    ));
     let key = tmp.path().join("fleet.key");
     master_key(&ctl, &key);
+    let enroll = |n: &str| {
+        let root = tmp.path().join(format!("www-{n}"));
+        fs::create_dir_all(&root).expect("mkdir");
+        let a = Agent::enroll(
+            &ctl,
+            &tmp.path().join(n),
+            n,
+            Some("web"),
+            &key,
+            &files_source(&root),
+        );
+        (a, root)
+    };
     let names = ["web-01", "web-02", "web-03"];
-    let agents: Vec<(Agent, PathBuf)> = names
-        .iter()
-        .map(|n| {
-            let root = tmp.path().join(format!("www-{n}"));
-            fs::create_dir_all(&root).expect("mkdir");
-            let a = Agent::enroll(
-                &ctl,
-                &tmp.path().join(n),
-                n,
-                Some("web"),
-                &key,
-                &files_source(&root),
-            );
-            (a, root)
-        })
-        .collect();
+    let agents: Vec<(Agent, PathBuf)> = names.iter().map(|n| enroll(n)).collect();
+    let reader = enroll("reader");
+    write_version(&reader.1, &mut Rng::new(0x6c1f_ffff), 9, 0);
+    reader.0.backup("web");
+    let reader_expected = tmp.path().join("reader-expected");
+    copy_tree(&reader.1, &reader_expected);
     let expected_dir = tmp.path().join("expected");
     fs::create_dir_all(&expected_dir).expect("mkdir");
     let expected: Arc<Mutex<HashMap<String, PathBuf>>> = Arc::default();
     let done = Arc::new(AtomicBool::new(false));
-    let reclaimed = Arc::new(Mutex::new(0u64));
+    let totals = Arc::new(Mutex::new((0u64, 0u64)));
 
     std::thread::scope(|s| {
         let collector = {
-            let (ctl, done, reclaimed) = (ctl.clone(), done.clone(), reclaimed.clone());
+            let (ctl, done, totals) = (ctl.clone(), done.clone(), totals.clone());
             s.spawn(move || {
                 let mut runs = 0;
                 while !done.load(Ordering::SeqCst) && runs < 40 {
@@ -157,12 +198,18 @@ fn gc_under_load_keeps_every_snapshot_restorable_and_frees_the_rest() {
                         assert!(out.status.success(), "forget: {}", describe(&out));
                     }
                     let r = gc(&ctl);
-                    *reclaimed.lock().expect("lock") +=
-                        r["bytes_reclaimed"].as_u64().expect("bytes");
+                    let mut t = totals.lock().expect("lock");
+                    t.0 += r["bytes_reclaimed"].as_u64().expect("bytes");
+                    t.1 += r["packs_repacked"].as_u64().expect("repacked");
                     runs += 1;
                 }
                 runs
             })
+        };
+        let restorer = {
+            let (ctl, done) = (ctl.clone(), done.clone());
+            let (reader, expected, tmp) = (&reader, &reader_expected, tmp.path());
+            s.spawn(move || reader_restores(&ctl, reader, expected, &done, tmp))
         };
         let workers: Vec<_> = agents
             .iter()
@@ -171,7 +218,7 @@ fn gc_under_load_keeps_every_snapshot_restorable_and_frees_the_rest() {
                 let (expected, expected_dir) = (expected.clone(), expected_dir.clone());
                 s.spawn(move || {
                     let mut rng = Rng::new(0x6c1f_0000 + i as u64);
-                    for round in 0..4 {
+                    for round in 0..8 {
                         write_version(root, &mut rng, i, round);
                         let v = agent.backup("web");
                         let id = v["snapshot_id"].as_str().expect("snapshot_id").to_owned();
@@ -187,8 +234,9 @@ fn gc_under_load_keeps_every_snapshot_restorable_and_frees_the_rest() {
         }
         done.store(true, Ordering::SeqCst);
         let runs = collector.join().expect("collector");
+        let restores = restorer.join().expect("restorer");
         assert!(runs >= 1, "GC ran during the backups");
-        println!("GC runs concurrent with the backups: {runs}");
+        println!("GC runs concurrent with the backups: {runs}; restores meanwhile: {restores}");
     });
 
     // Final forget and GC runs: condemn, then sweep, then nothing left to do.
@@ -196,15 +244,23 @@ fn gc_under_load_keeps_every_snapshot_restorable_and_frees_the_rest() {
         let out = ctl.ctl(&["forget", "--agent", n, "--keep-last", "2"]);
         assert!(out.status.success(), "{}", describe(&out));
     }
-    let mut total = *reclaimed.lock().expect("lock");
+    let (mut total, mut repacked) = *totals.lock().expect("lock");
     for _ in 0..3 {
-        total += gc(&ctl)["bytes_reclaimed"].as_u64().expect("bytes");
+        let r = gc(&ctl);
+        total += r["bytes_reclaimed"].as_u64().expect("bytes");
+        repacked += r["packs_repacked"].as_u64().expect("repacked");
     }
     let last = gc(&ctl);
     assert_eq!(last["chunks_condemned"], 0, "{last}");
     assert_eq!(last["objects_deleted"], 0, "{last}");
+    assert_eq!(last["repack_candidates"], 0, "{last}");
     assert!(total > 0, "GC reclaimed something");
-    println!("bytes reclaimed in the stress test: {total}");
+    assert!(repacked > 0, "packs were repacked under load");
+    assert!(
+        ctl.log().contains("GC could not delete an object"),
+        "the injected delete failures happened"
+    );
+    println!("bytes reclaimed in the stress test: {total}; packs repacked: {repacked}");
     assert_eq!(
         unreferenced(&dir),
         (0, 0),
@@ -227,6 +283,13 @@ fn gc_under_load_keeps_every_snapshot_restorable_and_frees_the_rest() {
         }
     }
     assert_eq!(restored, 6);
+    restore_matches(
+        &reader.0,
+        &snapshot_ids(&ctl, "reader")[0],
+        &tmp.path().join("reader-last"),
+        &reader.1,
+        &reader_expected,
+    );
 }
 
 /// Dedup against condemned chunks (test 2 of the issue) and stored bytes after forget + GC

@@ -1,4 +1,4 @@
-//! `lifeboatctl replication deletes [--json]`: deletes waiting for their delay before they reach
+//! `lifeboatctl replication deletes [--run-due] [--json]`: deletes waiting for their delay before they reach
 //! the secondary, and — with `[secondary] deletes = false` — deletes the controller will never run
 //! itself (`MANUAL`: for an operator's job or a bucket lifecycle rule).
 
@@ -11,6 +11,10 @@ use crate::MAX_MESSAGE_BYTES;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Run the deletes that are due now (the controller otherwise runs them every minute),
+    /// then list what is left.
+    #[arg(long)]
+    pub run_due: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -20,7 +24,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
     let mut client = AdminServiceClient::new(ctx.channel().await?)
         .max_decoding_message_size(MAX_MESSAGE_BYTES * 16);
     let r = match client
-        .list_delayed_deletes(ListDelayedDeletesRequest {})
+        .list_delayed_deletes(ListDelayedDeletesRequest { run_due: a.run_due })
         .await
     {
         Ok(r) => r.into_inner(),
@@ -39,8 +43,20 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
                 })
             })
             .collect();
-        println!("{}", json!({ "deletes": v }));
+        let mut out = json!({ "deletes": v });
+        if a.run_due {
+            out["deleted"] = json!(r.deleted);
+            out["cancelled"] = json!(r.cancelled);
+            out["failed"] = json!(r.failed);
+        }
+        println!("{out}");
         return Ok(());
+    }
+    if a.run_due {
+        println!(
+            "ran the due deletes: {} deleted, {} cancelled (in the primary again), {} failed (retried in a minute)",
+            r.deleted, r.cancelled, r.failed
+        );
     }
     if r.deletes.is_empty() {
         println!("no delayed deletes");

@@ -1,11 +1,13 @@
-//! The clock of RPO status, alerts and fleet metrics.
+//! The controller's judging clock: RPO status, alerts and fleet metrics, the start of a GC run
+//! (condemn cutoff, lease expiry) and when delayed secondary deletes fall due.
 //!
 //! Production reads the system clock. Tests of real processes must move time forward without
 //! sleeping; with the `testing` feature (which `cargo build --workspace` enables through the
 //! integration tests), the environment variable [`ENV_OFFSET_FILE`] names a file holding a
 //! signed offset in milliseconds, re-read on every call, so a test can move the controller's
 //! fleet clock while it runs. A missing or empty file means no offset; an unreadable number is
-//! logged and ignored. Snapshot commit times are not affected: only the judging clock moves.
+//! logged and ignored. Snapshot commit times, chunk creation times and session leases are not
+//! affected: only the judging clock moves (so moving it forward ages everything at once).
 
 /// Names the offset file (only honoured with the `testing` feature).
 pub const ENV_OFFSET_FILE: &str = "LIFEBOAT_TEST_CLOCK_OFFSET_FILE";

@@ -12,7 +12,8 @@
 //!    [`crate::replication::deletes::enqueue`]).
 //!
 //! A crash between 1 and 2 (failpoint `gc.after_catalog`) leaves tombstones: the next run
-//! finishes them first. A failed delete leaves its tombstone for the next run too.
+//! finishes them first. A failed delete (failpoint `gc.object_delete` with `error` injects one)
+//! leaves its tombstone for the next run too.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -373,7 +374,11 @@ pub async fn finish(
             0 => store.head(&t.key).await.unwrap_or(0),
             n => n,
         };
-        if let Err(e) = store.delete(&t.key).await {
+        let deleted = match failpoint::check("gc.object_delete") {
+            Err(e) => Err(e.to_string()),
+            Ok(()) => store.delete(&t.key).await.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = deleted {
             tracing::warn!(key = %t.key, error = %e, "GC could not delete an object; next run retries");
             out.failed += 1;
             continue;

@@ -185,14 +185,30 @@ fn close(conn: &Connection, seq: i64, now: i64, note: Option<&str>) -> Result<()
 /// not run it itself (`[secondary] deletes = false`). Empty without a secondary.
 pub async fn answer(
     state: &crate::service::State,
+    run_now: bool,
 ) -> Result<lifeboat_proto::v1::ListDelayedDeletesResponse, CatalogError> {
     use lifeboat_proto::v1 as pb;
-    if state.secondary.is_none() {
+    let Some(secondary) = &state.secondary else {
         return Ok(pb::ListDelayedDeletesResponse::default());
-    }
+    };
     let manual = !state.replication.settings.deletes;
+    let round = if run_now {
+        run_due(
+            &state.catalog,
+            &state.store,
+            secondary,
+            !manual,
+            crate::fleet::clock::now_ms(),
+        )
+        .await?
+    } else {
+        Round::default()
+    };
     let rows = state.catalog.run(|c| list(c)).await?;
     Ok(pb::ListDelayedDeletesResponse {
+        deleted: round.deleted,
+        cancelled: round.cancelled,
+        failed: round.failed,
         deletes: rows
             .into_iter()
             .map(|d| pb::DelayedDelete {

@@ -120,7 +120,7 @@ impl Worker {
                 &self.primary,
                 &self.secondary,
                 settings.deletes,
-                now_unix_ms(),
+                crate::fleet::clock::now_ms(),
             )
             .await
             {

@@ -235,7 +235,7 @@ async fn call(rpc: &str, ch: Channel, f: &Fixture) -> Outcome {
             .await
             .map(drop),
         "ListDelayedDeletes" => ad
-            .list_delayed_deletes(pb::ListDelayedDeletesRequest {})
+            .list_delayed_deletes(pb::ListDelayedDeletesRequest::default())
             .await
             .map(drop),
         // An invalid schedule: the admin gets InvalidArgument (authorized), nothing is stored.

@@ -350,7 +350,7 @@ impl AdminService for AdminApi {
         req: Request<pb::ListDelayedDeletesRequest>,
     ) -> Result<Response<pb::ListDelayedDeletesResponse>, Status> {
         require_admin(&self.state.catalog, &req).await?;
-        let r = crate::replication::deletes::answer(&self.state)
+        let r = crate::replication::deletes::answer(&self.state, req.get_ref().run_due)
             .await
             .map_err(ServiceError::from)?;
         Ok(Response::new(r))
