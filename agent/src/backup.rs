@@ -244,7 +244,7 @@ async fn run_pass<R: Remote>(
         .await?;
         up.flush().await?;
     }
-    let (entries, stats) = build_entries(&items, &results);
+    let (entries, stats) = build_entries(src, &items, &results);
     let manifest = manifest_bytes(src, started_ms, &entries);
     let data_ids = entries.iter().flat_map(Entry::chunk_ids).collect();
     let unreadable = results.unreadable.len() as u64;
@@ -287,6 +287,7 @@ async fn read_pass<R: Remote>(
         roots: src.paths.iter().map(|p| path_bytes(p)).collect(),
         source: src.name.clone(),
         params: src.chunker,
+        dump_files: src.dump_files.clone(),
         keys: ctx.keys.clone(),
         cache,
         cache_stamp: cache_stamp(&ctx.keys, src),
@@ -337,11 +338,17 @@ fn path_bytes(p: &std::path::Path) -> Vec<u8> {
     p.as_os_str().as_bytes().to_vec()
 }
 
-/// Cache keys depend on the chunk-id key and the chunker parameters (see [`crate::cache`]).
+/// Cache keys depend on the chunk-id key, the chunker parameters and which files are chunked
+/// as dumps (see [`crate::cache`]): changing either re-reads the files once.
 fn cache_stamp(keys: &DataKeys, src: &SourceConfig) -> [u8; 8] {
     let mut input = b"lifeboat file cache stamp v1".to_vec();
     for v in [src.chunker.min, src.chunker.avg, src.chunker.max] {
         input.extend_from_slice(&v.to_le_bytes());
+    }
+    // Without dump patterns the stamp is the one of earlier agents (their caches stay valid).
+    for p in src.dump_files.patterns() {
+        input.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        input.extend_from_slice(p.as_bytes());
     }
     let id = keys.chunk_id(&input);
     let mut stamp = [0u8; 8];
@@ -350,7 +357,11 @@ fn cache_stamp(keys: &DataKeys, src: &SourceConfig) -> [u8; 8] {
 }
 
 /// Manifest entries in walk order (unreadable files left out) and the snapshot's counts.
-fn build_entries(items: &[WalkItem], results: &FileResults) -> (Vec<Entry>, SnapshotStats) {
+fn build_entries(
+    src: &SourceConfig,
+    items: &[WalkItem],
+    results: &FileResults,
+) -> (Vec<Entry>, SnapshotStats) {
     let mut stats = SnapshotStats::default();
     let mut entries = Vec::with_capacity(items.len());
     let mut distinct: BTreeSet<ChunkId> = BTreeSet::new();
@@ -374,6 +385,10 @@ fn build_entries(items: &[WalkItem], results: &FileResults) -> (Vec<Entry>, Snap
                 e.size = done.size;
                 e.chunks = done.ids.iter().map(|id| id.as_bytes().to_vec()).collect();
                 e.chunk_sizes = done.sizes.clone();
+                let params = src.chunker_for(&item.abs);
+                if params != src.chunker {
+                    e.chunker = Some(params.into());
+                }
                 distinct.extend(done.ids.iter().copied());
                 stats.files += 1;
                 stats.logical_bytes += done.size;

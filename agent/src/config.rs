@@ -7,9 +7,15 @@
 //! level, exclude globs, and that the certificate, key, CA and master key files exist. The
 //! environment variable `LIFEBOAT_ADDRESS` overrides `[controller] address`.
 //!
-//! Exclude rule: a pattern without `/` matches an entry's file name (`*.swp`, `cache`); a pattern
-//! with `/` matches the entry's absolute path (`/var/www/*/tmp`, `/var/www/**/*.log`), where `*`
-//! and `?` do not cross `/` and `**` does. An excluded directory is not descended into.
+//! Pattern rule (`exclude`, `dump_files`): a pattern without `/` matches an entry's file name
+//! (`*.swp`, `cache`); a pattern with `/` matches the entry's absolute path (`/var/www/*/tmp`,
+//! `/var/www/**/*.log`), where `*` and `?` do not cross `/` and `**` does. An excluded directory
+//! is not descended into.
+//!
+//! `dump_files` (files sources; default `["*.sql"]`, `[]` for none): files chunked with the
+//! dump parameters ([`ChunkerParams::DUMPS`], 16 KiB average) instead of the source's, because a
+//! dump rewritten with a few rows changed then re-stores a few small chunks rather than most of
+//! its 1 MiB ones (docs/adr/0005-dump-chunking.md).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -30,6 +36,8 @@ pub const ADDRESS_ENV: &str = "LIFEBOAT_ADDRESS";
 /// bench's web root + dump in 1 MiB blocks, level 1 compresses text at 464 MB/s to 9.79 MB where
 /// level 3 does 366 MB/s to 9.50 MB (+3% bytes for -21% CPU; +0.8% over the whole data set).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
+/// Default `dump_files` of a files source.
+pub const DEFAULT_DUMP_FILES: [&str; 1] = ["*.sql"];
 /// Default backup interval for `lifeboat-agent run`.
 pub const DEFAULT_INTERVAL: &str = "1h";
 
@@ -66,6 +74,7 @@ struct RawSource {
     exclude: Vec<String>,
     interval: Option<String>,
     chunker: Option<ChunkerParams>,
+    dump_files: Option<Vec<String>>,
     // kind = "mysql" (see `database`)
     #[serde(default)]
     databases: Vec<String>,
@@ -122,15 +131,15 @@ impl SourceKind {
 /// Paths of the `nginx` preset when `paths` is not given.
 pub const NGINX_PRESET_PATHS: [&str; 2] = ["/var/www", "/etc/nginx"];
 
-/// Compiled exclude patterns (see the module docs for the rule).
+/// Compiled path patterns: `exclude` and `dump_files` (see the module docs for the rule).
 #[derive(Clone, Debug, Default)]
-pub struct Excludes {
+pub struct PathPatterns {
     names: GlobSet,
     paths: GlobSet,
     patterns: Vec<String>,
 }
 
-impl Excludes {
+impl PathPatterns {
     /// Compiles patterns; the error names the bad pattern.
     pub fn new(patterns: &[String]) -> Result<Self, String> {
         let mut names = GlobSetBuilder::new();
@@ -139,23 +148,23 @@ impl Excludes {
             let glob = GlobBuilder::new(p)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| format!("invalid exclude pattern {p:?}: {e}"))?;
+                .map_err(|e| format!("invalid pattern {p:?}: {e}"))?;
             if p.contains('/') {
                 paths.add(glob);
             } else {
                 names.add(glob);
             }
         }
-        let build = |b: GlobSetBuilder| b.build().map_err(|e| format!("invalid excludes: {e}"));
-        Ok(Excludes {
+        let build = |b: GlobSetBuilder| b.build().map_err(|e| format!("invalid patterns: {e}"));
+        Ok(PathPatterns {
             names: build(names)?,
             paths: build(paths)?,
             patterns: patterns.to_vec(),
         })
     }
 
-    /// Whether the entry at absolute path `abs` is excluded.
-    pub fn is_excluded(&self, abs: &Path) -> bool {
+    /// Whether the entry at absolute path `abs` matches.
+    pub fn matches(&self, abs: &Path) -> bool {
         if self.patterns.is_empty() {
             return false;
         }
@@ -177,13 +186,27 @@ pub struct SourceConfig {
     pub kind: SourceKind,
     /// Absolute root paths, in config order (the manifest's root indices follow it).
     pub paths: Vec<PathBuf>,
-    pub excludes: Excludes,
+    pub excludes: PathPatterns,
     pub interval: Duration,
     pub chunker: ChunkerParams,
+    /// Files chunked with [`ChunkerParams::DUMPS`] instead of `chunker` (files sources).
+    pub dump_files: PathPatterns,
     /// Set for `kind = "mysql"`.
     pub mysql: Option<MysqlConfig>,
     /// Set when `nginx -t` runs after a restore of this source.
     pub nginx: Option<NginxCheck>,
+}
+
+impl SourceConfig {
+    /// The chunker parameters of the file at absolute path `abs`: the dump ones for
+    /// `dump_files`, else the source's.
+    pub fn chunker_for(&self, abs: &Path) -> ChunkerParams {
+        if self.dump_files.matches(abs) {
+            ChunkerParams::DUMPS
+        } else {
+            self.chunker
+        }
+    }
 }
 
 /// The validated agent configuration.
@@ -431,7 +454,19 @@ fn validate_source(mut s: RawSource) -> Result<SourceConfig, String> {
     chunker
         .validate()
         .map_err(|e| format!("{ctx}: chunker: {e}"))?;
-    let excludes = Excludes::new(&s.exclude).map_err(|e| format!("{ctx}: {e}"))?;
+    let excludes = PathPatterns::new(&s.exclude).map_err(|e| format!("{ctx}: exclude: {e}"))?;
+    let dump_files = match (&s.dump_files, kind) {
+        (Some(p), SourceKind::Files) => p.clone(),
+        (None, SourceKind::Files) => DEFAULT_DUMP_FILES.iter().map(|p| p.to_string()).collect(),
+        (Some(_), SourceKind::Mysql) => {
+            return Err(format!(
+                "{ctx}: dump_files is for files sources; a mysql source always chunks as a dump"
+            ));
+        }
+        (None, SourceKind::Mysql) => Vec::new(),
+    };
+    let dump_files =
+        PathPatterns::new(&dump_files).map_err(|e| format!("{ctx}: dump_files: {e}"))?;
     Ok(SourceConfig {
         name: s.name,
         kind,
@@ -439,6 +474,7 @@ fn validate_source(mut s: RawSource) -> Result<SourceConfig, String> {
         excludes,
         interval,
         chunker,
+        dump_files,
         mysql,
         nginx,
     })
@@ -498,12 +534,41 @@ key = "agent.key"
         assert_eq!(s.paths[0], PathBuf::from("/var/www"));
         assert_eq!(s.interval, Duration::from_secs(3600));
         assert_eq!(s.chunker, ChunkerParams::FILES);
+        assert_eq!(s.dump_files.patterns(), ["*.sql"], "default dump_files");
+        assert_eq!(
+            s.chunker_for(Path::new("/var/www/backup/shop.sql")),
+            ChunkerParams::DUMPS
+        );
+        assert_eq!(
+            s.chunker_for(Path::new("/var/www/index.html")),
+            ChunkerParams::FILES
+        );
         assert!(
             c.source("db")
                 .expect_err("unknown")
                 .to_string()
                 .contains("web")
         );
+    }
+
+    #[test]
+    fn dump_files_can_be_set_or_emptied_and_only_for_files_sources() {
+        let files = |extra: &str| {
+            format!("{BASE}[[source]]\nname = \"w\"\nkind = \"files\"\npaths = [\"/x\"]\n{extra}")
+        };
+        let c = load(&files("dump_files = []\n")).expect("valid");
+        assert_eq!(
+            c.source("w").expect("w").chunker_for(Path::new("/x/a.sql")),
+            ChunkerParams::FILES
+        );
+        let c = load(&files("dump_files = [\"*.dump\", \"/x/db/*\"]\n")).expect("valid");
+        let s = c.source("w").expect("w");
+        assert_eq!(
+            s.chunker_for(Path::new("/x/db/t.csv")),
+            ChunkerParams::DUMPS
+        );
+        assert_eq!(s.chunker_for(Path::new("/x/a.dump")), ChunkerParams::DUMPS);
+        assert!(load(&files("dump_files = [\"[\"]\n")).is_err());
     }
 
     #[test]
@@ -580,16 +645,16 @@ key = "agent.key"
 
     #[test]
     fn excludes_match_names_and_absolute_paths() {
-        let ex = Excludes::new(&[
+        let ex = PathPatterns::new(&[
             "*.swp".into(),
             "/var/www/*/tmp".into(),
             "/var/www/**/*.log".into(),
         ])
         .expect("compile");
-        assert!(ex.is_excluded(Path::new("/var/www/a/.x.swp")));
-        assert!(ex.is_excluded(Path::new("/var/www/site/tmp")));
-        assert!(!ex.is_excluded(Path::new("/var/www/a/b/tmp")));
-        assert!(ex.is_excluded(Path::new("/var/www/a/b/c.log")));
-        assert!(!ex.is_excluded(Path::new("/var/www/index.html")));
+        assert!(ex.matches(Path::new("/var/www/a/.x.swp")));
+        assert!(ex.matches(Path::new("/var/www/site/tmp")));
+        assert!(!ex.matches(Path::new("/var/www/a/b/tmp")));
+        assert!(ex.matches(Path::new("/var/www/a/b/c.log")));
+        assert!(!ex.matches(Path::new("/var/www/index.html")));
     }
 }

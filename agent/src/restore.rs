@@ -34,7 +34,7 @@ use lifeboat_common::manifest::{Entry, EntryKind, Manifest};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::config::Excludes;
+use crate::config::PathPatterns;
 use crate::error::AgentError;
 use crate::remote::Remote;
 use delete::{DeleteScope, delete_extraneous};
@@ -51,7 +51,7 @@ pub struct RestoreOptions {
     pub path: Option<PathBuf>,
     pub delete: bool,
     /// The source's current excludes (kept by `--delete`).
-    pub excludes: Excludes,
+    pub excludes: PathPatterns,
 }
 
 /// The outcome, as printed by `restore --json`.
@@ -192,12 +192,7 @@ fn chunker_params(m: &Manifest) -> ChunkerParams {
     m.header
         .chunker
         .as_ref()
-        .map(|c| ChunkerParams {
-            min: c.min,
-            avg: c.avg,
-            max: c.max,
-        })
-        .filter(|p| p.validate().is_ok())
+        .and_then(|c| c.params())
         .unwrap_or(ChunkerParams::FILES)
 }
 

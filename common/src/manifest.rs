@@ -53,6 +53,18 @@ pub struct ChunkerParamsMsg {
     pub max: u32,
 }
 
+impl ChunkerParamsMsg {
+    /// The parameters, if valid.
+    pub fn params(&self) -> Option<ChunkerParams> {
+        let p = ChunkerParams {
+            min: self.min,
+            avg: self.avg,
+            max: self.max,
+        };
+        p.validate().is_ok().then_some(p)
+    }
+}
+
 impl From<ChunkerParams> for ChunkerParamsMsg {
     fn from(p: ChunkerParams) -> Self {
         ChunkerParamsMsg {
@@ -126,6 +138,12 @@ pub struct Entry {
     /// Plaintext size of each chunk, parallel to `chunks`.
     #[prost(uint32, repeated, packed = "true", tag = "12")]
     pub chunk_sizes: Vec<u32>,
+    /// Set when this file was chunked with other parameters than the header's (a dump file in
+    /// a files source, `dump_files`). Added in 0.1 without a version bump: protobuf readers that
+    /// predate it ignore it, and the field only steers the restore's unchanged-file check,
+    /// which with the header's parameters merely rewrites such a file.
+    #[prost(message, optional, tag = "13")]
+    pub chunker: Option<ChunkerParamsMsg>,
 }
 
 #[derive(Clone, PartialEq, Message)]

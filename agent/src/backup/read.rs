@@ -21,6 +21,7 @@ use tracing::warn;
 use super::walk::WalkItem;
 use crate::cache::{CachedFile, FileCache, cache_key};
 use crate::chunking::for_each_chunk;
+use crate::config::PathPatterns;
 
 /// Opens files for reading; a seam so tests can inject read errors.
 pub trait Opener: Send + Sync {
@@ -62,6 +63,8 @@ pub struct ReadJob {
     pub roots: Vec<Vec<u8>>,
     pub source: String,
     pub params: ChunkerParams,
+    /// Files chunked with [`ChunkerParams::DUMPS`] instead of `params`.
+    pub dump_files: PathPatterns,
     pub keys: DataKeys,
     pub cache: Arc<dyn FileCache>,
     pub cache_stamp: [u8; 8],
@@ -159,17 +162,17 @@ fn read_file(
     let reader = job.opener.open(&item.abs)?;
     let mut ids = Vec::new();
     let mut sizes = Vec::new();
-    let size = for_each_chunk(
-        reader,
-        job.params,
-        job.keys.chunker_seed(),
-        |data: Vec<u8>| {
-            let id = job.keys.chunk_id(&data);
-            ids.push(id);
-            sizes.push(data.len() as u32);
-            tx.blocking_send(ReadMsg::Chunk { id, data })
-                .map_err(|_| ReadError::Stopped(Stopped))
-        },
-    )?;
+    let params = if job.dump_files.matches(&item.abs) {
+        ChunkerParams::DUMPS
+    } else {
+        job.params
+    };
+    let size = for_each_chunk(reader, params, job.keys.chunker_seed(), |data: Vec<u8>| {
+        let id = job.keys.chunk_id(&data);
+        ids.push(id);
+        sizes.push(data.len() as u32);
+        tx.blocking_send(ReadMsg::Chunk { id, data })
+            .map_err(|_| ReadError::Stopped(Stopped))
+    })?;
     Ok((ids, sizes, size))
 }

@@ -3,7 +3,7 @@
 //! Symlinks are never followed (`symlink_metadata`, `read_link`); directory entries are sorted
 //! by name bytes, so two walks of the same tree give the same order. Directories (also empty
 //! ones), regular files and symlinks are recorded; sockets, fifos and devices are skipped with a
-//! debug note. Excludes (see [`crate::config::Excludes`]) apply below each root, and an excluded
+//! debug note. PathPatterns (see [`crate::config::PathPatterns`]) apply below each root, and an excluded
 //! directory is not descended into. Anything that cannot be read (a root that is missing, a
 //! directory that cannot be listed, a symlink whose target cannot be read) is reported in
 //! `unreadable` and skipped; the walk goes on.
@@ -18,7 +18,7 @@ use lifeboat_common::manifest::EntryKind;
 use serde::Serialize;
 use tracing::debug;
 
-use crate::config::Excludes;
+use crate::config::PathPatterns;
 
 /// An input that could not be read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -93,7 +93,7 @@ pub struct WalkResult {
 }
 
 /// Walks every root in order.
-pub fn walk(roots: &[PathBuf], excludes: &Excludes) -> WalkResult {
+pub fn walk(roots: &[PathBuf], excludes: &PathPatterns) -> WalkResult {
     let mut out = WalkResult::default();
     for (i, root) in roots.iter().enumerate() {
         let meta = match fs::symlink_metadata(root) {
@@ -113,7 +113,7 @@ fn visit(
     abs: &Path,
     rel: Vec<u8>,
     meta: &Metadata,
-    excludes: &Excludes,
+    excludes: &PathPatterns,
     out: &mut WalkResult,
 ) {
     let ft = meta.file_type();
@@ -154,7 +154,13 @@ fn visit(
     }
 }
 
-fn visit_children(root: u32, abs: &Path, rel: &[u8], excludes: &Excludes, out: &mut WalkResult) {
+fn visit_children(
+    root: u32,
+    abs: &Path,
+    rel: &[u8],
+    excludes: &PathPatterns,
+    out: &mut WalkResult,
+) {
     let mut names: Vec<Vec<u8>> = match fs::read_dir(abs) {
         Ok(rd) => {
             let mut names = Vec::new();
@@ -174,7 +180,7 @@ fn visit_children(root: u32, abs: &Path, rel: &[u8], excludes: &Excludes, out: &
     names.sort();
     for name in names {
         let child = abs.join(OsStr::from_bytes(&name));
-        if excludes.is_excluded(&child) {
+        if excludes.matches(&child) {
             debug!(path = %child.display(), "excluded");
             continue;
         }
@@ -209,7 +215,8 @@ mod tests {
         fs::write(root.join("b/.x.swp"), b"s").expect("write");
         fs::write(root.join("cache/x/big"), b"c").expect("write");
         symlink("/etc", root.join("link")).expect("symlink");
-        let ex = Excludes::new(&["*.swp".into(), format!("{}/cache", root.display())]).expect("ex");
+        let ex =
+            PathPatterns::new(&["*.swp".into(), format!("{}/cache", root.display())]).expect("ex");
         let missing = dir.path().join("missing");
         let r = walk(&[root.clone(), missing.clone()], &ex);
         let rels: Vec<String> = r

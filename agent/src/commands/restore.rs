@@ -21,7 +21,7 @@ use tracing::warn;
 use super::{CmdResult, Failure, connect, data_keys, human_bytes, load_config, print_json};
 use crate::cli::{Cli, RegionArg, RestoreArgs};
 use crate::client::GrpcRemote;
-use crate::config::{AgentConfig, Excludes, NginxCheck};
+use crate::config::{AgentConfig, NginxCheck, PathPatterns};
 use crate::error::AgentError;
 use crate::mysql::Server;
 use crate::restore::database::{DbRestoreOptions, restore_databases};
@@ -205,7 +205,7 @@ async fn restore_files(
         Some(s) => s.excludes.clone(),
         None => {
             warn!(source = %args.source, "source is not in this agent's config; --delete keeps no excluded paths");
-            Excludes::default()
+            PathPatterns::default()
         }
     };
     let opts = RestoreOptions {

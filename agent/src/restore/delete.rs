@@ -13,7 +13,7 @@ use std::path::Path;
 
 use tracing::info;
 
-use crate::config::Excludes;
+use crate::config::PathPatterns;
 use crate::error::AgentError;
 
 /// One tree to clean: the target directory, the original path it stands for, and the relative
@@ -24,7 +24,7 @@ pub struct DeleteScope<'a> {
     /// Relative path of `target` below its root ("" for the root itself).
     pub rel: Vec<u8>,
     pub keep: &'a HashSet<Vec<u8>>,
-    pub excludes: &'a Excludes,
+    pub excludes: &'a PathPatterns,
 }
 
 /// Removes extraneous entries below `scope.target`; returns how many paths were removed (a
@@ -62,7 +62,7 @@ fn clean_dir(
         }
         child_rel.extend_from_slice(name.as_bytes());
         let original = scope.original.join(OsStr::from_bytes(&child_rel));
-        if scope.excludes.is_excluded(&original) {
+        if scope.excludes.matches(&original) {
             continue;
         }
         let path = dir.join(&name);
@@ -102,7 +102,7 @@ mod tests {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect();
-        let ex = Excludes::new(&["*.swp".into()]).expect("ex");
+        let ex = PathPatterns::new(&["*.swp".into()]).expect("ex");
         let n = delete_extraneous(&DeleteScope {
             target: t,
             original: Path::new("/var/www"),

@@ -200,7 +200,15 @@ async fn run_unit<R: Remote>(
     let unchanged: Vec<bool> = tokio::task::spawn_blocking(move || {
         checks
             .iter()
-            .map(|(d, e)| write::is_unchanged(d, e, &keys, params))
+            .map(|(d, e)| {
+                // A file chunked with its own parameters (a dump file) is checked with them.
+                let p = e
+                    .chunker
+                    .as_ref()
+                    .and_then(|c| c.params())
+                    .unwrap_or(params);
+                write::is_unchanged(d, e, &keys, p)
+            })
             .collect()
     })
     .await

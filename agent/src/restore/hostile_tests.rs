@@ -23,7 +23,7 @@ use lifeboat_common::manifest::{
 use prost::Message;
 
 use super::*;
-use crate::config::Excludes;
+use crate::config::PathPatterns;
 use crate::remote::SnapshotInfo;
 use crate::remote::memory::MemoryRemote;
 
@@ -147,7 +147,7 @@ impl Scene {
             target: Target::To(self.out()),
             path: None,
             delete: false,
-            excludes: Excludes::default(),
+            excludes: PathPatterns::default(),
         };
         restore(&self.remote, &keys(), &o).await
     }

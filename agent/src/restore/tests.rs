@@ -17,7 +17,7 @@ use super::*;
 use crate::backup::read::{FsOpener, Opener};
 use crate::backup::{BackupContext, BackupReport, backup_source};
 use crate::cache::{FileCache, SledCache};
-use crate::config::{Excludes, SourceConfig, SourceKind};
+use crate::config::{PathPatterns, SourceConfig, SourceKind};
 use crate::remote::memory::MemoryRemote;
 
 const SMALL: ChunkerParams = ChunkerParams {
@@ -35,10 +35,11 @@ fn source(root: &Path, excludes: &[&str]) -> SourceConfig {
         name: "web".into(),
         kind: SourceKind::Files,
         paths: vec![root.to_owned()],
-        excludes: Excludes::new(&excludes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        excludes: PathPatterns::new(&excludes.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .expect("excludes"),
         interval: Duration::from_secs(60),
         chunker: SMALL,
+        dump_files: PathPatterns::default(),
         mysql: None,
         nginx: None,
     }
@@ -115,7 +116,7 @@ fn opts(f: &Fixture, delete: bool, path: Option<PathBuf>) -> RestoreOptions {
         target: Target::To(f.out.clone()),
         path,
         delete,
-        excludes: Excludes::new(&["*.swp".into()]).expect("excludes"),
+        excludes: PathPatterns::new(&["*.swp".into()]).expect("excludes"),
     }
 }
 
@@ -394,7 +395,7 @@ async fn crafted_symlink_escape_is_refused_and_nothing_is_written_outside() {
         target: Target::To(out.clone()),
         path: None,
         delete: true,
-        excludes: Excludes::default(),
+        excludes: PathPatterns::default(),
     };
     let err = restore_manifest(&remote, &keys(), &m, &o)
         .await
@@ -448,5 +449,71 @@ async fn backup_progress_is_told_with_the_walked_total() {
     assert!(
         first.bytes_done > 0 && first.bytes_done <= first.bytes_total,
         "{first:?}"
+    );
+}
+
+/// A `*.sql` file in a files source is chunked with the dump parameters (16 KiB average, not
+/// the source's), its manifest entry says so, and the restore's unchanged check uses them.
+#[tokio::test]
+async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
+    let f = fixture();
+    let mut sql = String::new();
+    for i in 0..8_000 {
+        sql.push_str(&format!(
+            "INSERT INTO t VALUES ({i}, 'row {i} {}');\n",
+            i * 7919 % 1000
+        ));
+    }
+    fs::write(f.root.join("site/shop.sql"), &sql).expect("write");
+    let ctx = BackupContext {
+        remote: &f.remote,
+        keys: keys(),
+        zstd_level: 3,
+        cache: f.cache.clone(),
+        opener: Arc::new(FsOpener),
+        bandwidth: crate::backup::unlimited(),
+        progress: crate::backup::no_progress(),
+    };
+    let mut src = source(&f.root, &["*.swp"]);
+    src.chunker = ChunkerParams::FILES;
+    src.dump_files = PathPatterns::new(&["*.sql".into()]).expect("patterns");
+    backup_source(&ctx, &src).await.expect("backup");
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+        .await
+        .expect("manifest");
+    let entry = |name: &[u8]| {
+        m.entries
+            .iter()
+            .find(|e| e.path == name)
+            .cloned()
+            .expect("entry")
+    };
+    let dump = entry(b"site/shop.sql");
+    assert_eq!(
+        dump.chunker.as_ref().and_then(|c| c.params()),
+        Some(ChunkerParams::DUMPS)
+    );
+    assert!(
+        dump.chunk_sizes.len() >= 8,
+        "{} bytes in 16 KiB chunks, not one 1 MiB chunk: {:?}",
+        sql.len(),
+        dump.chunk_sizes
+    );
+    assert_eq!(
+        entry(b"site/big.bin").chunker,
+        None,
+        "others use the header's"
+    );
+
+    restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore again");
+    assert_eq!(
+        (rep.files_written, rep.files_unchanged),
+        (0, 4),
+        "the dump re-chunked with its own parameters is found unchanged"
     );
 }
