@@ -264,24 +264,7 @@ impl AgentService for AgentApi {
         // Two blobs in flight at most: memory stays bounded whatever the request size.
         let (tx, rx) = mpsc::channel(2);
         let state = self.state.clone();
-        tokio::spawn(async move {
-            for (id, loc) in plan {
-                let msg = match reads::read_blob_any(&state, &group, &id, &loc, region).await {
-                    Ok((data, from_secondary)) => Ok(pb::ReadChunksResponse {
-                        blob: Some(pb::Blob {
-                            id: Bytes::copy_from_slice(id.as_bytes()),
-                            data,
-                        }),
-                        from_secondary,
-                    }),
-                    Err(e) => Err(Status::from(e)),
-                };
-                let failed = msg.is_err();
-                if tx.send(msg).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(reads::stream(state, group, plan, region, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
