@@ -21,7 +21,8 @@ const EXAMPLES: &str = "Examples:
   lifeboat-agent --config /etc/lifeboat/agent.toml restore --source db
   lifeboat-agent --config /etc/lifeboat/agent.toml restore --source db --database shop --as shop_check
   lifeboat-agent --config /etc/lifeboat/agent.toml restore --source db --database shop --drop-existing --users
-  lifeboat-agent --config /etc/lifeboat/agent.toml restore --from-agent old-vm --source db";
+  lifeboat-agent --config /etc/lifeboat/agent.toml restore --from-agent old-vm --source db
+  lifeboat-agent cpu-check --path /var/www";
 
 fn after_help() -> String {
     format!("{EXAMPLES}\n\n{}", lifeboat_common::exit::HELP_TABLE)
@@ -67,6 +68,10 @@ pub enum Command {
     /// The fleet master key: recover it from the controller's escrow with the passphrase.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Measure this machine's CPU ceiling for backups: chunk, hash, compress and encrypt the
+    /// files under --path on one core (nothing sent, nothing written) and print MB/s per core
+    /// and for all cores. No config needed.
+    CpuCheck(crate::commands::cpu_check::CpuCheckArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 //! (and logged nowhere else).
 
 pub mod backup;
+pub mod cpu_check;
 pub mod enroll;
 pub mod init;
 pub mod key;

@@ -10,6 +10,7 @@ fn main() {
     lifeboat_common::telemetry::init("info", cli.log_json);
     let code = match &cli.command {
         Command::Init(args) => commands::init::run(args),
+        Command::CpuCheck(args) => commands::cpu_check::run(args),
         other => match tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -33,6 +34,7 @@ fn main() {
 async fn dispatch(cli: &Cli, command: &Command) -> commands::CmdResult {
     match command {
         Command::Init(args) => commands::init::run(args),
+        Command::CpuCheck(args) => commands::cpu_check::run(args),
         Command::Backup(args) => commands::backup::run(cli, args).await,
         Command::Run => commands::run::run(cli).await,
         Command::Snapshots(args) => commands::snapshots::run(cli, args).await,

@@ -382,7 +382,7 @@ pub fn seal_threads() -> usize {
 }
 
 /// Seals one chunk: zstd only if a sample says it is worth it ([`blob::worth_compressing`]).
-fn seal_one(
+pub(crate) fn seal_one(
     keys: &DataKeys,
     level: i32,
     id: ChunkId,

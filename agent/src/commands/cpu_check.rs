@@ -1,0 +1,120 @@
+//! `lifeboat-agent cpu-check --path DIR [--json]`: how fast this machine can do Lifeboat's
+//! per-byte work on real files, with no controller and no network.
+//!
+//! Every file under DIR is read, chunked (FastCDC; the dump parameters for `*.sql`, like a
+//! files source's default `dump_files`), hashed into a chunk id (keyed BLAKE3), judged for
+//! compressibility, compressed (zstd at the default level) and encrypted (XChaCha20-Poly1305)
+//! exactly as a backup seals it, and the sealed blob is hashed once more (BLAKE3, as the
+//! controller verifies it). Nothing is written. The work runs on one thread, so its rate is the
+//! cost per core; `ceiling` multiplies it by the cores this process may use: no backup on this
+//! machine can beat that, whatever its pipeline, because it is this CPU work done on every core
+//! with nothing else to do (no I/O, no network, no catalog). `scripts/bench` runs it to show how
+//! close a backup comes to the machine's limit.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use lifeboat_common::chunker::ChunkerParams;
+use lifeboat_common::exit;
+use lifeboat_common::keys::{DataKeys, MasterKey};
+
+use super::{CmdResult, Failure};
+use crate::backup::upload::{seal_one, seal_threads};
+use crate::chunking::for_each_chunk;
+use crate::config::DEFAULT_ZSTD_LEVEL;
+
+#[derive(Debug, clap::Args)]
+pub struct CpuCheckArgs {
+    /// The directory whose files are measured (read, never changed).
+    #[arg(long, value_name = "DIR")]
+    pub path: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let t = e.file_type()?;
+        if t.is_dir() {
+            files_under(&e.path(), out)?;
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Seals every chunk of one file; returns its size.
+fn one_file(keys: &DataKeys, path: &Path) -> std::io::Result<u64> {
+    let params = if path.extension().is_some_and(|e| e == "sql") {
+        ChunkerParams::DUMPS
+    } else {
+        ChunkerParams::FILES
+    };
+    let f = File::open(path)?;
+    for_each_chunk(
+        BufReader::with_capacity(1 << 20, f),
+        params,
+        keys.chunker_seed(),
+        |data: Vec<u8>| {
+            let id = keys.chunk_id(&data);
+            let (_, sealed) = seal_one(keys, DEFAULT_ZSTD_LEVEL, id, &data)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            std::hint::black_box(blake3::hash(&sealed));
+            Ok::<(), std::io::Error>(())
+        },
+    )
+}
+
+pub fn run(args: &CpuCheckArgs) -> CmdResult {
+    let fail = |message: String| Failure {
+        message,
+        code: exit::ERROR,
+    };
+    let mut files = Vec::new();
+    files_under(&args.path, &mut files).map_err(|e| {
+        fail(format!(
+            "cannot list {}: {e}; give a readable directory with --path",
+            args.path.display()
+        ))
+    })?;
+    let keys = MasterKey::generate().data_keys();
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    for f in &files {
+        bytes +=
+            one_file(&keys, f).map_err(|e| fail(format!("cannot measure {}: {e}", f.display())))?;
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let per_core = bytes as f64 / secs / 1e6;
+    let cores = seal_threads();
+    let ceiling = per_core * cores as f64;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "files": files.len(),
+                "bytes": bytes,
+                "seconds": secs,
+                "mb_per_s_per_core": per_core,
+                "cores": cores,
+                "ceiling_mb_per_s": ceiling,
+            })
+        );
+    } else {
+        println!(
+            "{} files, {:.1} MB in {secs:.2} s on one core: {per_core:.0} MB/s per core",
+            files.len(),
+            bytes as f64 / 1e6
+        );
+        println!(
+            "ceiling with {cores} cores busy and nothing else to do: {ceiling:.0} MB/s (no backup here can go faster)"
+        );
+    }
+    Ok(exit::SUCCESS)
+}
