@@ -71,7 +71,8 @@ pub static RUN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// Default margin subtracted from the cutoff (clock granularity, in-flight calls).
 pub const DEFAULT_MARGIN: Duration = Duration::from_secs(600);
-/// Default session lease: renewed by every HaveChunks and upload batch; one hour of silence
+/// Default session lease: renewed by HaveChunks and upload batches (at most once a minute,
+/// [`pins::renew_slack`]); one hour of silence
 /// from a session means it is dead (agents send batches every few seconds while working).
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
 /// Default interval of the GC worker (0: no worker, `lifeboatctl gc` only).

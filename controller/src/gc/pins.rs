@@ -30,16 +30,29 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Extends `session`'s lease to `now + lease`.
+/// Extends `session`'s lease to `now + lease`, unless it already runs to within
+/// [`renew_slack`] of that: a busy session then writes its lease once a minute rather than on
+/// every call (each write is a catalog commit, an fsync), and its pins still outlive its last
+/// call by at least `lease − slack`.
 pub fn renew(
     conn: &Connection,
     session: &str,
     now: i64,
     lease: Duration,
 ) -> Result<(), CatalogError> {
-    conn.prepare_cached("UPDATE sessions SET lease_until = MAX(lease_until, ?2) WHERE id = ?1")?
-        .execute(params![session, now.saturating_add(millis(lease))])?;
+    let until = now.saturating_add(millis(lease));
+    conn.prepare_cached("UPDATE sessions SET lease_until = ?2 WHERE id = ?1 AND lease_until < ?3")?
+        .execute(params![
+            session,
+            until,
+            until.saturating_sub(millis(renew_slack(lease)))
+        ])?;
     Ok(())
+}
+
+/// How stale a lease may get before a call renews it: a tenth of the lease, at most a minute.
+pub fn renew_slack(lease: Duration) -> Duration {
+    (lease / 10).min(Duration::from_secs(60))
 }
 
 /// Pins `ids` (which the caller knows are stored for `group`) to `session`.
@@ -79,7 +92,7 @@ fn have_and_revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<bool,
 }
 
 /// In one transaction: renews the lease, revives and pins every stored id, returns the stored
-/// ones.
+/// ones. A batch with nothing stored and a fresh lease writes nothing (no commit to sync).
 pub fn pin_present(
     conn: &mut Connection,
     session: &str,

@@ -409,3 +409,30 @@ async fn pins_of_an_expired_lease_stop_protecting() {
 }
 
 mod repack;
+
+#[tokio::test]
+async fn a_fresh_lease_is_not_rewritten_on_every_call() {
+    let w = World::new();
+    let lease_of = |w: &World| {
+        w.cat
+            .run_blocking(|c| {
+                Ok(c.query_row("SELECT lease_until FROM sessions WHERE id = 's0'", [], |r| {
+                    r.get::<_, i64>(0)
+                })?)
+            })
+            .expect("lease")
+    };
+    let hour = Duration::from_secs(3600);
+    w.cat
+        .run_blocking(move |c| pins::renew(c, "s0", 1_000, hour))
+        .expect("renew");
+    assert_eq!(lease_of(&w), 3_601_000);
+    w.cat
+        .run_blocking(move |c| pins::renew(c, "s0", 30_000, hour))
+        .expect("renew");
+    assert_eq!(lease_of(&w), 3_601_000, "within the one-minute slack: unchanged");
+    w.cat
+        .run_blocking(move |c| pins::renew(c, "s0", 62_000, hour))
+        .expect("renew");
+    assert_eq!(lease_of(&w), 3_662_000, "renewed once the slack is used up");
+}
