@@ -30,6 +30,10 @@ use crate::remote::{
 
 /// How long to wait for the TCP + TLS connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 receive window per stream (restore units are 4 MiB).
+pub const H2_STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 receive window per connection (bounds what the agent may be sent ahead).
+pub const H2_CONNECTION_WINDOW: u32 = 8 << 20;
 /// Largest gRPC message accepted or sent: the largest blob plus slack.
 pub const MAX_MESSAGE_BYTES: usize = 9 << 20;
 /// Target size of one `UploadChunks` message.
@@ -167,6 +171,11 @@ impl GrpcRemote {
                 source,
             })?
             .connect_timeout(CONNECT_TIMEOUT)
+            // Restores stream 4 MiB units, up to four at once: windows that hold them (hyper's
+            // client defaults are 2 MiB per stream); bounded so a slow disk cannot make the
+            // agent buffer more than this.
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20))
             .tls_config(tls)

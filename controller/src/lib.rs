@@ -62,6 +62,13 @@ pub mod wire;
 
 /// The largest gRPC message either service accepts: a maximal blob plus framing slack.
 pub const MAX_MESSAGE_BYTES: usize = (8 << 20) + (64 << 10);
+/// HTTP/2 receive window per stream on the server: a whole upload batch (4 MiB of blobs) and
+/// more, so an upload never waits for a window update mid-batch.
+pub const H2_STREAM_WINDOW: u32 = 8 << 20;
+/// HTTP/2 receive window per connection on the server: two batches in flight per agent.
+pub const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame the server accepts (fewer frames per blob than the 16 KiB default).
+pub const H2_MAX_FRAME: u32 = 1 << 20;
 /// The most chunk ids accepted in one HaveChunks, ReadChunks or RefBatch message.
 pub const MAX_IDS: usize = 4096;
 /// The most distinct ids one snapshot may reference.

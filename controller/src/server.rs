@@ -337,7 +337,12 @@ impl Prepared {
         let admin = AdminServiceServer::new(AdminApi::new(self.state.clone()))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // HTTP/2 flow control sized for 4 MiB upload batches (hyper's default windows are
+        // 1 MiB per connection: two uploads in flight would stall on window updates).
         let server = tonic::transport::Server::builder()
+            .initial_stream_window_size(crate::H2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::H2_CONNECTION_WINDOW)
+            .max_frame_size(crate::H2_MAX_FRAME)
             .add_service(agent)
             .add_service(admin)
             .add_service(
