@@ -111,9 +111,12 @@ impl Upload<'_> {
         let out = self
             .catalog
             .run(move |c| {
-                let out = chunks::record_pack(c, &group, &session, &sealed, now)?;
+                // One transaction (one WAL sync): the pack, its chunk rows and their pins.
+                let tx = c.transaction()?;
+                let out = chunks::record_pack_in(&tx, &group, &session, &sealed, now)?;
                 let ids: Vec<_> = sealed.entries.iter().map(|e| e.id).collect();
-                crate::gc::pins::pin(c, &session, &group, &ids)?;
+                crate::gc::pins::pin(&tx, &session, &group, &ids)?;
+                tx.commit()?;
                 Ok(out)
             })
             .await?;

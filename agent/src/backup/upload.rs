@@ -334,6 +334,7 @@ impl<R: Remote> Crew<'_, R> {
         batch: Batch,
         cached_files: Vec<(usize, Vec<ChunkId>)>,
     ) -> Result<Landed, AgentError> {
+        let t0 = Instant::now();
         let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
         // A cached file's ids are added at once, so a batch can exceed max_ids: ask in slices.
         let mut missing: HashSet<ChunkId> = HashSet::new();
@@ -353,16 +354,25 @@ impl<R: Remote> Crew<'_, R> {
             }
         }
         let mut stats = UploadStats::default();
+        let t_have = t0.elapsed();
         if !to_seal.is_empty() {
             stats.new_logical_bytes = to_seal.iter().map(|(_, d)| d.len() as u64).sum();
             stats.new_chunks = to_seal.len() as u64;
             let blobs = seal_all(&self.keys, self.level, to_seal).await?;
+            let t_seal = t0.elapsed();
             stats.uploaded_bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum();
             let uploaded: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
             if let Some(t) = &mut self.throttle {
                 t.before_send(stats.uploaded_bytes).await;
             }
             self.remote.upload(&self.session, blobs).await?;
+            tracing::debug!(
+                chunks = stats.new_chunks,
+                have_ms = t_have.as_millis() as u64,
+                sealed_ms = t_seal.as_millis() as u64,
+                landed_ms = t0.elapsed().as_millis() as u64,
+                "upload batch landed"
+            );
             lifeboat_common::failpoint::hit("agent.after_upload_batch");
             durable.extend(uploaded);
         }

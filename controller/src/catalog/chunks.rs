@@ -85,6 +85,19 @@ pub fn record_pack(
     now: i64,
 ) -> Result<RecordOutcome, CatalogError> {
     let tx = conn.transaction()?;
+    let out = record_pack_in(&tx, group, session, pack, now)?;
+    tx.commit()?;
+    Ok(out)
+}
+
+/// [`record_pack`] inside the caller's transaction (the upload path pins the chunks in it too).
+pub fn record_pack_in(
+    tx: &Connection,
+    group: &str,
+    session: &str,
+    pack: &SealedPack,
+    now: i64,
+) -> Result<RecordOutcome, CatalogError> {
     let mut out = RecordOutcome::default();
     tx.execute(
         "INSERT OR IGNORE INTO packs (id, key, size, entries, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -130,8 +143,7 @@ pub fn record_pack(
         size: pack.bytes.len() as u64,
         blake3: pack.name,
     };
-    crate::replication::queue::enqueue(&tx, &queued, now)?;
-    tx.commit()?;
+    crate::replication::queue::enqueue(tx, &queued, now)?;
     Ok(out)
 }
 
