@@ -1,5 +1,9 @@
 //! Logging set-up for the binaries: structured `tracing` events to stderr, human-readable by
-//! default or JSON lines with `json = true`. `RUST_LOG` overrides the default filter.
+//! default or JSON lines with `json = true`. `RUST_LOG` overrides the default filter. Colours
+//! only on a terminal: a log redirected to a file or journald stays plain text, so `grep` and
+//! log shippers see what was written.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +15,7 @@ pub fn init(default_filter: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if json {
         builder.json().try_init()

@@ -123,7 +123,10 @@ pub async fn commit(
     let group = agent.group.clone();
     let (all, mut missing) = catalog
         .run(move |c| {
-            let missing = chunks::missing(c, &group, &all)?;
+            // A read transaction: one lock for all the lookups, not one per id.
+            let tx = c.transaction()?;
+            let missing = chunks::missing(&tx, &group, &all)?;
+            tx.commit()?;
             Ok((all, missing))
         })
         .await?;
@@ -226,11 +229,15 @@ async fn write_snapshot(
     // are revived; then the session's pins end (its references keep the chunks live).
     let missing = catalog
         .run(move |c| {
-            let missing = crate::gc::pins::commit_check(c, &group, &all)?;
+            // One transaction: the check, the insert and the end of the pins commit together
+            // (and the per-id checks read one snapshot of the catalog, without a lock each).
+            let tx = c.transaction()?;
+            let missing = crate::gc::pins::commit_check(&tx, &group, &all)?;
             if missing.is_empty() {
-                queue::insert_snapshot(c, &row, &all, &group, &objects, now)?;
-                crate::gc::pins::release(c, &row.session_id)?;
+                queue::insert_snapshot_in(&tx, &row, &all, &group, &objects, now)?;
+                crate::gc::pins::release(&tx, &row.session_id)?;
             }
+            tx.commit()?;
             Ok(missing)
         })
         .await?;

@@ -161,7 +161,10 @@ pub async fn answer_have(
     let g = group.to_owned();
     let (ids, condemned) = catalog
         .run(move |c| {
-            let cp = condemned_packs(c, &g, &ids)?;
+            // A read transaction: one lock for all the lookups, not one per id.
+            let tx = c.transaction()?;
+            let cp = condemned_packs(&tx, &g, &ids)?;
+            tx.commit()?;
             Ok((ids, cp))
         })
         .await?;

@@ -416,9 +416,11 @@ async fn a_fresh_lease_is_not_rewritten_on_every_call() {
     let lease_of = |w: &World| {
         w.cat
             .run_blocking(|c| {
-                Ok(c.query_row("SELECT lease_until FROM sessions WHERE id = 's0'", [], |r| {
-                    r.get::<_, i64>(0)
-                })?)
+                Ok(c.query_row(
+                    "SELECT lease_until FROM sessions WHERE id = 's0'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?)
             })
             .expect("lease")
     };
@@ -430,7 +432,11 @@ async fn a_fresh_lease_is_not_rewritten_on_every_call() {
     w.cat
         .run_blocking(move |c| pins::renew(c, "s0", 30_000, hour))
         .expect("renew");
-    assert_eq!(lease_of(&w), 3_601_000, "within the one-minute slack: unchanged");
+    assert_eq!(
+        lease_of(&w),
+        3_601_000,
+        "within the one-minute slack: unchanged"
+    );
     w.cat
         .run_blocking(move |c| pins::renew(c, "s0", 62_000, hour))
         .expect("renew");

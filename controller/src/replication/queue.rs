@@ -170,17 +170,30 @@ pub fn insert_snapshot(
     now: i64,
 ) -> Result<(), CatalogError> {
     let tx = conn.transaction()?;
-    snapshots::insert_in(&tx, row, refs)?;
+    insert_snapshot_in(&tx, row, refs, group, objects, now)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// [`insert_snapshot`] inside the caller's transaction (the commit re-validates its references
+/// and ends the session's pins in the same one).
+pub fn insert_snapshot_in(
+    tx: &Connection,
+    row: &SnapshotRow,
+    refs: &[ChunkId],
+    group: &str,
+    objects: &[NewObject],
+    now: i64,
+) -> Result<(), CatalogError> {
+    snapshots::insert_in(tx, row, refs)?;
     let mut deps = Vec::new();
     for o in objects {
-        enqueue(&tx, o, now)?;
+        enqueue(tx, o, now)?;
         if o.key != row.record_key {
             deps.push(o.key.clone());
         }
     }
-    add_record_deps(&tx, &row.record_key, &deps, &row.id, group)?;
-    tx.commit()?;
-    Ok(())
+    add_record_deps(tx, &row.record_key, &deps, &row.id, group)
 }
 
 /// One row the worker may run now.

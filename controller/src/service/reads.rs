@@ -38,14 +38,16 @@ pub async fn authorize(
     state
         .catalog
         .run(move |c| {
+            // A read transaction: one lock for all the lookups, not one per id.
+            let tx = c.transaction()?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if !snapshots::referenced_by_agent(c, &name, &id)? {
+                if !snapshots::referenced_by_agent(&tx, &name, &id)? {
                     return Ok(Err(ServiceError::PermissionDenied(format!(
                         "chunk {id} is not referenced by any snapshot of agent {name}"
                     ))));
                 }
-                let Some(loc) = chunks::location(c, &group, &id)? else {
+                let Some(loc) = chunks::location(&tx, &group, &id)? else {
                     return Ok(Err(ServiceError::DataLoss(format!(
                         "chunk {id} is referenced by a snapshot of agent {name} but has no stored copy"
                     ))));
