@@ -5,6 +5,7 @@
 //!   commit.
 //! - [`restore`]: snapshot → manifest → files written to temporary names and renamed into place,
 //!   never outside the target root.
+//! - [`allocator`]: glibc malloc settings applied by re-executing once at start (peak RSS).
 //! - [`cache`]: the sled file cache (only a cache; losing it costs a full read).
 //! - [`client`] and [`remote`]: the controller over mTLS gRPC, behind a small trait, and the
 //!   failure classifier behind exit codes 4 and 5.
@@ -15,6 +16,7 @@
 //! The agent holds the master key; the controller never sees plaintext or keys (trust
 //! invariant 1). Everything read from the controller is verified (AEAD + keyed hash) before use.
 
+pub mod allocator;
 pub mod backup;
 pub mod cache;
 pub mod chunking;

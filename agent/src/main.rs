@@ -5,6 +5,7 @@ use lifeboat_agent::cli::{Cli, Command};
 use lifeboat_agent::commands;
 
 fn main() {
+    lifeboat_agent::allocator::tune_and_reexec();
     lifeboat_common::tls::install_crypto_provider();
     let cli = Cli::parse();
     lifeboat_common::telemetry::init("info", cli.log_json);
