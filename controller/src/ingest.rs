@@ -111,11 +111,13 @@ impl Upload<'_> {
         let out = self
             .catalog
             .run(move |c| {
-                // One transaction (one WAL sync): the pack, its chunk rows and their pins.
+                // One transaction (one WAL sync): the pack, its chunk rows, and pins for the
+                // chunks another upload recorded first. The rows this pack creates need no pin:
+                // they are younger than this open session's start, which bounds GC's condemn
+                // cutoff ([`crate::gc::mark::cutoff`]) for as long as its lease runs.
                 let tx = c.transaction()?;
-                let out = chunks::record_pack_in(&tx, &group, &session, &sealed, now)?;
-                let ids: Vec<_> = sealed.entries.iter().map(|e| e.id).collect();
-                crate::gc::pins::pin(&tx, &session, &group, &ids)?;
+                let (out, existing) = chunks::record_pack_in(&tx, &group, &session, &sealed, now)?;
+                crate::gc::pins::pin(&tx, &session, &group, &existing)?;
                 tx.commit()?;
                 Ok(out)
             })

@@ -85,20 +85,22 @@ pub fn record_pack(
     now: i64,
 ) -> Result<RecordOutcome, CatalogError> {
     let tx = conn.transaction()?;
-    let out = record_pack_in(&tx, group, session, pack, now)?;
+    let (out, _) = record_pack_in(&tx, group, session, pack, now)?;
     tx.commit()?;
     Ok(out)
 }
 
-/// [`record_pack`] inside the caller's transaction (the upload path pins the chunks in it too).
+/// [`record_pack`] inside the caller's transaction; also returns the ids whose rows already
+/// existed (another upload won the race), which the upload path pins in the same transaction.
 pub fn record_pack_in(
     tx: &Connection,
     group: &str,
     session: &str,
     pack: &SealedPack,
     now: i64,
-) -> Result<RecordOutcome, CatalogError> {
+) -> Result<(RecordOutcome, Vec<ChunkId>), CatalogError> {
     let mut out = RecordOutcome::default();
+    let mut existing = Vec::new();
     tx.execute(
         "INSERT OR IGNORE INTO packs (id, key, size, entries, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![
@@ -129,6 +131,7 @@ pub fn record_pack_in(
                 out.stored_bytes += u64::from(e.length);
             } else {
                 out.already_present += 1;
+                existing.push(e.id);
             }
         }
     }
@@ -144,7 +147,7 @@ pub fn record_pack_in(
         blake3: pack.name,
     };
     crate::replication::queue::enqueue(tx, &queued, now)?;
-    Ok(out)
+    Ok((out, existing))
 }
 
 /// Where `group`'s copy of `id` is.

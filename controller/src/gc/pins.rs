@@ -7,8 +7,13 @@
 //!   that is gone makes its condemned rows disappear and the ids are answered "missing", so the
 //!   agent uploads them again.
 //! - [`pin_present`] (UploadChunks, per batch) does the same for the blobs an upload skips as
-//!   already stored; [`pin`] pins the chunks a pack just recorded (same catalog closure as the
-//!   pack's transaction: nothing else runs on the catalog in between).
+//!   already stored; [`pin`] pins, in the pack's own transaction, the chunks whose rows another
+//!   upload recorded first.
+//! - The chunks a session uploads itself are protected without pin rows: their rows are created
+//!   after the session started, and GC's condemn cutoff is at most the start of the oldest
+//!   session whose lease runs ([`super::mark::cutoff`]), minus the margin. The protection ends
+//!   exactly when a pin's would (commit or lease expiry), and the upload path writes a third of
+//!   the catalog pages it did with a pin row and index entry per chunk.
 //! - [`commit_check`] (CommitSnapshot) re-validates, in the closure that inserts the snapshot,
 //!   that every referenced chunk still has a row (reviving condemned ones); [`release`] then
 //!   drops the session's pins and lease: the snapshot's reference set keeps its chunks live.
