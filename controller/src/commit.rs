@@ -6,7 +6,7 @@
 //! 2. the reference set (sorted, distinct, manifest ids included) is written as segment objects
 //!    ([`crate::refset`]), then the snapshot record ([`crate::record`]), each fsync'd;
 //! 3. one catalog transaction inserts the snapshot and its `snapshot_refs`, and queues the
-//!    segments and the record for the secondary ([`crate::replication::queue::insert_snapshot`]);
+//!    segments and the record for the secondary ([`crate::replication::queue::insert_snapshot_in`]);
 //! 4. the response carries the new snapshot id.
 //!
 //! A crash between 2 and 3 leaves unreferenced objects (harmless, collectable), never a visible

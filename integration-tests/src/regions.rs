@@ -21,8 +21,8 @@ pub fn init(dir: &Path) {
     assert!(out.status.success(), "init: {}", describe(&out));
 }
 
-/// Appends a `[secondary]` table to `dir/controller.toml`.
-fn append_secondary(dir: &Path, table: &str) {
+/// Appends `table` (TOML) to `dir/controller.toml`.
+pub fn append_config(dir: &Path, table: &str) {
     let cfg = dir.join("controller.toml");
     let mut text = fs::read_to_string(&cfg).unwrap();
     text.push('\n');
@@ -32,7 +32,7 @@ fn append_secondary(dir: &Path, table: &str) {
 
 /// A local-directory `[secondary]` at `path`.
 pub fn local_secondary(dir: &Path, path: &Path) {
-    append_secondary(
+    append_config(
         dir,
         &format!(
             "[secondary]\nkind = \"local\"\npath = {:?}\n",
@@ -43,7 +43,7 @@ pub fn local_secondary(dir: &Path, path: &Path) {
 
 /// An S3 `[secondary]` on `server` under `prefix` (credentials in `dir/s3.credentials`).
 pub fn s3_secondary(dir: &Path, server: &S3Server, prefix: &str) {
-    append_secondary(
+    append_config(
         dir,
         &server
             .store_toml(prefix, "auto")

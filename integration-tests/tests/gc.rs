@@ -13,16 +13,18 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lifeboat_integration_tests::catalog_check;
-use lifeboat_integration_tests::process::{describe, master_key, run};
+use lifeboat_integration_tests::process::{describe, master_key};
 use lifeboat_integration_tests::tree::{
     Rng, assert_same_tree, copy_tree, restored_root, write_data,
 };
-use lifeboat_integration_tests::{Agent, Controller, bin};
+use lifeboat_integration_tests::{Agent, Controller};
+use lifeboat_integration_tests::{catalog_check, regions};
+
+/// `[gc]` for tests that drive GC themselves: no grace, no margin, no worker.
+pub const GC_NOW: &str = "[gc]\ngrace = \"0s\"\nmargin = \"0s\"\ninterval = \"0s\"\n";
 
 /// Inits a controller whose GC has no grace (tests drive it with `lifeboatctl gc`), then serves.
 fn controller(dir: &Path, env: &[(&str, &str)]) -> Controller {
@@ -31,16 +33,8 @@ fn controller(dir: &Path, env: &[(&str, &str)]) -> Controller {
 
 /// [`controller`] with more `[gc]` lines.
 fn controller_with(dir: &Path, env: &[(&str, &str)], gc_extra: &str) -> Controller {
-    let out = run(Command::new(bin("lifeboat-controller"))
-        .arg("init")
-        .arg("--dir")
-        .arg(dir));
-    assert!(out.status.success(), "init: {}", describe(&out));
-    let cfg = dir.join("controller.toml");
-    let mut text = fs::read_to_string(&cfg).expect("read config");
-    text.push_str("\n[gc]\ngrace = \"0s\"\nmargin = \"0s\"\ninterval = \"0s\"\n");
-    text.push_str(gc_extra);
-    fs::write(&cfg, text).expect("write config");
+    regions::init(dir);
+    regions::append_config(dir, &format!("{GC_NOW}{gc_extra}"));
     Controller::serve_with_env(dir, env)
 }
 

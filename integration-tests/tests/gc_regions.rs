@@ -10,28 +10,24 @@
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use lifeboat_controller::fleet::clock::ENV_OFFSET_FILE;
-use lifeboat_integration_tests::process::{describe, master_key, parse_json, run};
+use lifeboat_integration_tests::process::{describe, master_key, parse_json};
 use lifeboat_integration_tests::regions;
 use lifeboat_integration_tests::tree::{assert_same_tree, copy_tree, restored_root, write_data};
-use lifeboat_integration_tests::{Agent, Controller, bin};
+use lifeboat_integration_tests::{Agent, Controller};
 
 const DAY_MS: i64 = 86_400_000;
 
 /// A controller with GC grace 0 and no GC worker, a local secondary with the default 7-day
 /// delete delay, and its judging clock read from `clock`.
 fn controller(dir: &Path, secondary: Option<&Path>, clock: &Path) -> Controller {
-    let out = run(Command::new(bin("lifeboat-controller"))
-        .arg("init")
-        .arg("--dir")
-        .arg(dir));
-    assert!(out.status.success(), "init: {}", describe(&out));
-    let cfg = dir.join("controller.toml");
-    let mut text = fs::read_to_string(&cfg).expect("read config");
-    text.push_str("\n[gc]\ngrace = \"0s\"\nmargin = \"0s\"\ninterval = \"0s\"\n");
-    fs::write(&cfg, text).expect("write config");
+    regions::init(dir);
+    regions::append_config(
+        dir,
+        "[gc]\ngrace = \"0s\"\nmargin = \"0s\"\ninterval = \"0s\"\n",
+    );
     if let Some(path) = secondary {
         regions::local_secondary(dir, path);
     }

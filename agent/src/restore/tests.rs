@@ -95,6 +95,14 @@ fn fixture() -> Fixture {
 }
 
 async fn backup(f: &Fixture, opener: Arc<dyn Opener>) -> BackupReport {
+    backup_source_with(f, opener, &source(&f.root, &["*.swp"])).await
+}
+
+async fn backup_source_with(
+    f: &Fixture,
+    opener: Arc<dyn Opener>,
+    src: &SourceConfig,
+) -> BackupReport {
     let ctx = BackupContext {
         remote: &f.remote,
         keys: keys(),
@@ -104,9 +112,7 @@ async fn backup(f: &Fixture, opener: Arc<dyn Opener>) -> BackupReport {
         bandwidth: crate::backup::unlimited(),
         progress: crate::backup::no_progress(),
     };
-    backup_source(&ctx, &source(&f.root, &["*.swp"]))
-        .await
-        .expect("backup")
+    backup_source(&ctx, src).await.expect("backup")
 }
 
 fn opts(f: &Fixture, delete: bool, path: Option<PathBuf>) -> RestoreOptions {
@@ -465,19 +471,10 @@ async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
         ));
     }
     fs::write(f.root.join("site/shop.sql"), &sql).expect("write");
-    let ctx = BackupContext {
-        remote: &f.remote,
-        keys: keys(),
-        zstd_level: 3,
-        cache: f.cache.clone(),
-        opener: Arc::new(FsOpener),
-        bandwidth: crate::backup::unlimited(),
-        progress: crate::backup::no_progress(),
-    };
     let mut src = source(&f.root, &["*.swp"]);
     src.chunker = ChunkerParams::FILES;
     src.dump_files = PathPatterns::new(&["*.sql".into()]).expect("patterns");
-    backup_source(&ctx, &src).await.expect("backup");
+    backup_source_with(&f, Arc::new(FsOpener), &src).await;
     let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
         .await
         .expect("manifest");

@@ -101,16 +101,7 @@ pub fn record_pack_in(
 ) -> Result<(RecordOutcome, Vec<ChunkId>), CatalogError> {
     let mut out = RecordOutcome::default();
     let mut existing = Vec::new();
-    tx.execute(
-        "INSERT OR IGNORE INTO packs (id, key, size, entries, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            &pack.name[..],
-            pack.key,
-            to_i64(pack.bytes.len() as u64),
-            to_i64(pack.entries.len() as u64),
-            now
-        ],
-    )?;
+    insert_pack_row(tx, pack, now)?;
     {
         let mut st = tx.prepare_cached(
             "INSERT OR IGNORE INTO chunks (dedup_group, id, pack_id, offset, length, blob_hash, created_at)
@@ -140,14 +131,35 @@ pub fn record_pack_in(
         params![session, to_i64(out.stored_bytes), to_i64(out.stored)],
     )?;
     // Queued for the secondary in the same transaction that records the pack.
+    queue_pack_copy(tx, pack, now)?;
+    Ok((out, existing))
+}
+
+/// Records a stored pack object (its chunk rows are the caller's); a pack already recorded (the
+/// same content) is left as it is.
+pub fn insert_pack_row(tx: &Connection, pack: &SealedPack, now: i64) -> Result<(), CatalogError> {
+    tx.execute(
+        "INSERT OR IGNORE INTO packs (id, key, size, entries, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            &pack.name[..],
+            pack.key,
+            to_i64(pack.bytes.len() as u64),
+            to_i64(pack.entries.len() as u64),
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+/// Queues a pack for the secondary (call in the transaction that records it).
+pub fn queue_pack_copy(tx: &Connection, pack: &SealedPack, now: i64) -> Result<(), CatalogError> {
     let queued = crate::replication::queue::NewObject {
         key: pack.key.clone(),
         kind: crate::replication::queue::Kind::Pack,
         size: pack.bytes.len() as u64,
         blake3: pack.name,
     };
-    crate::replication::queue::enqueue(tx, &queued, now)?;
-    Ok((out, existing))
+    crate::replication::queue::enqueue(tx, &queued, now)
 }
 
 /// Where `group`'s copy of `id` is.

@@ -332,16 +332,7 @@ fn switch(
 ) -> Result<Switched, CatalogError> {
     let tx = conn.transaction()?;
     let mut out = Switched::default();
-    tx.execute(
-        "INSERT OR IGNORE INTO packs (id, key, size, entries, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![
-            &sealed.name[..],
-            sealed.key,
-            to_i64(sealed.bytes.len() as u64),
-            to_i64(sealed.entries.len() as u64),
-            now
-        ],
-    )?;
+    crate::catalog::chunks::insert_pack_row(&tx, sealed, now)?;
     let mut old: Vec<[u8; 32]> = Vec::new();
     {
         let mut st = tx.prepare_cached(
@@ -364,16 +355,7 @@ fn switch(
             }
         }
     }
-    crate::replication::queue::enqueue(
-        &tx,
-        &crate::replication::queue::NewObject {
-            key: sealed.key.clone(),
-            kind: crate::replication::queue::Kind::Pack,
-            size: sealed.bytes.len() as u64,
-            blake3: sealed.name,
-        },
-        now,
-    )?;
+    crate::catalog::chunks::queue_pack_copy(&tx, sealed, now)?;
     let seen = snapshots_seen(&tx)?;
     for was in old {
         let Some((key, size)) = tx

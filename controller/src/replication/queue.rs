@@ -159,24 +159,9 @@ pub fn add_record_deps(
     Ok(())
 }
 
-/// Inserts a committed snapshot and queues its segments and record, in one transaction; the
-/// record waits for the segments and for every pack holding one of its chunks for `group`.
-pub fn insert_snapshot(
-    conn: &mut Connection,
-    row: &SnapshotRow,
-    refs: &[ChunkId],
-    group: &str,
-    objects: &[NewObject],
-    now: i64,
-) -> Result<(), CatalogError> {
-    let tx = conn.transaction()?;
-    insert_snapshot_in(&tx, row, refs, group, objects, now)?;
-    tx.commit()?;
-    Ok(())
-}
-
-/// [`insert_snapshot`] inside the caller's transaction (the commit re-validates its references
-/// and ends the session's pins in the same one).
+/// Inserts a committed snapshot, queues its objects for the secondary and records that its
+/// record waits for them, inside the caller's transaction (the commit re-validates its
+/// references and ends the session's pins in the same one).
 pub fn insert_snapshot_in(
     tx: &Connection,
     row: &SnapshotRow,
