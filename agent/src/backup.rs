@@ -244,9 +244,14 @@ async fn run_pass<R: Remote>(
         .await?;
         up.flush().await?;
     }
+    // What the file pass learnt is not needed for the manifest's own chunks (they are asked
+    // about like any others): free it before the manifest is built, the agent's peak.
+    up.forget_durable();
     let (entries, stats) = build_entries(src, &items, &results);
+    drop(items);
     let manifest = manifest_bytes(src, started_ms, &entries);
     let data_ids = entries.iter().flat_map(Entry::chunk_ids).collect();
+    drop(entries);
     let unreadable = results.unreadable.len() as u64;
     let (outcome, stats) =
         commit_snapshot(ctx, src, &mut up, &manifest, data_ids, started_ms, |u| {
@@ -262,7 +267,16 @@ async fn run_pass<R: Remote>(
     let cache_entries = results
         .done
         .into_values()
-        .filter_map(|d| d.cache_entry)
+        .filter_map(|d| {
+            d.cache_entry.map(|(key, stat)| {
+                let file = CachedFile {
+                    ids: d.ids,
+                    sizes: d.sizes,
+                    ..stat
+                };
+                (key, file)
+            })
+        })
         .collect();
     Ok(Pass {
         outcome,

@@ -52,7 +52,8 @@ pub struct FileDone {
     pub size: u64,
     /// The ids came from the cache (their chunks were not sent).
     pub cached: bool,
-    /// To record in the cache after a successful commit.
+    /// To record in the cache after a successful commit: the key and the stat fields (the
+    /// ids and sizes are this `FileDone`'s, moved in at that point).
     pub cache_entry: Option<(Vec<u8>, CachedFile)>,
 }
 
@@ -123,11 +124,9 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
                 let cache_entry = if size == item.stat.size {
                     Some((
                         key,
-                        CachedFile {
-                            ids: ids.clone(),
-                            sizes: sizes.clone(),
-                            ..now
-                        },
+                        // The ids and sizes are moved in from `FileDone` once the snapshot
+                        // commits (one copy of them in memory, not two).
+                        now,
                     ))
                 } else {
                     warn!(path = %item.abs.display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");

@@ -174,6 +174,13 @@ impl<'a, R: Remote> Uploader<'a, R> {
         self.durable.contains(id) || self.in_air.iter().any(|a| a.flying.contains(id))
     }
 
+    /// Forgets which ids are durable (memory: one entry per chunk of the source). Later chunks
+    /// are asked about with `HaveChunks` like new ones. Call only with nothing in the air.
+    pub fn forget_durable(&mut self) {
+        debug_assert!(self.in_air.is_empty());
+        self.durable = HashSet::new();
+    }
+
     pub fn session(&self) -> &Session {
         &self.session
     }
