@@ -442,3 +442,51 @@ async fn a_fresh_lease_is_not_rewritten_on_every_call() {
         .expect("renew");
     assert_eq!(lease_of(&w), 3_662_000, "renewed once the slack is used up");
 }
+
+/// The chunks a session uploads carry no pin rows (the upload path records them with
+/// `record_pack_in` and pins only rows another upload won): the open session's start bounds the
+/// cutoff, so GC leaves them alone while its lease runs, and condemns them once it expired.
+#[tokio::test]
+async fn chunks_a_session_uploads_are_protected_by_its_lease_without_pins() {
+    let w = World::new();
+    w.cat
+        .run_blocking(|c| {
+            chunks::create_session(
+                c,
+                &SessionRow {
+                    id: "s1".into(),
+                    agent: "a".into(),
+                    source: "web".into(),
+                    started_at: 5_000,
+                    stored_bytes: 0,
+                    stored_chunks: 0,
+                },
+            )?;
+            pins::renew(c, "s1", 5_000, Duration::from_secs(60))
+        })
+        .expect("session");
+    let mut b = PackBuilder::new();
+    b.push(id(61), &[61; 100]);
+    let p = b.finish();
+    w.store.put_new(&p.key, p.bytes.clone()).await.expect("put");
+    let pinned = w
+        .cat
+        .run_blocking(move |c| {
+            let tx = c.transaction()?;
+            let (_, existing) = chunks::record_pack_in(&tx, "g", "s1", &p, 6_000)?;
+            pins::pin(&tx, "s1", "g", &existing)?;
+            tx.commit()?;
+            Ok(c.query_row("SELECT COUNT(*) FROM session_pins", [], |r| {
+                r.get::<_, i64>(0)
+            })?)
+        })
+        .expect("record");
+    assert_eq!(pinned, 0, "no pin row for an uploaded chunk");
+    for at in [10_000, 30_000, 64_000] {
+        let r = w.gc(at).await;
+        assert_eq!(r.condemned, 0, "lease runs until 65,000; GC at {at}: {r:?}");
+    }
+    assert_eq!(w.chunk_state(61), Some(None));
+    let r = w.gc(70_000).await;
+    assert_eq!(r.condemned, 1, "lease expired, never committed: {r:?}");
+}
