@@ -135,6 +135,28 @@ impl World {
             .expect("query")
     }
 
+    /// Opens upload session `id` of agent `a` started at `started_at`, its lease renewed at
+    /// `renewed` for `lease`.
+    pub fn open_session(&self, id: &str, started_at: i64, renewed: i64, lease: Duration) {
+        let id = id.to_owned();
+        self.cat
+            .run_blocking(move |c| {
+                chunks::create_session(
+                    c,
+                    &SessionRow {
+                        id: id.clone(),
+                        agent: "a".into(),
+                        source: "web".into(),
+                        started_at,
+                        stored_bytes: 0,
+                        stored_chunks: 0,
+                    },
+                )?;
+                pins::renew(c, &id, renewed, lease)
+            })
+            .expect("session");
+    }
+
     pub async fn exists(&self, key: &str) -> bool {
         self.store.head(key).await.is_ok()
     }
@@ -332,22 +354,7 @@ async fn orphans_older_than_the_grace_are_deleted() {
 #[tokio::test]
 async fn open_sessions_hold_the_cutoff_back() {
     let w = World::new();
-    w.cat
-        .run_blocking(|c| {
-            chunks::create_session(
-                c,
-                &SessionRow {
-                    id: "s1".into(),
-                    agent: "a".into(),
-                    source: "web".into(),
-                    started_at: 5_000,
-                    stored_bytes: 0,
-                    stored_chunks: 0,
-                },
-            )?;
-            pins::renew(c, "s1", 9_000, Duration::from_secs(10))
-        })
-        .expect("session");
+    w.open_session("s1", 5_000, 9_000, Duration::from_secs(10));
     let cut = w
         .cat
         .run_blocking(|c| mark::cutoff(c, 10_000, 1_000, 100))
@@ -449,22 +456,7 @@ async fn a_fresh_lease_is_not_rewritten_on_every_call() {
 #[tokio::test]
 async fn chunks_a_session_uploads_are_protected_by_its_lease_without_pins() {
     let w = World::new();
-    w.cat
-        .run_blocking(|c| {
-            chunks::create_session(
-                c,
-                &SessionRow {
-                    id: "s1".into(),
-                    agent: "a".into(),
-                    source: "web".into(),
-                    started_at: 5_000,
-                    stored_bytes: 0,
-                    stored_chunks: 0,
-                },
-            )?;
-            pins::renew(c, "s1", 5_000, Duration::from_secs(60))
-        })
-        .expect("session");
+    w.open_session("s1", 5_000, 5_000, Duration::from_secs(60));
     let mut b = PackBuilder::new();
     b.push(id(61), &[61; 100]);
     let p = b.finish();
