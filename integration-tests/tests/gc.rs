@@ -45,6 +45,23 @@ fn files_source(root: &Path) -> String {
     )
 }
 
+/// A fleet key and agent `web-01` backing up `<tmp>/www` (created empty).
+fn one_agent(ctl: &Controller, tmp: &Path) -> (Agent, PathBuf) {
+    let key = tmp.join("fleet.key");
+    master_key(ctl, &key);
+    let root = tmp.join("www");
+    fs::create_dir_all(&root).expect("mkdir");
+    let agent = Agent::enroll(
+        ctl,
+        &tmp.join("a"),
+        "web-01",
+        None,
+        &key,
+        &files_source(&root),
+    );
+    (agent, root)
+}
+
 fn gc(ctl: &Controller) -> serde_json::Value {
     ctl.ctl_json(&["gc", "--json"])
 }
@@ -294,18 +311,7 @@ fn backup_deduplicating_against_condemned_chunks_restores_and_space_comes_back()
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("controller");
     let ctl = controller(&dir, &[]);
-    let key = tmp.path().join("fleet.key");
-    master_key(&ctl, &key);
-    let root = tmp.path().join("www");
-    fs::create_dir_all(&root).expect("mkdir");
-    let agent = Agent::enroll(
-        &ctl,
-        &tmp.path().join("a"),
-        "web-01",
-        None,
-        &key,
-        &files_source(&root),
-    );
+    let (agent, root) = one_agent(&ctl, tmp.path());
 
     // Snapshot 1 holds x; snapshot 2 only z; forgetting snapshot 1 leaves x unreferenced.
     write_data(&root.join("x.bin"), 2_000_000, 1, false);
@@ -362,18 +368,7 @@ fn killed_between_catalog_commit_and_object_delete_the_next_run_finishes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("controller");
     let mut ctl = controller(&dir, &[("LIFEBOAT_FAILPOINTS", "gc.after_catalog=abort")]);
-    let key = tmp.path().join("fleet.key");
-    master_key(&ctl, &key);
-    let root = tmp.path().join("www");
-    fs::create_dir_all(&root).expect("mkdir");
-    let agent = Agent::enroll(
-        &ctl,
-        &tmp.path().join("a"),
-        "web-01",
-        None,
-        &key,
-        &files_source(&root),
-    );
+    let (agent, root) = one_agent(&ctl, tmp.path());
     write_data(&root.join("a.bin"), 600_000, 1, false);
     let old = agent.backup("web")["snapshot_id"]
         .as_str()

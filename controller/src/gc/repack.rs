@@ -97,7 +97,8 @@ pub struct Repacked {
 struct Candidate {
     id: [u8; 32],
     key: String,
-    size: u64,
+    /// Blob bytes (the pack minus its index): what `live` is a fraction of.
+    area: u64,
     live: u64,
     group: String,
 }
@@ -162,7 +163,7 @@ fn scan_batch(
         cands.push(Candidate {
             id: pack_id(id)?,
             key,
-            size: to_u64(size),
+            area,
             live,
             group: group.unwrap_or_default(),
         });
@@ -455,7 +456,7 @@ fn add(
 /// Takes candidates (emptiest first) while the budget lasts; returns them grouped by dedup
 /// group, and how many were left for a later run.
 fn choose(mut cands: Vec<Candidate>, budget: u64) -> (Vec<Candidate>, u64) {
-    cands.sort_by_key(|c| (u128::from(c.live) << 64) / u128::from(c.size.max(1)));
+    cands.sort_by_key(|c| (u128::from(c.live) << 64) / u128::from(c.area));
     let (mut chosen, mut spent, mut deferred) = (Vec::new(), 0u64, 0u64);
     for c in cands {
         // Read the live blobs, write them again.
