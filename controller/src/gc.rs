@@ -8,7 +8,9 @@
 //! 2. **sweep** ([`sweep::sweep`], one transaction): revive condemned chunks that are live again;
 //!    delete the rows of chunks condemned by an earlier run and still neither referenced nor
 //!    pinned; delete packs left without chunks; then ([`sweep::forgotten`], one transaction per
-//!    snapshot) forgotten snapshots (rows, record, unused reference segments); every object so
+//!    snapshot) snapshots forgotten before every open session started ([`mark`] explains
+//!    why later ones wait: HaveChunks relies on live snapshots' references instead of pinning
+//!    what they reference) (rows, record, unused reference segments); every object so
 //!    released is tombstoned in the transaction that releases it; then **delete the objects**
 //!    ([`sweep::finish`]): primary now, secondary after `[secondary] delete_delay`;
 //! 3. **repack** ([`repack`]): packs whose live bytes fell below `[gc] repack_below` percent
@@ -37,7 +39,7 @@
 //!
 //! | running together with GC | safe because |
 //! |---|---|
-//! | ingest (HaveChunks, upload) | pins + revive in the answer's transaction; new chunks are younger than the cutoff; key guards |
+//! | ingest (HaveChunks, upload) | pins, or a live snapshot's references (kept while the session is open), + revive in the answer's transaction; new chunks are younger than the cutoff; key guards |
 //! | commit | references re-validated (and condemned ones revived) atomically with the insert |
 //! | restore (ReadChunks) | reads only live snapshots' chunks, which are never condemned; a chunk whose pack was repacked away since the lookup is looked up again ([`crate::service::reads`]) |
 //! | forget | only sets `forgotten_at`; GC frees the objects in its next runs |
@@ -121,6 +123,9 @@ pub struct Report {
     pub orphans: orphans::Found,
     pub repacked: repack::Repacked,
     pub expired_pins: u64,
+    /// Forgotten snapshots kept (references and all) because an upload session that was open
+    /// when they were forgotten may rely on them ([`mark`]); a later run removes them.
+    pub forgotten_waiting: u64,
     pub duration_ms: u64,
     /// Milliseconds spent in the catalog sweep, the repack, the condemn pass and the orphan
     /// scan.
@@ -171,18 +176,22 @@ pub async fn run_at(
         report.finished = sweep::finish(catalog, store, secondary_delay).await?;
     }
     let t = Instant::now();
-    report.swept = catalog
-        .run(move |c| sweep::sweep(c, start, start, dry_run))
+    let (grace, margin) = (millis(settings.grace), millis(settings.margin));
+    let keep = catalog
+        .run(move |c| mark::keep_since(c, start, margin))
         .await?;
-    let f = sweep::forgotten(catalog, start, dry_run).await?;
+    report.swept = catalog
+        .run(move |c| sweep::sweep(c, start, (start, keep), dry_run))
+        .await?;
+    let (f, waiting) = sweep::forgotten(catalog, (start, keep), dry_run).await?;
     report.swept.snapshots = f.snapshots;
     report.swept.tombstoned += f.tombstoned;
+    report.forgotten_waiting = waiting;
     report.phase_ms[0] = elapsed_ms(t);
     if !dry_run {
         let f = sweep::finish(catalog, store, secondary_delay).await?;
         merge(&mut report.finished, &f);
     }
-    let (grace, margin) = (millis(settings.grace), millis(settings.margin));
     report.cutoff = catalog
         .run(move |c| mark::cutoff(c, start, grace, margin))
         .await?;
@@ -207,7 +216,7 @@ pub async fn run_at(
     loop {
         let cur = cursor.clone();
         let (n, bytes, next) = catalog
-            .run(move |c| condemn::batch(c, &cur, cutoff, start, dry_run))
+            .run(move |c| condemn::batch(c, &cur, cutoff, (start, keep), dry_run))
             .await?;
         report.condemned += n;
         report.condemned_bytes += bytes;
@@ -233,6 +242,7 @@ pub async fn run_at(
         swept_chunks = report.swept.chunks,
         swept_packs = report.swept.packs,
         swept_snapshots = report.swept.snapshots,
+        forgotten_waiting = report.forgotten_waiting,
         repacked = report.repacked.packs,
         objects_deleted = report.finished.deleted,
         bytes_reclaimed = report.finished.bytes,

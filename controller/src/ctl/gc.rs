@@ -48,6 +48,7 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
             "repack_deferred": r.repack_deferred,
             "repack_skipped": r.repack_skipped,
             "empty_packs": r.empty_packs,
+            "snapshots_waiting": r.snapshots_waiting,
         });
         println!("{v}");
         return Ok(());
@@ -67,6 +68,12 @@ pub async fn run(ctx: &Ctx, a: Args) -> Result<(), Failure> {
         "{} chunks, {} packs, {} forgotten snapshots {verb} swept from the catalog",
         r.chunks_swept, r.packs_swept, r.snapshots_swept
     );
+    if r.snapshots_waiting > 0 {
+        println!(
+            "{} forgotten snapshots wait for upload sessions open since before they were forgotten (a run after those sessions end removes them)",
+            r.snapshots_waiting
+        );
+    }
     if r.dry_run {
         println!(
             "{} packs are below the repack threshold; {} packs have no chunk left",

@@ -1,5 +1,6 @@
 //! Condemn: unreferenced, unpinned chunks created before the cutoff ([`super::mark::cutoff`])
-//! get `condemned_at`. Nothing is deleted here: a condemned chunk is still stored and still
+//! get `condemned_at` ("unreferenced" counts snapshots forgotten since `keep` as references,
+//! [`super::mark`]). Nothing is deleted here: a condemned chunk is still stored and still
 //! answers "have" (and is revived when it does, [`super::pins`]); the sweep of a *later* run
 //! deletes it only if it is still unreferenced then.
 //!
@@ -65,7 +66,7 @@ pub fn batch(
     conn: &mut Connection,
     cursor: &Cursor,
     cutoff: i64,
-    now: i64,
+    (now, keep): (i64, i64),
     dry_run: bool,
 ) -> Result<(u64, u64, Option<Cursor>), CatalogError> {
     let tx = conn.transaction()?;
@@ -74,7 +75,7 @@ pub fn batch(
     };
     let args = named_params! {
         ":ag": cursor.group, ":ai": cursor.id, ":ug": ug, ":ui": ui,
-        ":cutoff": cutoff, ":now": now,
+        ":cutoff": cutoff, ":now": now, ":keep": keep,
     };
     let (mut n, mut bytes) = (0u64, 0u64);
     let sql = if dry_run {

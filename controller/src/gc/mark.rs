@@ -1,7 +1,21 @@
 //! Mark: what is live. A chunk row (alias `c`) is live when
-//! - a committed, not forgotten snapshot of an agent of its dedup group references it
-//!   ([`REFERENCED`], through `snapshot_refs_by_chunk`), or
+//! - a committed snapshot of an agent of its dedup group references it, the snapshot being
+//!   either not forgotten or forgotten at or after the run's `:keep` time ([`REFERENCED`],
+//!   through `snapshot_refs_by_chunk`), or
 //! - an upload session whose lease has not expired pinned it ([`PINNED`], `:now` bound).
+//!
+//! **Why `:keep`.** HaveChunks does not pin a chunk that a live snapshot of the group
+//! references when it answers ([`super::pins::pin_present`]): that snapshot's reference rows
+//! protect it. For that to hold until the session ends, a snapshot forgotten after an open
+//! session started must keep its references, and count as live, until that session commits
+//! or its lease expires. [`keep_since`] is the earliest `forgotten_at` that still counts: the
+//! start of the oldest open session minus the margin, or the run's start when none is open.
+//! A snapshot forgotten before it was forgotten before every open session started, so no
+//! session can have been told "have" on its account; the sweep removes only those
+//! ([`super::sweep::forgotten`]). Proof sketch, for a session `S` told "have" at `t ≥ S.start`
+//! because live `P` referenced the chunk: `P.forgotten_at > t ≥ S.start`. If `S` was open when
+//! the run computed `keep`, `keep ≤ S.start − margin`; if it started later, `keep ≤` the run's
+//! start `< S.start`. Either way `P.forgotten_at ≥ keep`: `P`'s references stay and count.
 //!
 //! Marking is never materialised: GC evaluates these predicates per chunk inside the
 //! transaction that acts on the answer (condemn, revive, sweep), so the decision and the change
@@ -12,10 +26,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::catalog::CatalogError;
 
-/// SQL: chunk `c` is referenced by a live snapshot of its group.
+/// SQL: chunk `c` is referenced by a snapshot of its group that is live or was forgotten at
+/// or after `:keep` ([`keep_since`]).
 pub const REFERENCED: &str = "EXISTS (SELECT 1 FROM snapshot_refs r
     JOIN snapshots s ON s.id = r.snapshot_id JOIN agents a ON a.id = s.agent
-    WHERE r.chunk_id = c.id AND a.dedup_group = c.dedup_group AND s.forgotten_at IS NULL)";
+    WHERE r.chunk_id = c.id AND a.dedup_group = c.dedup_group
+    AND (s.forgotten_at IS NULL OR s.forgotten_at >= :keep))";
 
 /// SQL: chunk `c` is pinned by a session whose lease runs at `:now`.
 pub const PINNED: &str =
@@ -32,6 +48,14 @@ pub fn oldest_open_session(conn: &Connection, now: i64) -> Result<Option<i64>, C
         )
         .optional()?
         .flatten())
+}
+
+/// The earliest `forgotten_at` a run at `start` must still treat as live (see the module
+/// docs): `min(start, oldest open session start − margin)`.
+pub fn keep_since(conn: &Connection, start: i64, margin_ms: i64) -> Result<i64, CatalogError> {
+    let by_session =
+        oldest_open_session(conn, start)?.map_or(i64::MAX, |s| s.saturating_sub(margin_ms));
+    Ok(start.min(by_session))
 }
 
 /// The condemn cutoff: only chunks created before it may be condemned.

@@ -2,7 +2,13 @@
 //! the session commits or its lease expires.
 //!
 //! - [`answer_have`] (HaveChunks) renews the lease, revives condemned chunks it answers "have"
-//!   for, pins them, and computes the answer, all in one transaction. A condemned chunk is
+//!   for, pins those that the session's parent snapshot (the latest live one of its agent and
+//!   source) does not reference, and computes the answer, all in one transaction. A chunk a
+//!   live snapshot references needs no pin: GC keeps a
+//!   snapshot forgotten after an open session started, references and all, until that session
+//!   ends ([`super::mark`], `keep`). In a backup after a small change nearly every id is such a
+//!   chunk, and its pin row would cost two B-tree inserts, two deletes at commit and their
+//!   WAL pages. A condemned chunk is
 //!   answered "have" only after its pack was confirmed present in the store (HEAD); a pack
 //!   that is gone makes its condemned rows disappear and the ids are answered "missing", so the
 //!   agent uploads them again.
@@ -96,8 +102,31 @@ fn have_and_revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<bool,
     }
 }
 
-/// In one transaction: renews the lease, revives and pins every stored id, returns the stored
-/// ones. A batch with nothing stored and a fresh lease writes nothing (no commit to sync).
+/// The latest live (not forgotten) snapshot of `session`'s agent and source: the backup a
+/// session follows, whose references hold nearly every id it asks about.
+fn parent_snapshot(conn: &Connection, session: &str) -> Result<Option<String>, CatalogError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT s.id FROM sessions x JOIN snapshots s ON s.agent = x.agent AND s.source = x.source
+             WHERE x.id = ?1 AND s.forgotten_at IS NULL ORDER BY s.committed_at DESC LIMIT 1",
+        )?
+        .query_row(params![session], |r| r.get(0))
+        .optional()?)
+}
+
+/// Whether snapshot `snap` references `id` (one primary-key probe).
+fn references(conn: &Connection, snap: &str, id: &ChunkId) -> Result<bool, CatalogError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM snapshot_refs WHERE snapshot_id = ?1 AND chunk_id = ?2")?
+        .query_row(params![snap, &id.0[..]], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// In one transaction: renews the lease, revives every stored id and pins those that the
+/// session's parent snapshot (its agent's and source's latest, live now) does not reference
+/// (module docs), returns the stored ones. A batch with nothing to pin and
+/// a fresh lease writes nothing (no commit to sync).
 pub fn pin_present(
     conn: &mut Connection,
     session: &str,
@@ -108,24 +137,39 @@ pub fn pin_present(
 ) -> Result<HashSet<ChunkId>, CatalogError> {
     let tx = conn.transaction()?;
     renew(&tx, session, now, lease)?;
+    let parent = parent_snapshot(&tx, session)?;
     let mut have = HashSet::new();
+    let mut to_pin = Vec::new();
     for id in ids {
-        if have.contains(id) || have_and_revive(&tx, group, id)? {
-            have.insert(*id);
+        if have.contains(id) || !have_and_revive(&tx, group, id)? {
+            continue;
+        }
+        have.insert(*id);
+        match &parent {
+            Some(p) if references(&tx, p, id)? => {}
+            _ => to_pin.push(*id),
         }
     }
-    let list: Vec<ChunkId> = have.iter().copied().collect();
-    pin(&tx, session, group, &list)?;
+    pin(&tx, session, group, &to_pin)?;
     tx.commit()?;
     Ok(have)
 }
 
-/// The condemned chunks among `ids` and their pack keys.
+/// The condemned chunks among `ids` and their pack keys. Between a GC's condemn and its next
+/// sweep there are some; the rest of the time none, and one probe of the partial index
+/// `chunks_condemned` says so without a lookup per id.
 pub fn condemned_packs(
     conn: &Connection,
     group: &str,
     ids: &[ChunkId],
 ) -> Result<Vec<(ChunkId, String)>, CatalogError> {
+    let any: Option<i64> = conn
+        .prepare_cached("SELECT 1 FROM chunks WHERE condemned_at IS NOT NULL LIMIT 1")?
+        .query_row([], |r| r.get(0))
+        .optional()?;
+    if any.is_none() {
+        return Ok(Vec::new());
+    }
     let mut st = conn.prepare_cached(
         "SELECT p.key FROM chunks c JOIN packs p ON p.id = c.pack_id
          WHERE c.dedup_group = ?1 AND c.id = ?2 AND c.condemned_at IS NOT NULL",

@@ -72,7 +72,7 @@ pub fn snapshots_seen(conn: &Connection) -> Result<i64, CatalogError> {
 fn sweep_chunks(
     tx: &Transaction<'_>,
     run_start: i64,
-    now: i64,
+    (now, keep): (i64, i64),
     out: &mut Swept,
 ) -> Result<(), CatalogError> {
     out.revived = tx.execute(
@@ -80,7 +80,7 @@ fn sweep_chunks(
             "UPDATE chunks AS c SET condemned_at = NULL WHERE c.condemned_at IS NOT NULL
              AND ({REFERENCED} OR {PINNED})"
         ),
-        named_params! {":now": now},
+        named_params! {":now": now, ":keep": keep},
     )? as u64;
     tx.execute_batch(
         "CREATE TEMP TABLE IF NOT EXISTS gc_packs (id BLOB PRIMARY KEY); DELETE FROM temp.gc_packs;",
@@ -190,23 +190,38 @@ fn remove_forgotten(
     Ok(out)
 }
 
-/// Step 1b: removes forgotten snapshots, one transaction each, after computing the segment keys
-/// of the live snapshots one snapshot per catalog call (snapshots are immutable, so uploads
-/// and commits interleave freely). A snapshot forgotten meanwhile still counts as live here
-/// (conservative: its segments wait for the next run).
-pub async fn forgotten(catalog: &Catalog, now: i64, dry_run: bool) -> Result<Swept, CatalogError> {
-    let (seen, gone, live_ids) = catalog
-        .run(|c| {
+/// Step 1b: removes the snapshots forgotten before `keep` ([`super::mark::keep_since`]; those
+/// forgotten since stay, with their references, until the sessions that may rely on them end),
+/// one transaction each, after computing the segment keys of the remaining snapshots one
+/// snapshot per catalog call (snapshots are immutable, so uploads and commits interleave
+/// freely). A snapshot forgotten meanwhile still counts as live here (conservative: its
+/// segments wait for the next run). Returns what was removed and how many forgotten snapshots
+/// wait.
+pub async fn forgotten(
+    catalog: &Catalog,
+    (now, keep): (i64, i64),
+    dry_run: bool,
+) -> Result<(Swept, u64), CatalogError> {
+    let gone_sql = format!("s.forgotten_at IS NOT NULL AND s.forgotten_at < {keep}");
+    let live_sql = format!("s.forgotten_at IS NULL OR s.forgotten_at >= {keep}");
+    let (seen, gone, live_ids, waiting) = catalog
+        .run(move |c| {
+            let waiting: i64 = c.query_row(
+                "SELECT COUNT(*) FROM snapshots WHERE forgotten_at >= ?1",
+                params![keep],
+                |r| r.get(0),
+            )?;
             Ok((
                 snapshots_seen(c)?,
-                snapshot_ids_where(c, "s.forgotten_at IS NOT NULL")?,
-                snapshot_ids_where(c, "s.forgotten_at IS NULL")?,
+                snapshot_ids_where(c, &gone_sql)?,
+                snapshot_ids_where(c, &live_sql)?,
+                to_u64(waiting),
             ))
         })
         .await?;
     let mut out = Swept::default();
     if gone.is_empty() {
-        return Ok(out);
+        return Ok((out, waiting));
     }
     let mut live = HashSet::new();
     for snap in live_ids {
@@ -225,7 +240,7 @@ pub async fn forgotten(catalog: &Catalog, now: i64, dry_run: bool) -> Result<Swe
         out.snapshots += one.snapshots;
         out.tombstoned += one.tombstoned;
     }
-    Ok(out)
+    Ok((out, waiting))
 }
 
 /// Step 1a: the chunk and pack part of the sweep, in one transaction (rolled back with
@@ -233,12 +248,12 @@ pub async fn forgotten(catalog: &Catalog, now: i64, dry_run: bool) -> Result<Swe
 pub fn sweep(
     conn: &mut Connection,
     run_start: i64,
-    now: i64,
+    (now, keep): (i64, i64),
     dry_run: bool,
 ) -> Result<Swept, CatalogError> {
     let tx = conn.transaction()?;
     let mut out = Swept::default();
-    sweep_chunks(&tx, run_start, now, &mut out)?;
+    sweep_chunks(&tx, run_start, (now, keep), &mut out)?;
     if dry_run {
         tx.rollback()?;
     } else {

@@ -297,7 +297,7 @@ async fn a_reused_key_is_never_deleted() {
     // Sweep the catalog rows, but stop before the object delete (as a crash would).
     let swept = w
         .cat
-        .run_blocking(|c| sweep::sweep(c, 20_000, 20_000, false))
+        .run_blocking(|c| sweep::sweep(c, 20_000, (20_000, 20_000), false))
         .expect("sweep");
     assert_eq!(swept.packs, 1);
     // The same content is uploaded again before the delete runs: same key, recorded again.
@@ -315,7 +315,7 @@ async fn a_writer_holding_the_key_defers_the_delete() {
     let p = w.pack(&[77], 1000).await;
     w.gc(10_000).await;
     w.cat
-        .run_blocking(|c| sweep::sweep(c, 20_000, 20_000, false))
+        .run_blocking(|c| sweep::sweep(c, 20_000, (20_000, 20_000), false))
         .expect("sweep");
     let writer = guard::writing(vec![p.clone()]).await;
     let f = sweep::finish(&w.cat, &w.store, None).await.expect("finish");
@@ -481,4 +481,62 @@ async fn chunks_a_session_uploads_are_protected_by_its_lease_without_pins() {
     assert_eq!(w.chunk_state(61), Some(None));
     let r = w.gc(70_000).await;
     assert_eq!(r.condemned, 1, "lease expired, never committed: {r:?}");
+}
+
+/// HaveChunks pins only what no live snapshot references; a snapshot forgotten after an open
+/// session started keeps its references (and counts as live) until that session ends, so the
+/// chunks the session was told it has stay. One forgotten before the session started protects
+/// nothing: its chunks were pinned.
+#[tokio::test]
+async fn present_chunks_are_protected_by_live_references_or_pins() {
+    let w = World::new();
+    w.pack(&[71, 72, 73], 1_000).await;
+    w.snapshot("p", &[71]).await;
+    w.snapshot("q", &[73]).await;
+    let forget_at = |name: &str, at: i64| {
+        let ids = vec![name.to_owned()];
+        w.cat
+            .run_blocking(move |c| snapshots::forget(c, &ids, at))
+            .expect("forget");
+    };
+    forget_at("q", 4_000);
+    w.open_session("s1", 5_000, 5_000, Duration::from_secs(60));
+    let pinned = w
+        .cat
+        .run_blocking(|c| {
+            let have = pins::pin_present(
+                c,
+                "s1",
+                "g",
+                &[id(71), id(72), id(73)],
+                6_000,
+                Duration::from_secs(60),
+            )?;
+            assert_eq!(have.len(), 3, "all three are stored");
+            let mut st = c.prepare("SELECT chunk_id FROM session_pins ORDER BY chunk_id")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .expect("have");
+    let mut want = vec![id(72).0.to_vec(), id(73).0.to_vec()];
+    want.sort();
+    assert_eq!(pinned, want, "71 is referenced by live p: no pin");
+    forget_at("p", 7_000);
+    let r = w.gc(10_000).await;
+    assert_eq!(
+        r.swept.snapshots, 1,
+        "q, forgotten before s1 started: {r:?}"
+    );
+    assert_eq!(r.forgotten_waiting, 1, "p waits for s1: {r:?}");
+    assert_eq!(
+        r.condemned, 0,
+        "71 by p's references, 72 and 73 by pins: {r:?}"
+    );
+    let r = w.gc(70_000).await;
+    assert_eq!(
+        r.swept.snapshots, 1,
+        "s1's lease expired at 65,000: p goes: {r:?}"
+    );
+    assert_eq!(r.forgotten_waiting, 0);
+    assert_eq!(r.condemned, 3, "{r:?}");
 }

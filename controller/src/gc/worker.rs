@@ -97,5 +97,6 @@ pub fn to_pb(r: &Report) -> pb::RunGcResponse {
         repack_deferred: r.repacked.deferred,
         repack_skipped: r.repacked.skipped,
         empty_packs: r.repacked.empty_packs,
+        snapshots_waiting: r.forgotten_waiting,
     }
 }
