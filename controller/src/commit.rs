@@ -116,6 +116,7 @@ pub async fn commit(
     mut stream: Streaming<pb::CommitSnapshotRequest>,
 ) -> Result<pb::CommitSnapshotResponse, ServiceError> {
     let (header, mut all) = read_commit(&mut stream).await?;
+    let started = std::time::Instant::now();
     let session = owned_session(catalog, agent, &header.session).await?;
     all.extend(header.manifest_ids.iter().copied());
     all.sort_unstable();
@@ -141,11 +142,15 @@ pub async fn commit(
                 .collect(),
         });
     }
+    let check_ms = started.elapsed().as_millis();
     match write_snapshot(catalog, (store, deadline), agent, &session, header, all).await? {
-        Ok(id) => Ok(pb::CommitSnapshotResponse {
-            snapshot_id: id.to_string(),
-            missing: Vec::new(),
-        }),
+        Ok(id) => {
+            tracing::debug!(agent = %agent.id, snapshot = %id, check_ms, total_ms = started.elapsed().as_millis(), "commit timings");
+            Ok(pb::CommitSnapshotResponse {
+                snapshot_id: id.to_string(),
+                missing: Vec::new(),
+            })
+        }
         Err(mut missing) => {
             tracing::info!(agent = %agent.id, missing = missing.len(), "commit refused: chunks collected meanwhile");
             missing.truncate(MAX_MISSING_REPORTED);
@@ -176,10 +181,12 @@ async fn write_snapshot(
     let mut guarded: Vec<String> = segments.iter().map(|s| s.key.clone()).collect();
     guarded.push(key.clone());
     let _writing = crate::gc::guard::writing(guarded).await;
+    let t = std::time::Instant::now();
     for s in &segments {
         deadline::put(store, deadline, &s.key, Bytes::from(s.bytes.clone())).await?;
     }
     failpoint::hit("commit.after_refs");
+    let segments_ms = t.elapsed().as_millis();
     // Re-read the session: its stored bytes include every upload that finished before now.
     let sid = session.id.clone();
     let stored_bytes = catalog
@@ -227,6 +234,7 @@ async fn write_snapshot(
     // Re-validated in the same catalog closure as the insert (nothing else runs on the catalog
     // in between): a chunk GC swept since the first check is reported missing, condemned ones
     // are revived; then the session's pins end (its references keep the chunks live).
+    let t = std::time::Instant::now();
     let missing = catalog
         .run(move |c| {
             // One transaction: the check, the insert and the end of the pins commit together
@@ -245,7 +253,8 @@ async fn write_snapshot(
         return Ok(Err(missing));
     }
     failpoint::hit("commit.after_catalog");
-    tracing::info!(agent = %agent.id, snapshot = %id, source = %session.source, refs = refs_count, stored_bytes, "snapshot committed");
+    let catalog_ms = t.elapsed().as_millis();
+    tracing::info!(agent = %agent.id, snapshot = %id, source = %session.source, refs = refs_count, stored_bytes, segments = segments.len(), segments_ms, catalog_ms, "snapshot committed");
     Ok(Ok(id))
 }
 
