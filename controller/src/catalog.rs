@@ -89,7 +89,10 @@ impl Catalog {
         // to be re-prepared whenever a parameter is rebound, and ReadChunks' authorization
         // spent 28% of the controller's CPU of a restore re-parsing one statement. The catalog
         // is never ANALYZEd, so no plan depended on the values anyway.
-        conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         schema::migrate(&mut conn)?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),

@@ -214,6 +214,29 @@ pub fn find(
     }
 }
 
+/// The parent of upload session `session`: the latest live (not forgotten), complete
+/// (`missing_refs = 0`) snapshot of its agent and source, whose references hold nearly every
+/// id the session asks about ([`crate::gc::pins`]).
+pub fn session_parent(conn: &Connection, session: &str) -> Result<Option<String>, CatalogError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT s.id FROM sessions x JOIN snapshots s ON s.agent = x.agent AND s.source = x.source
+             WHERE x.id = ?1 AND s.forgotten_at IS NULL AND s.missing_refs = 0
+             ORDER BY s.committed_at DESC, s.id DESC LIMIT 1",
+        )?
+        .query_row(params![session], |r| r.get(0))
+        .optional()?)
+}
+
+/// Whether snapshot `snap` references `id` (one primary-key probe).
+pub fn references(conn: &Connection, snap: &str, id: &ChunkId) -> Result<bool, CatalogError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM snapshot_refs WHERE snapshot_id = ?1 AND chunk_id = ?2")?
+        .query_row(params![snap, &id.0[..]], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Whether any of `agent`'s snapshots references `id`.
 pub fn referenced_by_agent(
     conn: &Connection,

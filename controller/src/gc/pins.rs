@@ -34,7 +34,7 @@ use std::time::Duration;
 use lifeboat_common::ids::ChunkId;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, snapshots};
 use crate::store::{Store, StoreError};
 
 fn millis(d: Duration) -> i64 {
@@ -102,27 +102,6 @@ fn have_and_revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<bool,
     }
 }
 
-/// The latest live (not forgotten) snapshot of `session`'s agent and source: the backup a
-/// session follows, whose references hold nearly every id it asks about.
-fn parent_snapshot(conn: &Connection, session: &str) -> Result<Option<String>, CatalogError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT s.id FROM sessions x JOIN snapshots s ON s.agent = x.agent AND s.source = x.source
-             WHERE x.id = ?1 AND s.forgotten_at IS NULL ORDER BY s.committed_at DESC LIMIT 1",
-        )?
-        .query_row(params![session], |r| r.get(0))
-        .optional()?)
-}
-
-/// Whether snapshot `snap` references `id` (one primary-key probe).
-fn references(conn: &Connection, snap: &str, id: &ChunkId) -> Result<bool, CatalogError> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM snapshot_refs WHERE snapshot_id = ?1 AND chunk_id = ?2")?
-        .query_row(params![snap, &id.0[..]], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
 /// In one transaction: renews the lease, revives every stored id and pins those that the
 /// session's parent snapshot (its agent's and source's latest, live now) does not reference
 /// (module docs), returns the stored ones. A batch with nothing to pin and
@@ -137,16 +116,18 @@ pub fn pin_present(
 ) -> Result<HashSet<ChunkId>, CatalogError> {
     let tx = conn.transaction()?;
     renew(&tx, session, now, lease)?;
-    let parent = parent_snapshot(&tx, session)?;
+    let parent = snapshots::session_parent(&tx, session)?;
     let mut have = HashSet::new();
     let mut to_pin = Vec::new();
     for id in ids {
+        // The row is looked up even when the parent references the id: a damaged catalog
+        // (rows lost, references kept) must answer "missing" so the agent re-sends.
         if have.contains(id) || !have_and_revive(&tx, group, id)? {
             continue;
         }
         have.insert(*id);
         match &parent {
-            Some(p) if references(&tx, p, id)? => {}
+            Some(p) if snapshots::references(&tx, p, id)? => {}
             _ => to_pin.push(*id),
         }
     }
