@@ -13,7 +13,7 @@
 //! is not descended into.
 //!
 //! `dump_files` (files sources; default `["*.sql"]`, `[]` for none): files chunked with the
-//! dump parameters ([`ChunkerParams::DUMPS`], 16 KiB average) instead of the source's, because a
+//! dump parameters ([`ChunkerParams::DUMPS`], 8 KiB average) instead of the source's, because a
 //! dump rewritten with a few rows changed then re-stores a few small chunks rather than most of
 //! its 1 MiB ones (docs/adr/0005-dump-chunking.md).
 

@@ -44,11 +44,13 @@ impl ChunkerParams {
     };
 
     /// Defaults for database dumps: rows change in place, so smaller chunks re-store far less
-    /// after a small change (measured in `docs/adr/0005-dump-chunking.md`).
+    /// after a small change (measured in `docs/adr/0005-dump-chunking.md`; 4/16/64 KiB until
+    /// session 5). Each manifest records the parameters it was chunked with, so changing these
+    /// defaults changes no format: the next backup of a rewritten dump simply cuts differently.
     pub const DUMPS: ChunkerParams = ChunkerParams {
-        min: 4 << 10,
-        avg: 16 << 10,
-        max: 64 << 10,
+        min: 2 << 10,
+        avg: 8 << 10,
+        max: 32 << 10,
     };
 
     pub fn validate(&self) -> Result<(), ChunkerParamsError> {

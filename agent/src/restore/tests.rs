@@ -458,7 +458,7 @@ async fn backup_progress_is_told_with_the_walked_total() {
     );
 }
 
-/// A `*.sql` file in a files source is chunked with the dump parameters (16 KiB average, not
+/// A `*.sql` file in a files source is chunked with the dump parameters (8 KiB average, not
 /// the source's), its manifest entry says so, and the restore's unchanged check uses them.
 #[tokio::test]
 async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
@@ -492,7 +492,7 @@ async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
     );
     assert!(
         dump.chunk_sizes.len() >= 8,
-        "{} bytes in 16 KiB chunks, not one 1 MiB chunk: {:?}",
+        "{} bytes in 8 KiB chunks, not one 1 MiB chunk: {:?}",
         sql.len(),
         dump.chunk_sizes
     );
