@@ -13,7 +13,6 @@
 //! Manifest layout: root 0 is `/`; each database is a file entry `databases/<name>.sql` (mode
 //! 0600), the users dump is `users.sql`; [`DatabaseMeta`] in the header ties them together.
 
-use std::collections::BTreeSet;
 use std::time::Instant;
 
 use lifeboat_common::clock::now_unix_ms;
@@ -338,13 +337,15 @@ async fn commit<R: Remote>(
     let mut header = super::manifest_header(src, started_ms, vec![b"/".to_vec()]);
     header.database = Some(meta);
     let mut w = ManifestWriter::new(&header);
-    let mut refs: BTreeSet<ChunkId> = BTreeSet::new();
+    let mut refs: Vec<ChunkId> = Vec::new();
     let mut logical = 0;
     for e in &entries {
         w.push(e);
         refs.extend(e.chunk_ids());
         logical += e.size;
     }
+    refs.sort_unstable();
+    refs.dedup();
     let data_chunks = refs.len() as u64;
     let files = entries.len() as u64;
     let (outcome, stats) =
