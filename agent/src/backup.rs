@@ -215,13 +215,15 @@ async fn run_pass<R: Remote>(
     let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level)
         .with_bandwidth((ctx.bandwidth)(&src.name))
         .with_progress(ctx.progress.clone(), &src.name, total);
-    let mut results = FileResults {
-        unreadable: walked.unreadable,
-        ..FileResults::default()
-    };
     let files: Vec<usize> = (0..items.len())
         .filter(|&i| items[i].kind == EntryKind::File)
         .collect();
+    // One allocation for the whole pass instead of a table doubling (old and new alive at once).
+    let mut results = FileResults {
+        done: HashMap::with_capacity(files.len()),
+        unreadable: walked.unreadable,
+        ..FileResults::default()
+    };
     let cache: Arc<dyn FileCache> = if use_cache {
         ctx.cache.clone()
     } else {
