@@ -514,3 +514,57 @@ async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
         "the dump re-chunked with its own parameters is found unchanged"
     );
 }
+
+/// A file of more than two units' worth of chunks is fetched batch after batch, the next one
+/// while the current one is written: it restores byte for byte, and a damaged chunk in its last
+/// batch fails naming it and leaves neither the file nor a temporary one.
+#[tokio::test]
+async fn a_file_of_many_units_restores_and_a_late_damaged_chunk_leaves_nothing() {
+    let f = fixture();
+    let data = pseudo_random(3 << 20, 9);
+    fs::write(f.root.join("site/large.bin"), &data).expect("write");
+    backup(&f, Arc::new(FsOpener)).await;
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+        .await
+        .expect("manifest");
+    let e = m
+        .entries
+        .iter()
+        .find(|e| e.path == b"site/large.bin")
+        .expect("entry");
+    assert!(
+        e.chunk_sizes.len() > 2 * files::UNIT_IDS,
+        "{} chunks: not several units",
+        e.chunk_sizes.len()
+    );
+    let last = *e.chunk_ids().last().expect("chunks");
+    restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    assert_eq!(
+        fs::read(restored(&f, "site/large.bin")).expect("read"),
+        data
+    );
+    fs::remove_dir_all(&f.out).expect("clean");
+    f.remote.damaged.lock().expect("lock").insert(last);
+    let msg = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        msg.contains("large.bin") && msg.contains("damaged"),
+        "{msg}"
+    );
+    let dir = restored(&f, "site");
+    assert!(!dir.join("large.bin").exists());
+    assert!(
+        fs::read_dir(&dir)
+            .expect("ls")
+            .filter_map(Result::ok)
+            .all(|e| !e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(write::TMP_PREFIX)),
+        "a temporary file was left behind"
+    );
+}
