@@ -18,8 +18,8 @@
 //! way, so every temporary file of a failed file is removed).
 //!
 //! Durability: files are written and renamed without an `fsync` each; their final paths are
-//! returned to the caller, which syncs them (and their directories) once at the end
-//! ([`sync_all`]). A restore that returned success is durable; after a crash mid-restore a file
+//! returned to the caller, which syncs their filesystems once at the end ([`sync_all`],
+//! `syncfs(2)`). A restore that returned success is durable; after a crash mid-restore a file
 //! may be incomplete under its real name, which a rerun detects (same size and mtime but other
 //! chunk ids) and rewrites.
 
@@ -296,38 +296,39 @@ async fn write_unit<R>(
     err.map_or(Ok(()), Err)
 }
 
-/// Makes written files and their directories durable: files are `fsync`ed on [`WORKERS`]
-/// blocking threads, then each distinct parent directory once (after the renames, so the new
-/// names are on disk). Extra directories (created or whose metadata was set) are synced too.
+/// Makes written files and their directories durable with one `syncfs(2)` per filesystem
+/// they are on (found through their parent directories; a restore target is usually one).
+/// `syncfs` writes back every dirty page and inode of that filesystem, the new names included,
+/// and reports writeback errors since Linux 5.8. It replaced an `fsync` of every file and then
+/// of every directory: 8,255 opens and journal commits for a 1 GiB web root. The cost: it also
+/// flushes other processes' dirty data on the same filesystem (a restore usually runs on a
+/// quiet host, or a fresh one).
 pub async fn sync_all(files: Vec<PathBuf>, dirs: Vec<PathBuf>) -> Result<(), AgentError> {
     let mut parents: HashSet<PathBuf> = dirs.into_iter().collect();
     parents.extend(files.iter().filter_map(|f| f.parent().map(Path::to_owned)));
-    let per = files.len().div_ceil(WORKERS).max(1);
-    let mut handles = Vec::new();
-    for part in files.chunks(per).map(<[PathBuf]>::to_vec) {
-        handles.push(tokio::task::spawn_blocking(move || sync_paths(&part)));
-    }
-    for h in handles {
-        h.await.map_err(|e| AgentError::Worker(e.to_string()))??;
-    }
-    let dirs: Vec<PathBuf> = parents.into_iter().collect();
-    tokio::task::spawn_blocking(move || sync_paths(&dirs))
+    tokio::task::spawn_blocking(move || sync_filesystems(parents))
         .await
         .map_err(|e| AgentError::Worker(e.to_string()))?
 }
 
-fn sync_paths(paths: &[PathBuf]) -> Result<(), AgentError> {
-    for p in paths {
-        // Opened read-only without following a final symlink: a path replaced since by a
-        // symlink (overlapping roots) is skipped, not followed out of the target.
-        let f = match fs::symlink_metadata(p) {
-            Ok(m) if m.file_type().is_symlink() => continue,
-            Ok(_) => fs::File::open(p),
+fn sync_filesystems(dirs: HashSet<PathBuf>) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut done: HashSet<u64> = HashSet::new();
+    for d in dirs {
+        // Not followed through a final symlink: a path replaced since by a symlink
+        // (overlapping roots) is skipped, so nothing outside the target is opened.
+        let dev = match fs::symlink_metadata(&d) {
+            Ok(m) if m.is_dir() => m.dev(),
+            Ok(_) => continue,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => Err(e),
+            Err(e) => return Err(AgentError::io("cannot stat", &d, e)),
         };
-        f.and_then(|f| f.sync_all())
-            .map_err(|e| AgentError::io("cannot fsync", p, e))?;
+        if !done.insert(dev) {
+            continue;
+        }
+        let f = fs::File::open(&d).map_err(|e| AgentError::io("cannot open", &d, e))?;
+        rustix::fs::syncfs(&f)
+            .map_err(|e| AgentError::io("cannot sync the filesystem of", &d, e.into()))?;
     }
     Ok(())
 }
