@@ -126,6 +126,17 @@ fn opts(f: &Fixture, delete: bool, path: Option<PathBuf>) -> RestoreOptions {
     }
 }
 
+/// The entry at `path` in the latest snapshot's manifest.
+async fn latest_entry(f: &Fixture, path: &[u8]) -> Entry {
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+        .await
+        .expect("manifest");
+    m.entries
+        .into_iter()
+        .find(|e| e.path == path)
+        .expect("entry")
+}
+
 /// Where `rel` (under the source root) lands in the restore directory.
 fn restored(f: &Fixture, rel: &str) -> PathBuf {
     let below: PathBuf = f.root.components().skip(1).collect();
@@ -264,15 +275,7 @@ async fn lost_chunks_are_uploaded_again_although_the_cache_has_the_file() {
 async fn damaged_chunk_fails_naming_the_file_and_leaves_no_damaged_file() {
     let f = fixture();
     backup(&f, Arc::new(FsOpener)).await;
-    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
-        .await
-        .expect("manifest");
-    let big = m
-        .entries
-        .iter()
-        .find(|e| e.path == b"site/big.bin")
-        .expect("entry");
-    let bad = big.chunk_ids()[0];
+    let bad = latest_entry(&f, b"site/big.bin").await.chunk_ids()[0];
     // Corrupt the stored blob: restore must notice (AEAD) and name the file.
     f.remote
         .blobs
@@ -524,14 +527,7 @@ async fn a_file_of_many_units_restores_and_a_late_damaged_chunk_leaves_nothing()
     let data = pseudo_random(3 << 20, 9);
     fs::write(f.root.join("site/large.bin"), &data).expect("write");
     backup(&f, Arc::new(FsOpener)).await;
-    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
-        .await
-        .expect("manifest");
-    let e = m
-        .entries
-        .iter()
-        .find(|e| e.path == b"site/large.bin")
-        .expect("entry");
+    let e = latest_entry(&f, b"site/large.bin").await;
     assert!(
         e.chunk_sizes.len() > 2 * files::UNIT_IDS,
         "{} chunks: not several units",
