@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use crate::logwatch::LogWatch;
+
 /// Path of a lifeboat binary built by cargo.
 pub fn bin(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("LIFEBOAT_BIN_DIR") {
@@ -47,6 +49,8 @@ pub struct Controller {
     /// The `/metrics` listener (`METRICS <addr>`, printed before `LISTENING`).
     pub metrics: Option<SocketAddr>,
     child: Option<Child>,
+    /// This run's log lines when started `_watched`.
+    watch: Option<LogWatch>,
 }
 
 impl Controller {
@@ -76,10 +80,37 @@ impl Controller {
 
     /// Starts `serve` listening on `listen` (a restart on the address agents already know).
     pub fn serve_on(dir: &Path, listen: &str, env: &[(&str, &str)]) -> Controller {
+        Self::spawn(dir, listen, env, false)
+    }
+
+    /// [`Controller::start`], with its log lines watched ([`Controller::wait_logged`]).
+    pub fn start_watched(dir: &Path) -> Controller {
+        let out = run(Command::new(bin("lifeboat-controller"))
+            .arg("init")
+            .arg("--dir")
+            .arg(dir));
+        assert!(
+            out.status.success(),
+            "controller init failed: {}",
+            describe(&out)
+        );
+        Self::spawn(dir, "127.0.0.1:0", &[], true)
+    }
+
+    /// [`Controller::serve_on`], with its log lines watched ([`Controller::wait_logged`]).
+    pub fn serve_on_watched(dir: &Path, listen: &str) -> Controller {
+        Self::spawn(dir, listen, &[], true)
+    }
+
+    /// `watched`: stderr goes through a [`LogWatch`] (a copying thread) instead of straight
+    /// to `controller.log`. Only tests that wait on log lines opt in: the file then lags the
+    /// process by the copy, so `log()` right after an RPC might miss a line just written.
+    fn spawn(dir: &Path, listen: &str, env: &[(&str, &str)], watched: bool) -> Controller {
+        let log_path = dir.join("controller.log");
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.join("controller.log"))
+            .open(&log_path)
             .expect("open controller log");
         let mut child = Command::new(bin("lifeboat-controller"))
             .arg("serve")
@@ -93,9 +124,17 @@ impl Controller {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(log)
+            .stderr(if watched {
+                Stdio::piped()
+            } else {
+                Stdio::from(log)
+            })
             .spawn()
             .expect("spawn controller");
+        let watch = child
+            .stderr
+            .take()
+            .map(|stderr| LogWatch::follow(stderr, &log_path));
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = BufReader::new(stdout);
         let mut line = String::new();
@@ -122,6 +161,7 @@ impl Controller {
             addr,
             metrics,
             child: Some(child),
+            watch,
         }
     }
 
@@ -164,6 +204,17 @@ impl Controller {
         );
         serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("lifeboatctl {args:?} JSON: {e}: {}", describe(&out)))
+    }
+
+    /// Waits until `count` lines of this run's log contain every one of `parts` (a controller
+    /// started `_watched`); returns them. 60 s bound.
+    pub fn wait_logged(&self, what: &str, count: usize, parts: &[&str]) -> Vec<String> {
+        self.watch
+            .as_ref()
+            .expect("wait_logged needs a controller started with start_watched/serve_on_watched")
+            .wait_for(what, count, std::time::Duration::from_secs(60), |l| {
+                parts.iter().all(|p| l.contains(p))
+            })
     }
 
     /// Everything the controller logged so far.

@@ -260,24 +260,18 @@ fn configured_rules_are_applied_by_the_worker() {
     let mut text = fs::read_to_string(&cfg).expect("read config");
     text.push_str("\n[retention]\ninterval = \"1s\"\nkeep_last = 1\n");
     fs::write(&cfg, text).expect("write config");
-    let ctl = Controller::serve(&dir);
-    // The worker runs once a second: poll (bounded) until it has applied the rules.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while snapshot_ids(&ctl).len() > 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retention worker did not forget anything; log:\n{}",
-            ctl.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let ctl = Controller::serve_on_watched(&dir, "127.0.0.1:0");
+    // The worker logs each snapshot it forgot once its transaction committed: wait for both.
+    let forgotten = ctl.wait_logged(
+        "the retention worker forgetting two snapshots",
+        2,
+        &["snapshot forgotten by retention"],
+    );
     assert_eq!(snapshot_ids(&ctl), ids[2..].to_vec());
-    let log = ctl.log();
     for id in &ids[..2] {
         assert!(
-            log.lines()
-                .any(|l| l.contains("snapshot forgotten by retention") && l.contains(id.as_str())),
-            "{id} not logged:\n{log}"
+            forgotten.iter().any(|l| l.contains(id.as_str())),
+            "{id} not logged: {forgotten:?}"
         );
     }
     // The restarted controller listens on a new port.
