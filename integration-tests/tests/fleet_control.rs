@@ -8,23 +8,33 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use lifeboat_integration_tests::logwatch::LogWatch;
 use lifeboat_integration_tests::process::{Agent, Controller, describe, master_key};
 use serde_json::Value;
 
-/// A `lifeboat-agent run` child, stopped with SIGTERM when dropped.
-struct Daemon(Child);
+/// A `lifeboat-agent run` child, stopped with SIGTERM when dropped; its log (`run.log`) is
+/// watched so tests wait for what it logs.
+struct Daemon(Child, LogWatch);
 
 impl Daemon {
     fn start(agent: &Agent) -> Daemon {
-        let log = fs::File::create(agent.dir.join("run.log")).unwrap();
-        let child = agent
+        let log = agent.dir.join("run.log");
+        let _ = fs::remove_file(&log);
+        let mut child = agent
             .command(&["run"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        Daemon(child)
+        let watch = LogWatch::follow(child.stderr.take().unwrap(), &log);
+        Daemon(child, watch)
+    }
+
+    /// Waits (60 s bound) for a line of the daemon's log containing `part`.
+    fn wait_logged(&self, what: &str, part: &str) {
+        self.1
+            .wait_for(what, 1, Duration::from_secs(60), |l| l.contains(part));
     }
 }
 
@@ -94,7 +104,7 @@ fn ndjson(out: &std::process::Output) -> Vec<Value> {
 }
 
 fn setup(tmp: &Path) -> (Controller, Agent) {
-    let ctl = Controller::start(&tmp.join("ctl"));
+    let ctl = Controller::start_watched(&tmp.join("ctl"));
     let key = tmp.join("master.key");
     master_key(&ctl, &key);
     let www = tmp.join("www");
@@ -296,19 +306,6 @@ fn agents_reconnect_to_a_restarted_controller_by_themselves() {
     assert_eq!(ndjson(&out).last().unwrap()["phase"], "succeeded");
 }
 
-/// Polls `f` every 100 ms until it is true, for at most 60 s.
-fn wait_until(what: &str, mut f: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} not within 60 s\n{}",
-            context()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_schedule_runs_while_the_controller_is_down_and_missed_slots_are_reported_on_reconnect() {
     let tmp = tempfile::tempdir().unwrap();
@@ -326,13 +323,8 @@ fn the_schedule_runs_while_the_controller_is_down_and_missed_slots_are_reported_
     assert_eq!(ctl.stop(), Some(0));
     drop(ctl);
     let daemon = Daemon::start(&agent);
-    let log = || fs::read_to_string(agent.dir.join("run.log")).unwrap_or_default();
-    wait_until(
-        "a missed slot in the agent log",
-        || log().contains("scheduled slot missed"),
-        log,
-    );
-    let ctl = Controller::serve_on(&dir, &listen, &[]);
+    daemon.wait_logged("a missed slot in the agent log", "scheduled slot missed");
+    let ctl = Controller::serve_on_watched(&dir, &listen);
     wait_connected(&ctl, &agent, true);
     let failed = || {
         let list = ctl.ctl_json(&["snapshots", "list", "--agent", "web-01", "--json"]);
@@ -343,28 +335,33 @@ fn the_schedule_runs_while_the_controller_is_down_and_missed_slots_are_reported_
             .filter_map(|x| x["reason"].as_str().map(str::to_owned))
             .collect::<Vec<_>>()
     };
-    wait_until(
+    // The controller logs a reported missed run once its failure row is committed.
+    ctl.wait_logged(
         "a missed-run failure in the catalog",
-        || {
-            failed()
-                .iter()
-                .any(|r| r.contains("missed scheduled backup"))
-        },
-        || format!("{:?}\n{}", failed(), log()),
-    );
-    // The agent gets its policy and keeps backing up on its own.
-    wait_until(
-        "a scheduled snapshot after the reconnect",
-        || {
-            let list = ctl.ctl_json(&["snapshots", "list", "--agent", "web-01", "--json"]);
-            list.as_array().unwrap().iter().any(|x| x["status"] == "ok")
-        },
-        log,
+        1,
+        &["missed scheduled backup", "web-01"],
     );
     assert!(
-        log().contains("policy received from the controller"),
-        "{}",
-        log()
+        failed()
+            .iter()
+            .any(|r| r.contains("missed scheduled backup")),
+        "{:?}",
+        failed()
+    );
+    // The agent gets its policy and keeps backing up on its own.
+    ctl.wait_logged(
+        "a scheduled snapshot after the reconnect",
+        1,
+        &["snapshot committed", "agent=web-01"],
+    );
+    let list = ctl.ctl_json(&["snapshots", "list", "--agent", "web-01", "--json"]);
+    assert!(
+        list.as_array().unwrap().iter().any(|x| x["status"] == "ok"),
+        "{list}"
+    );
+    daemon.wait_logged(
+        "the policy in the agent log",
+        "policy received from the controller",
     );
     // A stopped agent shows as disconnected.
     drop(daemon);
@@ -393,7 +390,7 @@ async fn fifty_connected_agents_and_the_controllers_memory() {
     const AGENTS: usize = 50;
     lifeboat_common::tls::install_crypto_provider();
     let tmp = tempfile::tempdir().unwrap();
-    let ctl = tokio::task::block_in_place(|| Controller::start(&tmp.path().join("ctl")));
+    let ctl = tokio::task::block_in_place(|| Controller::start_watched(&tmp.path().join("ctl")));
     let pid = ctl.pid().unwrap();
     let read = |f: &str| fs::read(ctl.dir.join(f)).unwrap();
     let ca = read("ca.pem");
@@ -511,23 +508,21 @@ async fn fifty_connected_agents_and_the_controllers_memory() {
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let failures = loop {
-        let list = tokio::task::block_in_place(|| {
-            ctl.ctl_json(&["snapshots", "list", "--agent", "sim-001", "--json"])
-        });
-        let failed: Vec<Value> = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|x| x["status"] == "failed")
-            .cloned()
-            .collect();
-        if !failed.is_empty() || Instant::now() > deadline {
-            break failed;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let list = tokio::task::block_in_place(|| {
+        ctl.wait_logged(
+            "the missed run recorded",
+            1,
+            &["missed scheduled backup", "sim-001"],
+        );
+        ctl.ctl_json(&["snapshots", "list", "--agent", "sim-001", "--json"])
+    });
+    let failures: Vec<Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["status"] == "failed")
+        .cloned()
+        .collect();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let reason = failures[0]["reason"].as_str().unwrap();
     assert!(
@@ -574,13 +569,10 @@ fn the_policy_bandwidth_limits_a_remote_backup_that_reports_progress() {
     wait_connected(&ctl, &agent, true);
     // The daemon backs up once when it starts: let that run finish, so the remote backup is
     // the one that uploads the new file.
-    wait_until(
+    ctl.wait_logged(
         "the daemon's first scheduled backup",
-        || {
-            let l = ctl.ctl_json(&["snapshots", "list", "--agent", "web-01", "--json"]);
-            !l.as_array().unwrap().is_empty()
-        },
-        || ctl.log(),
+        1,
+        &["snapshot committed", "agent=web-01"],
     );
     // Incompressible: what is read is what is uploaded. 5 MiB at 2 MiB/s takes >= 2.5 s.
     lifeboat_integration_tests::tree::write_data(

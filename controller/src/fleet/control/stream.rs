@@ -229,7 +229,7 @@ async fn missed(state: &State, agent: &AgentCtx, m: pb::MissedRun) -> Result<(),
             &m.reason
         }
     ));
-    warn!(agent = %agent.id, source = %source, slot_unix_ms = m.slot_unix_ms, "agent reported a missed scheduled backup");
+    let slot = m.slot_unix_ms;
     let row = FailureRow {
         id: SessionId::generate().as_str()[..20].to_owned(),
         agent: agent.id.to_string(),
@@ -239,9 +239,12 @@ async fn missed(state: &State, agent: &AgentCtx, m: pb::MissedRun) -> Result<(),
         reported_at: now_unix_ms(),
         reason,
     };
+    let logged_source = row.source.clone();
     state
         .catalog
         .run(move |c| failures::insert(c, &row))
         .await?;
+    // Logged once the failure row is committed (tests wait for this line).
+    warn!(agent = %agent.id, source = %logged_source, slot_unix_ms = slot, "agent reported a missed scheduled backup; recorded as a failed backup");
     Ok(())
 }
