@@ -209,10 +209,21 @@ impl Controller {
     /// Waits until `count` lines of this run's log contain every one of `parts` (a controller
     /// started `_watched`); returns them. 60 s bound.
     pub fn wait_logged(&self, what: &str, count: usize, parts: &[&str]) -> Vec<String> {
+        self.wait_logged_within(what, count, parts, std::time::Duration::from_secs(60))
+    }
+
+    /// [`Controller::wait_logged`] with another bound.
+    pub fn wait_logged_within(
+        &self,
+        what: &str,
+        count: usize,
+        parts: &[&str],
+        timeout: std::time::Duration,
+    ) -> Vec<String> {
         self.watch
             .as_ref()
             .expect("wait_logged needs a controller started with start_watched/serve_on_watched")
-            .wait_for(what, count, std::time::Duration::from_secs(60), |l| {
+            .wait_for(what, count, timeout, |l| {
                 parts.iter().all(|p| l.contains(p))
             })
     }

@@ -14,7 +14,7 @@
 
 use std::fs;
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lifeboat_integration_tests::process::{describe, master_key};
 use lifeboat_integration_tests::{Agent, Controller};
@@ -30,20 +30,12 @@ fn vm_rss_kib(pid: u32) -> u64 {
         .unwrap()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} not within 240 s");
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 #[ignore = "starts 50 agent processes; run by hand for the closing figures"]
 fn fifty_real_agents_status_and_controller_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
-    let ctl = Controller::start(&t.join("controller"));
+    let ctl = Controller::start_watched(&t.join("controller"));
     let key = t.join("master.key");
     master_key(&ctl, &key);
     let out = ctl.ctl(&[
@@ -94,16 +86,39 @@ fn fifty_real_agents_status_and_controller_memory() {
             .filter(|a| a["connected"] == true)
             .count()
     };
-    wait_until("50 connected agents", || connected() == AGENTS);
-    wait_until("a snapshot from every agent", || {
-        ctl.ctl_json(&["status", "--json"])["sources"]
-            .as_array()
-            .is_some_and(|s| {
-                s.len() == AGENTS
-                    && s.iter()
-                        .all(|r| r["last_success_unix_ms"].as_i64() > Some(0))
-            })
-    });
+    // Signalled, not polled: the controller answers `--wait-connected` when the agent
+    // connects, and logs each snapshot once it is committed.
+    let bound = Duration::from_secs(240);
+    for i in 0..AGENTS {
+        let name = format!("web-{i:02}");
+        let out = ctl.ctl(&[
+            "agent",
+            "list",
+            "--json",
+            "--wait-connected",
+            &name,
+            "--timeout",
+            "240s",
+        ]);
+        assert!(out.status.success(), "{name}: {}", describe(&out));
+        let agent = format!("agent={name} ");
+        ctl.wait_logged_within(
+            &format!("a snapshot from {name}"),
+            1,
+            &["snapshot committed", &agent],
+            bound,
+        );
+    }
+    assert_eq!(connected(), AGENTS);
+    let status = ctl.ctl_json(&["status", "--json"]);
+    let sources = status["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), AGENTS, "{status}");
+    assert!(
+        sources
+            .iter()
+            .all(|r| r["last_success_unix_ms"].as_i64() > Some(0)),
+        "{status}"
+    );
     let busy_kib = vm_rss_kib(ctl.pid().unwrap());
     // Three VMs go away: their RPO ages past the 40 s objective while the others keep going.
     for d in daemons.iter_mut().take(3) {
@@ -113,15 +128,20 @@ fn fifty_real_agents_status_and_controller_memory() {
             .status();
         let _ = d.wait();
     }
-    wait_until("three breached agents", || {
-        ctl.ctl_json(&["status", "--json"])["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| r["state"] == "breached")
-            .count()
-            >= 3
-    });
+    // The alert worker logs each RPO breach once (its interval plus the 40 s objective).
+    ctl.wait_logged_within(
+        "three RPO breaches",
+        3,
+        &["alert firing", "rpo_breached"],
+        bound,
+    );
+    let breached = ctl.ctl_json(&["status", "--json"])["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "breached")
+        .count();
+    assert!(breached >= 3, "{breached} breached");
     let table = ctl.ctl(&["status"]);
     println!("{}", String::from_utf8_lossy(&table.stdout));
     println!(
