@@ -56,6 +56,12 @@ pub struct Controller {
 impl Controller {
     /// Inits a controller in `dir` (which must not exist yet) and starts it.
     pub fn start(dir: &Path) -> Controller {
+        Self::init(dir);
+        Self::serve(dir)
+    }
+
+    /// `lifeboat-controller init --dir DIR`, asserting success.
+    fn init(dir: &Path) {
         let out = run(Command::new(bin("lifeboat-controller"))
             .arg("init")
             .arg("--dir")
@@ -65,7 +71,6 @@ impl Controller {
             "controller init failed: {}",
             describe(&out)
         );
-        Self::serve(dir)
     }
 
     /// Starts `serve` on an existing controller directory.
@@ -85,15 +90,7 @@ impl Controller {
 
     /// [`Controller::start`], with its log lines watched ([`Controller::wait_logged`]).
     pub fn start_watched(dir: &Path) -> Controller {
-        let out = run(Command::new(bin("lifeboat-controller"))
-            .arg("init")
-            .arg("--dir")
-            .arg(dir));
-        assert!(
-            out.status.success(),
-            "controller init failed: {}",
-            describe(&out)
-        );
+        Self::init(dir);
         Self::spawn(dir, "127.0.0.1:0", &[], true)
     }
 
