@@ -23,6 +23,7 @@ pub mod failures;
 pub mod grants;
 pub mod inventory;
 pub mod policies;
+pub mod refsets;
 pub mod schema;
 pub mod snapshots;
 pub mod tokens;
@@ -85,7 +86,7 @@ impl Catalog {
         conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // Query-planner stability: plans never depend on the values bound. Without it, SQLite
-        // (built with STAT4) marks statements such as the join through `snapshot_refs_by_chunk`
+        // (built with STAT4) marks statements such as the join through the by-chunk index of reference sets
         // to be re-prepared whenever a parameter is rebound, and ReadChunks' authorization
         // spent 28% of the controller's CPU of a restore re-parsing one statement. The catalog
         // is never ANALYZEd, so no plan depended on the values anyway.

@@ -5,7 +5,8 @@
 //!    the response lists (up to [`MAX_MISSING_REPORTED`]) missing ids and nothing is written;
 //! 2. the reference set (sorted, distinct, manifest ids included) is written as segment objects
 //!    ([`crate::refset`]), then the snapshot record ([`crate::record`]), each fsync'd;
-//! 3. one catalog transaction inserts the snapshot and its `snapshot_refs`, and queues the
+//! 3. one catalog transaction inserts the snapshot and its reference sets
+//!    ([`crate::catalog::refsets`]: only sets no earlier snapshot of the group has), and queues the
 //!    segments and the record for the secondary ([`crate::replication::queue::insert_snapshot_in`]);
 //! 4. the response carries the new snapshot id.
 //!
@@ -126,7 +127,10 @@ pub async fn commit(
         .run(move |c| {
             // A read transaction: one lock for all the lookups, not one per id.
             let tx = c.transaction()?;
-            let missing = chunks::missing(&tx, &group, &all)?;
+            let mut missing = Vec::new();
+            for part in crate::catalog::refsets::unproven(&tx, &group, &all)? {
+                missing.extend(chunks::missing(&tx, &group, part)?);
+            }
             tx.commit()?;
             Ok((all, missing))
         })

@@ -10,7 +10,7 @@
 //! 3. **packs**: read each pack's index footer with ranged reads (the tail, one more read only
 //!    when the index is larger) into `packs` and a temporary entry table ([`packs`]);
 //! 4. **snapshots**: read each record and its reference segments (each segment read once, even
-//!    when many snapshots share it), insert `snapshots` + `snapshot_refs` ([`snapshots`]);
+//!    when many snapshots share it), insert `snapshots` and their reference sets ([`snapshots`]);
 //! 5. **chunks**: derive the `chunks` rows for each snapshot's dedup group, flag snapshots with
 //!    missing references, add the records' pack dependencies ([`chunks`]);
 //! 6. **replication queue**: every object gets its copy row, done when the other region already

@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use rusqlite::Connection;
 
 use super::{CatalogError, to_u64};
@@ -131,27 +130,12 @@ pub fn known_keys(conn: &Connection) -> Result<HashSet<String>, CatalogError> {
     for k in st.query_map([], |r| r.get::<_, String>(0))? {
         keys.insert(k?);
     }
-    let mut st = conn.prepare(
-        "SELECT snapshot_id, chunk_id FROM snapshot_refs ORDER BY snapshot_id, chunk_id",
-    )?;
-    let mut rows = st.query([])?;
-    let mut current: Option<String> = None;
-    let mut ids: Vec<ChunkId> = Vec::new();
-    let flush = |ids: &mut Vec<ChunkId>, keys: &mut HashSet<String>| {
-        keys.extend(refset::segment_keys(ids.drain(..)));
-    };
-    while let Some(r) = rows.next()? {
-        let snap: String = r.get(0)?;
-        let raw: Vec<u8> = r.get(1)?;
-        let id: [u8; CHUNK_ID_LEN] = raw.as_slice().try_into().map_err(|_| {
-            CatalogError::Corrupt(format!("a reference of snapshot {snap} is not 32 bytes"))
-        })?;
-        if current.as_deref() != Some(snap.as_str()) {
-            flush(&mut ids, &mut keys);
-            current = Some(snap);
-        }
-        ids.push(ChunkId(id));
+    let snaps: Vec<String> = conn
+        .prepare("SELECT id FROM snapshots")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for snap in snaps {
+        keys.extend(refset::segment_keys(super::refsets::refs_of(conn, &snap)?));
     }
-    flush(&mut ids, &mut keys);
     Ok(keys)
 }

@@ -207,6 +207,49 @@ CREATE TABLE gc_tombstones (
     snapshots_seen INTEGER NOT NULL
 );
 "#,
+    // v9: reference sets shared between snapshots (`super::refsets`, ADR 0010). A snapshot's
+    // references become the union of its sets; `snapshot_refs` becomes a view with the same
+    // columns. Each existing snapshot gets one set of its own, named 'v8 ' || its id (never a
+    // 32-byte content name, so never shared); snapshots committed from now on share sets.
+    r#"
+CREATE TABLE ref_sets (
+    id          INTEGER PRIMARY KEY,
+    dedup_group TEXT NOT NULL,
+    name        BLOB NOT NULL,
+    refs        INTEGER NOT NULL,
+    UNIQUE (dedup_group, name)
+);
+CREATE TABLE ref_set_chunks (
+    set_id   INTEGER NOT NULL,
+    chunk_id BLOB NOT NULL,
+    PRIMARY KEY (set_id, chunk_id)
+) WITHOUT ROWID;
+CREATE INDEX ref_set_chunks_by_chunk ON ref_set_chunks(chunk_id);
+CREATE TABLE snapshot_sets (
+    snapshot_id TEXT NOT NULL,
+    set_id      INTEGER NOT NULL,
+    PRIMARY KEY (snapshot_id, set_id)
+) WITHOUT ROWID;
+CREATE INDEX snapshot_sets_by_set ON snapshot_sets(set_id);
+CREATE TEMP TABLE v9_sets AS
+    SELECT v.snapshot_id, v.refs, COALESCE(a.dedup_group, '') AS grp
+    FROM (SELECT snapshot_id, COUNT(*) AS refs FROM snapshot_refs GROUP BY snapshot_id) v
+    LEFT JOIN snapshots s ON s.id = v.snapshot_id LEFT JOIN agents a ON a.id = s.agent;
+INSERT INTO ref_sets (dedup_group, name, refs)
+    SELECT grp, CAST('v8 ' || snapshot_id AS BLOB), refs FROM v9_sets ORDER BY snapshot_id;
+INSERT INTO snapshot_sets (snapshot_id, set_id)
+    SELECT v.snapshot_id, r.id FROM v9_sets v
+    JOIN ref_sets r ON r.dedup_group = v.grp AND r.name = CAST('v8 ' || v.snapshot_id AS BLOB);
+INSERT INTO ref_set_chunks (set_id, chunk_id)
+    SELECT ss.set_id, r.chunk_id FROM snapshot_refs r
+    JOIN snapshot_sets ss ON ss.snapshot_id = r.snapshot_id;
+DROP TABLE v9_sets;
+DROP INDEX snapshot_refs_by_chunk;
+DROP TABLE snapshot_refs;
+CREATE VIEW snapshot_refs (snapshot_id, chunk_id) AS
+    SELECT ss.snapshot_id, rc.chunk_id FROM snapshot_sets ss
+    JOIN ref_set_chunks rc ON rc.set_id = ss.set_id;
+"#,
 ];
 
 /// Brings the schema up to date; refuses a catalog newer than this binary.

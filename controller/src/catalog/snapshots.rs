@@ -1,6 +1,6 @@
 //! Committed snapshots and their reference sets.
 //!
-//! A snapshot row and its `snapshot_refs` rows are inserted in one transaction, after the
+//! A snapshot row and its reference sets ([`super::refsets`]) are inserted in one transaction, after the
 //! record and segment objects are durable, so a visible snapshot always has all of its data.
 //!
 //! A forgotten snapshot (`forgotten_at` set by retention, `lifeboatctl forget`) is invisible to
@@ -14,7 +14,7 @@
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{CatalogError, to_i64, to_u64};
+use super::{CatalogError, refsets, to_i64, to_u64};
 use crate::record::SnapshotStats;
 
 /// One committed snapshot.
@@ -150,13 +150,15 @@ pub fn insert_in(tx: &Connection, s: &SnapshotRow, refs: &[ChunkId]) -> Result<(
             s.record_key
         ],
     )?;
-    {
-        let mut ins = tx.prepare_cached(
-            "INSERT OR IGNORE INTO snapshot_refs (snapshot_id, chunk_id) VALUES (?1, ?2)",
-        )?;
-        for id in refs {
-            ins.execute(params![s.id, &id.0[..]])?;
-        }
+    if !refs.is_empty() {
+        // Sets are shared within the agent's dedup group (an agent unknown to the catalog,
+        // in tests, is a group of its own).
+        let group: String = tx
+            .prepare_cached("SELECT dedup_group FROM agents WHERE id = ?1")?
+            .query_row(params![s.agent], |r| r.get(0))
+            .optional()?
+            .unwrap_or_else(|| s.agent.clone());
+        refsets::insert(tx, &s.id, &group, refs)?;
     }
     Ok(())
 }
@@ -228,10 +230,16 @@ pub fn session_parent(conn: &Connection, session: &str) -> Result<Option<String>
         .optional()?)
 }
 
-/// Whether snapshot `snap` references `id` (one primary-key probe).
+/// Whether snapshot `snap` references `id`: the chunk's few sets (by-chunk index), each a
+/// primary-key probe of the snapshot's set list. `CROSS JOIN` fixes that order: the other
+/// (the snapshot's hundreds of sets, each probed for the id) is what a planner without
+/// statistics may pick.
 pub fn references(conn: &Connection, snap: &str, id: &ChunkId) -> Result<bool, CatalogError> {
     Ok(conn
-        .prepare_cached("SELECT 1 FROM snapshot_refs WHERE snapshot_id = ?1 AND chunk_id = ?2")?
+        .prepare_cached(
+            "SELECT 1 FROM ref_set_chunks rc CROSS JOIN snapshot_sets ss
+             WHERE rc.chunk_id = ?2 AND ss.snapshot_id = ?1 AND ss.set_id = rc.set_id LIMIT 1",
+        )?
         .query_row(params![snap, &id.0[..]], |_| Ok(()))
         .optional()?
         .is_some())
@@ -245,8 +253,9 @@ pub fn referenced_by_agent(
 ) -> Result<bool, CatalogError> {
     Ok(conn
         .prepare_cached(
-            "SELECT 1 FROM snapshot_refs r JOIN snapshots s ON s.id = r.snapshot_id
-             WHERE r.chunk_id = ?2 AND s.agent = ?1 AND s.forgotten_at IS NULL LIMIT 1",
+            "SELECT 1 FROM ref_set_chunks rc CROSS JOIN snapshot_sets ss CROSS JOIN snapshots s
+             WHERE rc.chunk_id = ?2 AND ss.set_id = rc.set_id AND s.id = ss.snapshot_id
+               AND s.agent = ?1 AND s.forgotten_at IS NULL LIMIT 1",
         )?
         .query_row(params![agent, &id.0[..]], |r| r.get::<_, i64>(0))
         .optional()?

@@ -13,6 +13,7 @@
 
 use std::time::{Duration, Instant};
 
+use lifeboat_common::ids::ChunkId;
 use rusqlite::params;
 
 use super::*;
@@ -85,8 +86,6 @@ fn fill(c: &mut rusqlite::Connection) -> Result<(), CatalogError> {
              record_key, forgotten_at)
              VALUES (?1, 'a', 'web', 's', 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, x'', ?2, ?3, ?4)",
         )?;
-        let mut rf =
-            tx.prepare("INSERT INTO snapshot_refs (snapshot_id, chunk_id) VALUES (?1, ?2)")?;
         for k in 0..SNAPSHOTS {
             let id = format!("snap{k:04}");
             let forgotten = (k < SNAPSHOTS / 2).then_some(2i64);
@@ -96,9 +95,11 @@ fn fill(c: &mut rusqlite::Connection) -> Result<(), CatalogError> {
                 format!("snapshots/a/{id}"),
                 forgotten
             ])?;
-            for r in 0..PER_SNAPSHOT {
-                rf.execute(params![id, &cid((k * STEP + r) % CHUNKS)[..]])?;
-            }
+            let mut refs: Vec<ChunkId> = (0..PER_SNAPSHOT)
+                .map(|r| ChunkId(cid((k * STEP + r) % CHUNKS)))
+                .collect();
+            refs.sort_unstable();
+            crate::catalog::refsets::insert(&tx, &id, "g", &refs)?;
         }
     }
     tx.commit()?;

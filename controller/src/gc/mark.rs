@@ -1,7 +1,7 @@
 //! Mark: what is live. A chunk row (alias `c`) is live when
 //! - a committed snapshot of an agent of its dedup group references it, the snapshot being
 //!   either not forgotten or forgotten at or after the run's `:keep` time ([`REFERENCED`],
-//!   through `snapshot_refs_by_chunk`), or
+//!   through the chunk's reference sets, [`crate::catalog::refsets`]), or
 //! - an upload session whose lease has not expired pinned it ([`PINNED`], `:now` bound).
 //!
 //! **Why `:keep`.** HaveChunks does not pin a chunk that a live snapshot of the group
@@ -28,9 +28,10 @@ use crate::catalog::CatalogError;
 
 /// SQL: chunk `c` is referenced by a snapshot of its group that is live or was forgotten at
 /// or after `:keep` ([`keep_since`]).
-pub const REFERENCED: &str = "EXISTS (SELECT 1 FROM snapshot_refs r
-    JOIN snapshots s ON s.id = r.snapshot_id JOIN agents a ON a.id = s.agent
-    WHERE r.chunk_id = c.id AND a.dedup_group = c.dedup_group
+pub const REFERENCED: &str = "EXISTS (SELECT 1 FROM ref_set_chunks rc
+    CROSS JOIN snapshot_sets ss CROSS JOIN snapshots s CROSS JOIN agents a
+    WHERE rc.chunk_id = c.id AND ss.set_id = rc.set_id AND s.id = ss.snapshot_id
+    AND a.id = s.agent AND a.dedup_group = c.dedup_group
     AND (s.forgotten_at IS NULL OR s.forgotten_at >= :keep))";
 
 /// SQL: chunk `c` is pinned by a session whose lease runs at `:now`.

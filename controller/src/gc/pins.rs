@@ -34,7 +34,7 @@ use std::time::Duration;
 use lifeboat_common::ids::ChunkId;
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::catalog::{Catalog, CatalogError, snapshots};
+use crate::catalog::{Catalog, CatalogError, refsets, snapshots};
 use crate::store::{Store, StoreError};
 
 fn millis(d: Duration) -> i64 {
@@ -226,16 +226,20 @@ pub async fn answer_have(
 }
 
 /// CommitSnapshot's re-validation (call in the closure that inserts the snapshot): the ids
-/// of `refs` that `group` no longer has; condemned ones are revived.
+/// of `refs` (sorted, distinct) that `group` no longer has; condemned ones are revived. Ids
+/// of a reference set that a live, complete snapshot of the group lists are present and not
+/// condemned by construction ([`crate::catalog::refsets`]): only the others are looked up.
 pub fn commit_check(
     conn: &Connection,
     group: &str,
     refs: &[ChunkId],
 ) -> Result<Vec<ChunkId>, CatalogError> {
     let mut missing = Vec::new();
-    for id in refs {
-        if !have_and_revive(conn, group, id)? {
-            missing.push(*id);
+    for part in refsets::unproven(conn, group, refs)? {
+        for id in part {
+            if !have_and_revive(conn, group, id)? {
+                missing.push(*id);
+            }
         }
     }
     Ok(missing)

@@ -19,12 +19,11 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use lifeboat_common::failpoint;
-use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use rusqlite::{Connection, OptionalExtension, Transaction, named_params, params};
 
 use super::guard;
 use super::mark::{PINNED, REFERENCED};
-use crate::catalog::{Catalog, CatalogError, to_i64, to_u64};
+use crate::catalog::{Catalog, CatalogError, refsets, to_i64, to_u64};
 use crate::refset;
 use crate::store::Store;
 
@@ -122,19 +121,7 @@ fn sweep_chunks(
 
 /// The reference-segment keys of one snapshot (its refs in order, as the commit cut them).
 fn snapshot_segment_keys(conn: &Connection, snap: &str) -> Result<Vec<String>, CatalogError> {
-    let mut st = conn.prepare_cached(
-        "SELECT chunk_id FROM snapshot_refs WHERE snapshot_id = ?1 ORDER BY chunk_id",
-    )?;
-    let mut rows = st.query(params![snap])?;
-    let mut ids: Vec<ChunkId> = Vec::new();
-    while let Some(r) = rows.next()? {
-        let raw: Vec<u8> = r.get(0)?;
-        let id: [u8; CHUNK_ID_LEN] = raw.as_slice().try_into().map_err(|_| {
-            CatalogError::Corrupt(format!("a reference of snapshot {snap} is not 32 bytes"))
-        })?;
-        ids.push(ChunkId(id));
-    }
-    Ok(refset::segment_keys(ids))
+    Ok(refset::segment_keys(refsets::refs_of(conn, snap)?))
 }
 
 /// The ids of the snapshots matching `filter` (SQL on `s`).
@@ -173,10 +160,7 @@ fn remove_forgotten(
     if dry_run {
         return Ok(out);
     }
-    tx.execute(
-        "DELETE FROM snapshot_refs WHERE snapshot_id = ?1",
-        params![snap],
-    )?;
+    refsets::remove_snapshot(&tx, snap)?;
     tx.execute(
         "DELETE FROM replication_deps WHERE record_key = ?1",
         params![record_key],

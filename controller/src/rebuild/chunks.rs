@@ -80,9 +80,10 @@ where
 fn owners(c: &Connection, snaps: &[Snap]) -> Result<(), CatalogError> {
     let mut st = c.prepare_cached(
         "INSERT OR IGNORE INTO rb_owner (pack_id, grp)
-         SELECT DISTINCT e.pack_id, ?2 FROM snapshot_refs r
-         JOIN rb_entries e ON e.chunk_id = r.chunk_id
-         WHERE r.snapshot_id = ?1 AND NOT EXISTS (
+         SELECT DISTINCT e.pack_id, ?2 FROM snapshot_sets ss CROSS JOIN ref_set_chunks r
+         CROSS JOIN rb_entries e
+         WHERE ss.snapshot_id = ?1 AND r.set_id = ss.set_id AND e.chunk_id = r.chunk_id
+           AND NOT EXISTS (
              SELECT 1 FROM rb_entries x WHERE x.chunk_id = e.chunk_id AND x.pack_id != e.pack_id)",
     )?;
     for s in snaps {
@@ -96,8 +97,8 @@ fn derive(c: &Connection, snaps: &[Snap], now: i64) -> Result<(), CatalogError> 
     let mut ins = c.prepare_cached(
         "INSERT OR IGNORE INTO chunks (dedup_group, id, pack_id, offset, length, blob_hash, created_at)
          SELECT ?2, e.chunk_id, e.pack_id, e.offset, e.length, e.hash, ?3
-         FROM snapshot_refs r JOIN rb_entries e ON e.chunk_id = r.chunk_id
-         WHERE r.snapshot_id = ?1
+         FROM snapshot_sets ss CROSS JOIN ref_set_chunks r CROSS JOIN rb_entries e
+         WHERE ss.snapshot_id = ?1 AND r.set_id = ss.set_id AND e.chunk_id = r.chunk_id
            AND NOT EXISTS (SELECT 1 FROM chunks k WHERE k.dedup_group = ?2 AND k.id = r.chunk_id)
          ORDER BY e.chunk_id,
              EXISTS (SELECT 1 FROM rb_owner o WHERE o.pack_id = e.pack_id AND o.grp = ?2) DESC,
@@ -105,7 +106,8 @@ fn derive(c: &Connection, snaps: &[Snap], now: i64) -> Result<(), CatalogError> 
              e.pack_id",
     )?;
     let mut missing = c.prepare_cached(
-        "SELECT COUNT(*) FROM snapshot_refs r WHERE r.snapshot_id = ?1 AND NOT EXISTS (
+        "SELECT COUNT(*) FROM snapshot_sets ss CROSS JOIN ref_set_chunks r
+         WHERE ss.snapshot_id = ?1 AND r.set_id = ss.set_id AND NOT EXISTS (
              SELECT 1 FROM chunks x WHERE x.dedup_group = ?2 AND x.id = r.chunk_id)",
     )?;
     for s in snaps {

@@ -1,5 +1,5 @@
 //! Rebuild steps that read JSON objects: the registry, then snapshot records with their
-//! reference segments (`snapshots`, `snapshot_refs`; chunk rows are derived afterwards by
+//! reference segments (`snapshots` and their reference sets, [`crate::catalog::refsets`]; chunk rows are derived afterwards by
 //! [`super::chunks`]).
 //!
 //! Registry objects are few (one per fleet change) and are replayed together; records are read
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use lifeboat_common::clock::now_unix_ms;
-use lifeboat_common::ids::ChunkId;
+use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -293,16 +293,21 @@ fn insert_snapshot(c: &Connection, p: &Parsed1) -> Result<(), CatalogError> {
         reference_count: r.reference_count,
         record_key: p.key.clone(),
     };
-    snaps::insert_in(c, &row, &[])?;
-    let mut ins = c.prepare_cached(
-        "INSERT OR IGNORE INTO snapshot_refs (snapshot_id, chunk_id)
-         SELECT ?1, chunk_id FROM rb_segments WHERE key = ?2",
-    )?;
-    let mut refs = 0u64;
+    let mut ids: Vec<ChunkId> = Vec::new();
+    let mut st = c.prepare_cached("SELECT chunk_id FROM rb_segments WHERE key = ?1")?;
     for k in &r.ref_segments {
-        refs += ins.execute(params![r.id, k])? as u64;
+        for raw in st.query_map(params![k], |r| r.get::<_, Vec<u8>>(0))? {
+            let raw = raw?;
+            let id = <[u8; CHUNK_ID_LEN]>::try_from(raw.as_slice()).map_err(|_| {
+                CatalogError::Corrupt(format!("segment {k}: a reference is not 32 bytes"))
+            })?;
+            ids.push(ChunkId(id));
+        }
     }
-    let unread = r.reference_count.saturating_sub(refs);
+    ids.sort_unstable();
+    ids.dedup();
+    snaps::insert_in(c, &row, &ids)?;
+    let unread = r.reference_count.saturating_sub(ids.len() as u64);
     if unread > 0 {
         c.execute(
             "UPDATE snapshots SET missing_refs = ?2 WHERE id = ?1",

@@ -112,25 +112,6 @@ fn unqueued_snapshots(conn: &Connection) -> Result<Vec<(String, String, String)>
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn refs_of(
-    conn: &Connection,
-    id: &str,
-) -> Result<Vec<lifeboat_common::ids::ChunkId>, CatalogError> {
-    let mut st = conn.prepare_cached(
-        "SELECT chunk_id FROM snapshot_refs WHERE snapshot_id = ?1 ORDER BY chunk_id",
-    )?;
-    let rows = st.query_map([id], |r| r.get::<_, Vec<u8>>(0))?;
-    let mut out = Vec::new();
-    for raw in rows {
-        let raw = raw?;
-        let a = <[u8; 32]>::try_from(raw.as_slice()).map_err(|_| {
-            CatalogError::Corrupt(format!("snapshot {id}: a reference is not 32 bytes"))
-        })?;
-        out.push(lifeboat_common::ids::ChunkId(a));
-    }
-    Ok(out)
-}
-
 /// Runs both backfills against `state`'s catalog and primary store.
 pub async fn run(state: &State) -> Result<Backfilled, CatalogError> {
     let mut out = Backfilled::default();
@@ -184,7 +165,7 @@ fn queue_snapshot(
     record: &[u8],
     now: i64,
 ) -> Result<(), CatalogError> {
-    let refs = refs_of(c, id)?;
+    let refs = crate::catalog::refsets::refs_of(c, id)?;
     let segments = refset::segments(&refs);
     let tx = c.transaction()?;
     let mut deps = Vec::new();

@@ -150,10 +150,10 @@ pub fn add_record_deps(
     }
     conn.execute(
         "INSERT OR IGNORE INTO replication_deps (record_key, dep_key)
-         SELECT DISTINCT ?1, p.key FROM snapshot_refs r
-         JOIN chunks c ON c.dedup_group = ?2 AND c.id = r.chunk_id
-         JOIN packs p ON p.id = c.pack_id
-         WHERE r.snapshot_id = ?3",
+         SELECT DISTINCT ?1, p.key FROM snapshot_sets ss
+         CROSS JOIN ref_set_chunks rc CROSS JOIN chunks c CROSS JOIN packs p
+         WHERE ss.snapshot_id = ?3 AND rc.set_id = ss.set_id
+           AND c.dedup_group = ?2 AND c.id = rc.chunk_id AND p.id = c.pack_id",
         params![record_key, group, snapshot_id],
     )?;
     Ok(())
