@@ -86,10 +86,10 @@ impl Catalog {
         conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // Query-planner stability: plans never depend on the values bound. Without it, SQLite
-        // (built with STAT4) marks statements such as the join through the by-chunk index of reference sets
-        // to be re-prepared whenever a parameter is rebound, and ReadChunks' authorization
-        // spent 28% of the controller's CPU of a restore re-parsing one statement. The catalog
-        // is never ANALYZEd, so no plan depended on the values anyway.
+        // (built with STAT4) marks statements such as the join through the reference sets'
+        // by-chunk index to be re-prepared whenever a parameter is rebound, and ReadChunks'
+        // authorization spent 28% of the controller's CPU of a restore re-parsing one
+        // statement. The catalog is never ANALYZEd, so no plan depended on the values anyway.
         conn.set_db_config(
             rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
             true,

@@ -1,6 +1,6 @@
 //! Rebuild steps that read JSON objects: the registry, then snapshot records with their
-//! reference segments (`snapshots` and their reference sets, [`crate::catalog::refsets`]; chunk rows are derived afterwards by
-//! [`super::chunks`]).
+//! reference segments (`snapshots` and their reference sets, [`crate::catalog::refsets`];
+//! chunk rows are derived afterwards by [`super::chunks`]).
 //!
 //! Registry objects are few (one per fleet change) and are replayed together; records are read
 //! [`RECORDS_PER_BATCH`] at a time, and each reference segment is read once and kept in the
