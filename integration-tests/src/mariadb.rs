@@ -21,10 +21,13 @@ impl MariaDb {
     /// Creates a data directory under `dir` and starts the server. `log_bin` turns binary logging on
     /// (needed for binlog coordinates in dumps).
     pub fn start(dir: &Path, log_bin: bool) -> MariaDb {
-        fs::create_dir_all(dir).expect("mkdir");
+        // A temporary directory of its own: the bootstrap's temporary tables in a shared /tmp
+        // once collided with another test's ("Could not remove temporary table", install failed).
+        fs::create_dir_all(dir.join("tmp")).expect("mkdir");
         let out = run(Command::new("mariadb-install-db")
             .arg("--no-defaults")
             .arg(format!("--datadir={}", dir.join("data").display()))
+            .arg(format!("--tmpdir={}", dir.join("tmp").display()))
             .args([
                 "--user=root",
                 "--auth-root-authentication-method=socket",
@@ -58,6 +61,7 @@ impl MariaDb {
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", self.dir.join("data").display()))
             .arg(format!("--socket={}", self.socket.display()))
+            .arg(format!("--tmpdir={}", self.dir.join("tmp").display()))
             .arg(format!(
                 "--pid-file={}",
                 self.dir.join("mariadb.pid").display()

@@ -175,21 +175,29 @@ pub fn remove_snapshot(tx: &Connection, snap: &str) -> Result<u64, CatalogError>
     Ok(removed)
 }
 
-/// The sorted references of snapshot `snap`.
+/// The sorted references of snapshot `snap`: each set's ids in key order, set after set, then
+/// sorted in memory (no SQLite sorter: its memory would grow with the snapshot).
 pub fn refs_of(conn: &Connection, snap: &str) -> Result<Vec<ChunkId>, CatalogError> {
-    let mut st = conn.prepare_cached(
-        "SELECT rc.chunk_id FROM snapshot_sets ss JOIN ref_set_chunks rc ON rc.set_id = ss.set_id
-         WHERE ss.snapshot_id = ?1 ORDER BY rc.chunk_id",
-    )?;
-    let rows = st.query_map(params![snap], |r| r.get::<_, Vec<u8>>(0))?;
-    let mut out = Vec::new();
-    for raw in rows {
-        let raw = raw?;
-        let a = <[u8; CHUNK_ID_LEN]>::try_from(raw.as_slice()).map_err(|_| {
-            CatalogError::Corrupt(format!("snapshot {snap}: a reference is not 32 bytes"))
-        })?;
-        out.push(ChunkId(a));
+    let sets: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT ss.set_id, r.refs FROM snapshot_sets ss JOIN ref_sets r ON r.id = ss.set_id
+             WHERE ss.snapshot_id = ?1",
+        )?
+        .query_map(params![snap], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let total: i64 = sets.iter().map(|(_, n)| (*n).max(0)).sum();
+    let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut st = conn.prepare_cached("SELECT chunk_id FROM ref_set_chunks WHERE set_id = ?1")?;
+    for (set, _) in sets {
+        for raw in st.query_map(params![set], |r| r.get::<_, Vec<u8>>(0))? {
+            let raw = raw?;
+            let a = <[u8; CHUNK_ID_LEN]>::try_from(raw.as_slice()).map_err(|_| {
+                CatalogError::Corrupt(format!("snapshot {snap}: a reference is not 32 bytes"))
+            })?;
+            out.push(ChunkId(a));
+        }
     }
+    out.sort_unstable();
     Ok(out)
 }
 
