@@ -46,8 +46,9 @@ use walk::{Unreadable, WalkItem};
 
 /// Commit attempts before giving up on a controller that keeps reporting missing chunks.
 pub const MAX_ATTEMPTS: u32 = 2;
-/// Messages buffered between the reader thread and the uploader (each at most one chunk, up to
-/// 4 MiB for files): two keep the reader busy while the uploader takes a chunk.
+/// Messages buffered between the reader thread and the uploader (each ~256 KiB of chunks, or one
+/// chunk of up to 4 MiB, [`read::HANDOFF_BYTES`]): two keep the reader busy while the uploader
+/// takes one.
 const READ_CHANNEL: usize = 2;
 
 /// What a backup needs besides the source.
@@ -325,9 +326,11 @@ async fn read_pass<R: Remote>(
             break;
         };
         match msg {
-            ReadMsg::Chunk { id, data } => {
-                results.bytes_read += data.len() as u64;
-                up.add(id, data).await?;
+            ReadMsg::Chunks(chunks) => {
+                for (id, data) in chunks {
+                    results.bytes_read += data.len() as u64;
+                    up.add(id, data).await?;
+                }
             }
             ReadMsg::FileDone(done) => {
                 if done.cached {
