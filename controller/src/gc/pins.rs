@@ -92,14 +92,23 @@ fn have_and_revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<bool,
         None => Ok(false),
         Some(None) => Ok(true),
         Some(Some(_)) => {
-            conn.prepare_cached(
-                "UPDATE chunks SET condemned_at = NULL WHERE dedup_group = ?1 AND id = ?2",
-            )?
-            .execute(params![group, &id.0[..]])?;
-            tracing::debug!(group, chunk = %id, "condemned chunk revived by a dedup hit");
+            revive(conn, group, id)?;
             Ok(true)
         }
     }
+}
+
+/// SQL: `?3` (a snapshot id) references chunk `?2` (see [`snapshots::references`]).
+const PARENT_REFERENCES: &str = "SELECT 1 FROM ref_set_chunks rc CROSS JOIN snapshot_sets ss
+    WHERE rc.chunk_id = ?2 AND ss.snapshot_id = ?3 AND ss.set_id = rc.set_id";
+
+fn revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<(), CatalogError> {
+    conn.prepare_cached(
+        "UPDATE chunks SET condemned_at = NULL WHERE dedup_group = ?1 AND id = ?2",
+    )?
+    .execute(params![group, &id.0[..]])?;
+    tracing::debug!(group, chunk = %id, "condemned chunk revived by a dedup hit");
+    Ok(())
 }
 
 /// In one transaction: renews the lease, revives every stored id and pins those that the
@@ -117,18 +126,36 @@ pub fn pin_present(
     let tx = conn.transaction()?;
     renew(&tx, session, now, lease)?;
     let parent = snapshots::session_parent(&tx, session)?;
-    let mut have = HashSet::new();
+    // In key order: consecutive probes share B-tree pages.
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut have = HashSet::with_capacity(sorted.len());
     let mut to_pin = Vec::new();
-    for id in ids {
-        // The row is looked up even when the parent references the id: a damaged catalog
-        // (rows lost, references kept) must answer "missing" so the agent re-sends.
-        if have.contains(id) || !have_and_revive(&tx, group, id)? {
-            continue;
-        }
-        have.insert(*id);
-        match &parent {
-            Some(p) if snapshots::references(&tx, p, id)? => {}
-            _ => to_pin.push(*id),
+    {
+        // One statement per id: the row (the row is looked up even when the parent references
+        // the id: a damaged catalog, rows lost and references kept, must answer "missing" so
+        // the agent re-sends) and whether the parent references it.
+        let mut probe = tx.prepare_cached(&format!(
+            "SELECT c.condemned_at, ?3 IS NOT NULL AND EXISTS ({PARENT_REFERENCES})
+             FROM chunks c WHERE c.dedup_group = ?1 AND c.id = ?2"
+        ))?;
+        for id in &sorted {
+            let row: Option<(Option<i64>, bool)> = probe
+                .query_row(params![group, &id.0[..], parent], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            let Some((condemned, in_parent)) = row else {
+                continue;
+            };
+            if condemned.is_some() {
+                revive(&tx, group, id)?;
+            }
+            have.insert(*id);
+            if !in_parent {
+                to_pin.push(*id);
+            }
         }
     }
     pin(&tx, session, group, &to_pin)?;
