@@ -338,6 +338,12 @@ async fn read_pass<R: Remote>(
                 }
                 results.done.insert(done.index, done);
             }
+            ReadMsg::Cached(hits) => {
+                for done in hits {
+                    up.add_cached(done.index, &done.ids).await?;
+                    results.done.insert(done.index, done);
+                }
+            }
             ReadMsg::FileFailed { index, error } => {
                 let path = items.get(index).map(|i| i.abs.clone()).unwrap_or_default();
                 warn!(path = %path.display(), error = %error, "cannot read file; it is left out of this snapshot");

@@ -42,11 +42,21 @@ impl Opener for FsOpener {
 /// at 8 KiB chunks).
 pub const HANDOFF_BYTES: usize = 256 << 10;
 
+/// Cache hits sent in one message at most.
+pub const CACHED_PER_MESSAGE: usize = 256;
+
 /// What the reader thread sends. A file's chunks, in order, come before its `FileDone`.
 pub enum ReadMsg {
     Chunks(Vec<(ChunkId, Vec<u8>)>),
     FileDone(FileDone),
-    FileFailed { index: usize, error: String },
+    /// Files answered from the cache, [`CACHED_PER_MESSAGE`] at most (one wake-up of the
+    /// uploader per batch, not per file: an unchanged tree of 20,000 files spent a third of
+    /// the agent's CPU in thread switches).
+    Cached(Vec<FileDone>),
+    FileFailed {
+        index: usize,
+        error: String,
+    },
 }
 
 /// A file's contents as chunk ids.
@@ -93,6 +103,13 @@ enum ReadError {
 
 /// Runs the job, sending results to `tx`. Meant for a dedicated thread.
 pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
+    let mut hits: Vec<FileDone> = Vec::new();
+    let send_hits = |hits: &mut Vec<FileDone>| {
+        hits.is_empty()
+            || tx
+                .blocking_send(ReadMsg::Cached(std::mem::take(hits)))
+                .is_ok()
+    };
     for &index in &job.todo {
         let Some(item) = job.items.get(index) else {
             continue;
@@ -111,7 +128,7 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
             sizes: Vec::new(),
         };
         if let Some(hit) = job.cache.get(&key).filter(|c| c.matches(&now)) {
-            let msg = ReadMsg::FileDone(FileDone {
+            hits.push(FileDone {
                 index,
                 size: hit.size,
                 ids: hit.ids,
@@ -119,10 +136,13 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
                 cached: true,
                 cache_entry: None,
             });
-            if tx.blocking_send(msg).is_err() {
+            if hits.len() >= CACHED_PER_MESSAGE && !send_hits(&mut hits) {
                 return;
             }
             continue;
+        }
+        if !send_hits(&mut hits) {
+            return;
         }
         let msg = match read_file(&job, item, &tx) {
             Ok((ids, sizes, size)) => {
@@ -156,6 +176,7 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
             return;
         }
     }
+    send_hits(&mut hits);
 }
 
 fn read_file(

@@ -150,10 +150,11 @@ pub fn add_record_deps(
     }
     conn.execute(
         "INSERT OR IGNORE INTO replication_deps (record_key, dep_key)
-         SELECT DISTINCT ?1, p.key FROM snapshot_sets ss
-         CROSS JOIN ref_set_chunks rc CROSS JOIN chunks c CROSS JOIN packs p
-         WHERE ss.snapshot_id = ?3 AND rc.set_id = ss.set_id
-           AND c.dedup_group = ?2 AND c.id = rc.chunk_id AND p.id = c.pack_id",
+         SELECT ?1, p.key FROM (SELECT DISTINCT c.pack_id FROM snapshot_sets ss
+             CROSS JOIN ref_set_chunks rc CROSS JOIN chunks c
+             WHERE ss.snapshot_id = ?3 AND rc.set_id = ss.set_id
+               AND c.dedup_group = ?2 AND c.id = rc.chunk_id) d
+         JOIN packs p ON p.id = d.pack_id",
         params![record_key, group, snapshot_id],
     )?;
     Ok(())
