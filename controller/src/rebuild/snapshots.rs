@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use lifeboat_common::clock::now_unix_ms;
-use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
+use lifeboat_common::ids::ChunkId;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use super::listing::{self, content_name};
 use super::{BATCH, READS_IN_FLIGHT, RebuildError, Report};
 use crate::catalog::snapshots::{self as snaps, SnapshotRow};
-use crate::catalog::{Catalog, CatalogError};
+use crate::catalog::{Catalog, CatalogError, refsets};
 use crate::record::{SnapshotRecord, record_key};
 use crate::refset;
 use crate::registry::replay::{Collected, Parsed, parse};
@@ -296,13 +296,7 @@ fn insert_snapshot(c: &Connection, p: &Parsed1) -> Result<(), CatalogError> {
     let mut ids: Vec<ChunkId> = Vec::new();
     let mut st = c.prepare_cached("SELECT chunk_id FROM rb_segments WHERE key = ?1")?;
     for k in &r.ref_segments {
-        for raw in st.query_map(params![k], |r| r.get::<_, Vec<u8>>(0))? {
-            let raw = raw?;
-            let id = <[u8; CHUNK_ID_LEN]>::try_from(raw.as_slice()).map_err(|_| {
-                CatalogError::Corrupt(format!("segment {k}: a reference is not 32 bytes"))
-            })?;
-            ids.push(ChunkId(id));
-        }
+        refsets::push_ids(&mut st, k, &format!("segment {k}"), &mut ids)?;
     }
     ids.sort_unstable();
     ids.dedup();
