@@ -130,7 +130,7 @@ pub async fn restore_manifest<R: Remote>(
     let mut dirs: Vec<(PathBuf, &Entry)> = Vec::new();
     let mut refused = Vec::new();
     let mut pending = files::Pending::default();
-    let mut written = Vec::new();
+    let mut written_in = HashSet::new();
     for e in &m.entries {
         let orig = original_path(m, e);
         if !selected(&orig, e.entry_kind(), opts.path.as_deref()) {
@@ -144,7 +144,7 @@ pub async fn restore_manifest<R: Remote>(
         };
         let dest = rt.base.join(&rel);
         if pending.conflicts(&dest) || pending.is_full() {
-            files::flush(&ctx, &mut pending, &mut report, &mut written).await?;
+            files::flush(&ctx, &mut pending, &mut report, &mut written_in).await?;
         }
         if let Err(why) = prepare_parents(&rt.base, &rel, &mut created) {
             warn!(path = %orig.display(), reason = %why, "restore refused entry");
@@ -173,14 +173,14 @@ pub async fn restore_manifest<R: Remote>(
             }
         }
     }
-    files::flush(&ctx, &mut pending, &mut report, &mut written).await?;
+    files::flush(&ctx, &mut pending, &mut report, &mut written_in).await?;
     // Deleting changes directory mtimes, so it runs before directory metadata is applied.
     if opts.delete && refused.is_empty() {
         report.deleted = delete_phase(m, &roots, opts)?;
     }
     finish_dirs(&mut dirs, &created, as_root)?;
     let synced_dirs = dirs.iter().map(|(p, _)| p.clone()).chain(created).collect();
-    files::sync_all(written, synced_dirs).await?;
+    files::sync_all(written_in, synced_dirs).await?;
     if !refused.is_empty() {
         return Err(AgentError::Refused(refused));
     }

@@ -17,11 +17,11 @@
 //! first error stops the flush once the units in flight have finished (none is cancelled half
 //! way, so every temporary file of a failed file is removed).
 //!
-//! Durability: files are written and renamed without an `fsync` each; their final paths are
-//! returned to the caller, which syncs their filesystems once at the end ([`sync_all`],
-//! `syncfs(2)`). A restore that returned success is durable; after a crash mid-restore a file
-//! may be incomplete under its real name, which a rerun detects (same size and mtime but other
-//! chunk ids) and rewrites.
+//! Durability: files are written and renamed without an `fsync` each; the directories they were
+//! written in are returned to the caller, which syncs their filesystems once at the end
+//! ([`sync_all`], `syncfs(2)`). A restore that returned success is durable; after a crash
+//! mid-restore a file may be incomplete under its real name, which a rerun detects (same size
+//! and mtime but other chunk ids) and rewrites.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -128,12 +128,13 @@ fn units(jobs: &[FileJob<'_>]) -> Vec<std::ops::Range<usize>> {
     out
 }
 
-/// Writes every queued file (see the module docs); written paths are appended to `written`.
+/// Writes every queued file (see the module docs); the directories of written files are added
+/// to `written_in` (what the final `syncfs` needs: not every path, ~100 bytes per file).
 pub async fn flush<R: Remote>(
     ctx: &Ctx<'_, R>,
     pending: &mut Pending<'_>,
     report: &mut RestoreReport,
-    written: &mut Vec<PathBuf>,
+    written_in: &mut HashSet<PathBuf>,
 ) -> Result<(), AgentError> {
     let jobs = pending.take();
     if jobs.is_empty() {
@@ -165,7 +166,11 @@ pub async fn flush<R: Remote>(
     report.files_written += t.files_written;
     report.files_unchanged += t.files_unchanged;
     report.bytes_written += t.bytes_written;
-    written.extend(t.written);
+    written_in.extend(
+        t.written
+            .iter()
+            .filter_map(|p| p.parent().map(Path::to_owned)),
+    );
     match first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
         Some((_, e)) => Err(e),
         None => Ok(()),
@@ -297,15 +302,16 @@ async fn write_unit<R>(
 }
 
 /// Makes written files and their directories durable with one `syncfs(2)` per filesystem
-/// they are on (found through their parent directories; a restore target is usually one).
+/// they are on (found through the directories files were written in, `written_in`, and the
+/// restored directories; a restore target is usually one filesystem).
 /// `syncfs` writes back every dirty page and inode of that filesystem, the new names included,
 /// and reports writeback errors since Linux 5.8. It replaced an `fsync` of every file and then
 /// of every directory: 8,255 opens and journal commits for a 1 GiB web root. The cost: it also
 /// flushes other processes' dirty data on the same filesystem (a restore usually runs on a
 /// quiet host, or a fresh one).
-pub async fn sync_all(files: Vec<PathBuf>, dirs: Vec<PathBuf>) -> Result<(), AgentError> {
-    let mut parents: HashSet<PathBuf> = dirs.into_iter().collect();
-    parents.extend(files.iter().filter_map(|f| f.parent().map(Path::to_owned)));
+pub async fn sync_all(written_in: HashSet<PathBuf>, dirs: Vec<PathBuf>) -> Result<(), AgentError> {
+    let mut parents = written_in;
+    parents.extend(dirs);
     tokio::task::spawn_blocking(move || sync_filesystems(parents))
         .await
         .map_err(|e| AgentError::Worker(e.to_string()))?
