@@ -15,6 +15,7 @@
 //! whose chunks cannot be read or verified stops the restore with an error naming the file's
 //! original path; its temporary file is removed, so no damaged file is left under its real name.
 
+pub mod ahead;
 pub mod database;
 pub mod delete;
 pub mod fetch;

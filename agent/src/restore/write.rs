@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 
@@ -21,8 +22,8 @@ use lifeboat_common::keys::{DataKeys, fill_random};
 use lifeboat_common::manifest::Entry;
 use tracing::debug;
 
+use super::ahead::{self, Ahead};
 use super::fetch::{batches_of, read_verified};
-use super::files::{UNIT_BYTES, UNIT_IDS};
 use crate::chunking::for_each_chunk;
 use crate::error::AgentError;
 use crate::remote::Remote;
@@ -134,30 +135,18 @@ async fn write_file_inner<R: Remote>(
     let ids = e.chunk_ids();
     let what = format!("file {}", target.display());
     let mut written = 0u64;
-    // Batches of up to a unit (UNIT_IDS ids, UNIT_BYTES of plaintext), and the next batch is
-    // fetched and verified while this one is written: a large file (a dump of 8 KiB chunks)
-    // was one round trip of 64 ids after another, each waiting for the previous write.
-    let ranges = batches_of(&e.chunk_sizes, UNIT_IDS, UNIT_BYTES);
-    let fetch = |r: &std::ops::Range<usize>| read_verified(remote, keys, &ids[r.clone()], &what);
-    let mut next = match ranges.first() {
-        Some(r) => Some(fetch(r).await?),
-        None => None,
-    };
-    for (i, range) in ranges.iter().enumerate() {
-        let plain = next.take().ok_or_else(|| {
-            AgentError::Worker("a restore batch was not fetched before its write".into())
-        })?;
+    // Smaller batches than a unit, several fetched and verified ahead while the current one
+    // is written ([`super::ahead`]).
+    let ranges = batches_of(&e.chunk_sizes, ahead::BATCH_IDS, ahead::BATCH_BYTES);
+    let (ids_ref, what_ref) = (&ids, &what);
+    let mut batches = Ahead::new(ranges, &e.chunk_sizes, move |r: Range<usize>| {
+        Box::pin(read_verified(remote, keys, &ids_ref[r], what_ref)) as _
+    });
+    while let Some((range, plain)) = batches.next().await {
+        let plain = plain?;
         let sizes = &e.chunk_sizes[range.clone()];
-        let write = write_batch(file, &ids[range.clone()], sizes, plain, tmp);
-        let (wrote, fetched) = match ranges.get(i + 1) {
-            Some(r) => {
-                let (w, f) = tokio::join!(write, fetch(r));
-                (w, Some(f))
-            }
-            None => (write.await, None),
-        };
-        let (f, n) = wrote?;
-        next = fetched.transpose()?;
+        let write = write_batch(file, &ids[range], sizes, plain, tmp);
+        let (f, n) = batches.beside(write).await?;
         file = f;
         written += n;
     }
