@@ -7,8 +7,9 @@
 //! kept). A flush packs consecutive small files into units of at most [`UNIT_IDS`] chunk ids and
 //! [`UNIT_BYTES`] of plaintext, fetched with one `ReadChunks` call each (across file
 //! boundaries, in manifest order); a file larger than a unit is its own unit, fetched batch by
-//! batch (unit-sized batches, the next fetched while the current one is written: twice a unit
-//! in memory for such a file). [`WORKERS`] units are in flight at once: fetch, then decrypt +
+//! batch (half-unit batches, up to a unit of them fetched ahead while the current one is
+//! written, [`super::ahead`]: at most one and a half units in memory for such a file).
+//! [`WORKERS`] units are in flight at once: fetch, then decrypt +
 //! verify and write on blocking threads, so memory is bounded by `2 × WORKERS × UNIT_BYTES` of
 //! plaintext (plus the same of ciphertext) whatever the data size.
 //!
