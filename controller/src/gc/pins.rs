@@ -32,7 +32,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use lifeboat_common::ids::ChunkId;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, named_params, params};
 
 use crate::catalog::{Catalog, CatalogError, refsets, snapshots};
 use crate::store::{Store, StoreError};
@@ -98,10 +98,6 @@ fn have_and_revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<bool,
     }
 }
 
-/// SQL: `?3` (a snapshot id) references chunk `?2` (see [`snapshots::references`]).
-const PARENT_REFERENCES: &str = "SELECT 1 FROM ref_set_chunks rc CROSS JOIN snapshot_sets ss
-    WHERE rc.chunk_id = ?2 AND ss.snapshot_id = ?3 AND ss.set_id = rc.set_id";
-
 fn revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<(), CatalogError> {
     conn.prepare_cached(
         "UPDATE chunks SET condemned_at = NULL WHERE dedup_group = ?1 AND id = ?2",
@@ -137,14 +133,16 @@ pub fn pin_present(
         // the id: a damaged catalog, rows lost and references kept, must answer "missing" so
         // the agent re-sends) and whether the parent references it.
         let mut probe = tx.prepare_cached(&format!(
-            "SELECT c.condemned_at, ?3 IS NOT NULL AND EXISTS ({PARENT_REFERENCES})
-             FROM chunks c WHERE c.dedup_group = ?1 AND c.id = ?2"
+            "SELECT c.condemned_at, :snap IS NOT NULL AND EXISTS ({})
+             FROM chunks c WHERE c.dedup_group = :group AND c.id = :chunk",
+            snapshots::REFERENCES
         ))?;
         for id in &sorted {
             let row: Option<(Option<i64>, bool)> = probe
-                .query_row(params![group, &id.0[..], parent], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
+                .query_row(
+                    named_params! {":group": group, ":chunk": &id.0[..], ":snap": parent},
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()?;
             let Some((condemned, in_parent)) = row else {
                 continue;
