@@ -7,8 +7,8 @@
 //! queued file's path, so the result is the one of a walk-order restore. Directory metadata is
 //! applied last, deepest first (directories are created 0700 so read-only trees restore), after
 //! `--delete` has removed what the snapshot does not hold ([`delete`]), so directory mtimes end
-//! up as in the snapshot. Finally the filesystems written to are synced once (`syncfs(2)`, [`files::sync_all`]):
-//! a restore that returned success is on disk.
+//! up as in the snapshot. Finally the filesystems written to are synced once (`syncfs(2)`,
+//! [`files::sync_all`]): a restore that returned success is on disk.
 //!
 //! Failure modes: an entry whose path would go through a symlink or a file is refused, the rest
 //! is restored, and the restore then fails listing the refusals (and skips `--delete`). A file

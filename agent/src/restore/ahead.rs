@@ -33,6 +33,7 @@ type Plain = HashMap<ChunkId, Vec<u8>>;
 type Fetch<'a> = Pin<Box<dyn Future<Output = Result<Plain, AgentError>> + Send + 'a>>;
 
 struct InFlight<'a> {
+    range: Range<usize>,
     fetch: Fetch<'a>,
     done: Option<Result<Plain, AgentError>>,
     bytes: u64,
@@ -71,9 +72,9 @@ where
             if !self.queue.is_empty() && self.bytes + bytes > AHEAD_BYTES {
                 break;
             }
-            let fetch = (self.start)(r.clone());
             self.queue.push_back(InFlight {
-                fetch,
+                range: r.clone(),
+                fetch: (self.start)(r.clone()),
                 done: None,
                 bytes,
             });
@@ -107,13 +108,11 @@ where
         .await;
         let done = self.queue.pop_front()?;
         self.bytes -= done.bytes;
-        let index = self.next - self.queue.len() - 1;
-        let range = self.ranges.get(index)?.clone();
         let plain = done
             .done
             .unwrap_or_else(|| Err(AgentError::Worker("a restore batch had no outcome".into())));
         self.top_up();
-        Some((range, plain))
+        Some((done.range, plain))
     }
 
     /// Runs `work` (the write of the current batch) while the batches ahead keep fetching.

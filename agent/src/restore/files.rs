@@ -9,9 +9,9 @@
 //! boundaries, in manifest order); a file larger than a unit is its own unit, fetched batch by
 //! batch (half-unit batches, up to a unit of them fetched ahead while the current one is
 //! written, [`super::ahead`]: at most one and a half units in memory for such a file).
-//! [`WORKERS`] units are in flight at once: fetch, then decrypt +
-//! verify and write on blocking threads, so memory is bounded by `2 × WORKERS × UNIT_BYTES` of
-//! plaintext (plus the same of ciphertext) whatever the data size.
+//! [`WORKERS`] units are in flight at once: fetch, then decrypt + verify and write on blocking
+//! threads, so memory is bounded by `2 × WORKERS × UNIT_BYTES` of plaintext (plus the same of
+//! ciphertext) whatever the data size.
 //!
 //! Failure modes: when a multi-file unit cannot be fetched or verified, its files are retried one
 //! by one, so the error names the file whose chunks are damaged and the others are written. The
