@@ -35,6 +35,28 @@ pub struct SnapshotRow {
     pub record_key: String,
 }
 
+#[cfg(test)]
+impl SnapshotRow {
+    /// A committed snapshot of `agent`'s `source` at `at` with no data, for tests (override
+    /// fields with `..SnapshotRow::sample(..)`).
+    pub fn sample(id: &str, agent: &str, source: &str, at: i64) -> SnapshotRow {
+        SnapshotRow {
+            id: id.into(),
+            agent: agent.into(),
+            source: source.into(),
+            session_id: "s".into(),
+            started_at: at,
+            finished_at: at,
+            committed_at: at,
+            stats: SnapshotStats::default(),
+            stored_bytes: 0,
+            manifest_ids: Vec::new(),
+            reference_count: 0,
+            record_key: format!("snapshots/{agent}/{id}"),
+        }
+    }
+}
+
 /// How a snapshot is named in a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selector {
@@ -325,13 +347,6 @@ mod tests {
 
     fn row(id: &str, agent: &str, source: &str, at: i64) -> SnapshotRow {
         SnapshotRow {
-            id: id.into(),
-            agent: agent.into(),
-            source: source.into(),
-            session_id: "s".into(),
-            started_at: at,
-            finished_at: at,
-            committed_at: at,
             stats: SnapshotStats {
                 files: 3,
                 ..Default::default()
@@ -339,7 +354,7 @@ mod tests {
             stored_bytes: 9,
             manifest_ids: vec![ChunkId([4; 32])],
             reference_count: 1,
-            record_key: format!("snapshots/{agent}/{id}"),
+            ..SnapshotRow::sample(id, agent, source, at)
         }
     }
 

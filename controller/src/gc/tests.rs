@@ -12,7 +12,6 @@ use crate::catalog::agents;
 use crate::catalog::chunks::{self, SessionRow};
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::pack::PackBuilder;
-use crate::record::SnapshotStats;
 use crate::refset;
 
 pub(crate) fn id(n: u8) -> ChunkId {
@@ -95,18 +94,10 @@ impl World {
             .await
             .expect("put record");
         let row = SnapshotRow {
-            id: name.into(),
-            agent: "a".into(),
-            source: "web".into(),
             session_id: "s0".into(),
-            started_at: 1,
-            finished_at: 1,
-            committed_at: 1,
-            stats: SnapshotStats::default(),
-            stored_bytes: 0,
-            manifest_ids: Vec::new(),
             reference_count: all.len() as u64,
             record_key: key.clone(),
+            ..SnapshotRow::sample(name, "a", "web", 1)
         };
         self.cat
             .run_blocking(move |c| snapshots::insert(c, &row, &all))

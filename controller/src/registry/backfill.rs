@@ -261,18 +261,8 @@ mod tests {
                     },
                 )?;
                 let row = SnapshotRow {
-                    id: "00000000000000000001".into(),
-                    agent: "a".into(),
-                    source: "web".into(),
-                    session_id: "s".into(),
-                    started_at: 1,
-                    finished_at: 1,
-                    committed_at: 1,
-                    stats: Default::default(),
-                    stored_bytes: 0,
-                    manifest_ids: vec![],
                     reference_count: 2,
-                    record_key: "snapshots/a/00000000000000000001".into(),
+                    ..SnapshotRow::sample("00000000000000000001", "a", "web", 1)
                 };
                 insert(c, &row, &refs)?;
                 let todo = unqueued_snapshots(c)?;

@@ -72,24 +72,10 @@ mod tests {
     use super::*;
     use crate::catalog::snapshots::{self, SnapshotRow};
     use crate::catalog::{Catalog, agents};
-    use crate::record::SnapshotStats;
     use crate::retention::rules::Rules;
 
     fn row(id: &str, source: &str, at: i64) -> SnapshotRow {
-        SnapshotRow {
-            id: id.into(),
-            agent: "a".into(),
-            source: source.into(),
-            session_id: "s".into(),
-            started_at: at,
-            finished_at: at,
-            committed_at: at,
-            stats: SnapshotStats::default(),
-            stored_bytes: 0,
-            manifest_ids: vec![],
-            reference_count: 0,
-            record_key: format!("snapshots/a/{id}"),
-        }
+        SnapshotRow::sample(id, "a", source, at)
     }
 
     #[tokio::test]

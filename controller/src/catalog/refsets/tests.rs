@@ -3,7 +3,6 @@ use rusqlite::Connection;
 use super::*;
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::catalog::{Catalog, agents, schema};
-use crate::record::SnapshotStats;
 use crate::refset;
 
 /// `n` sorted, distinct pseudo-random ids from `seed`.
@@ -32,20 +31,7 @@ fn agent(c: &Connection, id: &str, group: &str) {
 }
 
 fn row(id: &str, agent: &str) -> SnapshotRow {
-    SnapshotRow {
-        id: id.into(),
-        agent: agent.into(),
-        source: "web".into(),
-        session_id: "s".into(),
-        started_at: 1,
-        finished_at: 1,
-        committed_at: 1,
-        stats: SnapshotStats::default(),
-        stored_bytes: 0,
-        manifest_ids: Vec::new(),
-        reference_count: 0,
-        record_key: format!("snapshots/{agent}/{id}"),
-    }
+    SnapshotRow::sample(id, agent, "web", 1)
 }
 
 fn view(c: &Connection, snap: &str) -> Vec<ChunkId> {

@@ -3,25 +3,11 @@ use crate::catalog::failures::{self, FailureRow};
 use crate::catalog::policies::PolicyRow;
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::catalog::{Catalog, agents};
-use crate::record::SnapshotStats;
 
 const MIN: i64 = 60_000;
 
 fn snapshot(id: &str, agent: &str, source: &str, at: i64) -> SnapshotRow {
-    SnapshotRow {
-        id: id.into(),
-        agent: agent.into(),
-        source: source.into(),
-        session_id: "s".into(),
-        started_at: at,
-        finished_at: at,
-        committed_at: at,
-        stats: SnapshotStats::default(),
-        stored_bytes: 0,
-        manifest_ids: vec![],
-        reference_count: 0,
-        record_key: format!("snapshots/{agent}/{id}"),
-    }
+    SnapshotRow::sample(id, agent, source, at)
 }
 
 /// Two agents: "web" with a db snapshot at 10 min and a later failure, "old" revoked.
