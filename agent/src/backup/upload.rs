@@ -106,8 +106,6 @@ pub struct Uploader<'a, R: Remote> {
     /// plaintext): uploaded by the next flight without asking again. Their bytes are not
     /// counted against the batch limit (at most `FLIGHTS × CARRY_BELOW` more).
     batch_missing: HashSet<ChunkId>,
-    /// Set by [`Uploader::flush`]: flights launched now upload everything (nothing carried).
-    flushing: bool,
     durable: HashSet<ChunkId>,
     /// [`DURABLE_CAP`]; smaller in tests.
     durable_cap: usize,
@@ -146,7 +144,6 @@ impl<'a, R: Remote> Uploader<'a, R> {
             batch_bytes: 0,
             batch_cached: Vec::new(),
             batch_missing: HashSet::new(),
-            flushing: false,
             durable: HashSet::new(),
             durable_cap: DURABLE_CAP,
             stats: UploadStats::default(),
@@ -269,7 +266,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
     async fn maybe_flush(&mut self) -> Result<(), AgentError> {
         if self.batch.len() >= self.session.max_ids || self.batch_bytes >= self.batch_limit {
-            self.launch().await?;
+            self.launch(true).await?;
         }
         Ok(())
     }
@@ -329,7 +326,9 @@ impl<'a, R: Remote> Uploader<'a, R> {
     }
 
     /// Lands the oldest batches until there is room, then launches the current one (if any).
-    async fn launch(&mut self) -> Result<(), AgentError> {
+    /// `carry`: the flight may hand back a few missing chunks ([`CARRY_BELOW`]) instead of
+    /// uploading them; a flush launches with `false`.
+    async fn launch(&mut self, carry: bool) -> Result<(), AgentError> {
         while self.in_air.len() >= self.max_flights {
             self.land().await?;
         }
@@ -352,7 +351,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
             keys: self.keys.clone(),
             level: self.zstd_level,
             throttle: self.throttle.take(),
-            carry_below: if self.flushing { 0 } else { CARRY_BELOW },
+            carry_below: if carry { CARRY_BELOW } else { 0 },
         };
         let cached_files = std::mem::take(&mut self.batch_cached);
         self.in_air.push_back(InAir {
@@ -364,18 +363,11 @@ impl<'a, R: Remote> Uploader<'a, R> {
     }
 
     /// Uploads everything added so far and waits until it is durable. Call once more at the end.
+    /// Flights launched here carry nothing; chunks carried back by flights launched before go
+    /// up in one more.
     pub async fn flush(&mut self) -> Result<(), AgentError> {
-        self.flushing = true;
-        let res = self.flush_all().await;
-        self.flushing = false;
-        res
-    }
-
-    /// Lands every flight; chunks carried back by flights launched before the flush began
-    /// go up in one more flight, which carries nothing.
-    async fn flush_all(&mut self) -> Result<(), AgentError> {
         loop {
-            self.launch().await?;
+            self.launch(false).await?;
             while self.is_flying() {
                 self.land().await?;
             }
