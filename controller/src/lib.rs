@@ -45,6 +45,7 @@ pub mod init;
 pub mod issue_certs;
 pub mod metrics;
 pub mod pack;
+pub mod read_limit;
 pub mod rebuild;
 pub mod record;
 pub mod recover_ca;

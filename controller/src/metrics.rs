@@ -38,6 +38,8 @@ pub struct Metrics {
     pub presence: std::sync::Arc<dyn crate::fleet::status::Presence>,
     /// Committed bytes and snapshots since start-up ([`crate::fleet::counters`]).
     pub counters: std::sync::Arc<crate::fleet::counters::BackupCounters>,
+    /// Restore streams reading and waiting ([`crate::read_limit`]).
+    pub reads: std::sync::Arc<crate::read_limit::ReadLimiter>,
 }
 
 impl Metrics {
@@ -59,6 +61,7 @@ impl Metrics {
             .await?;
         text.push_str(&crate::fleet::status::prometheus_text(&fleet));
         text.push_str(&self.counters.prometheus_text());
+        text.push_str(&self.reads.prometheus_text());
         Ok(text)
     }
 
@@ -153,6 +156,7 @@ mod tests {
             scrub: Default::default(),
             presence: std::sync::Arc::new(crate::fleet::status::NoPresence),
             counters: std::sync::Arc::default(),
+            reads: std::sync::Arc::default(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -174,6 +178,10 @@ mod tests {
         );
         assert!(
             text.contains("# TYPE lifeboat_rpo_objective_seconds gauge\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lifeboat_restore_reads_waiting 0\n"),
             "{text}"
         );
         assert!(get(addr, "/").await.starts_with("HTTP/1.1 404"));

@@ -168,6 +168,7 @@ pub fn prepare(cfg: &ControllerConfig) -> Result<Prepared, ServeError> {
             enrollment: Arc::new(enrollment),
             replication_progress: tokio::sync::watch::channel(0).0,
             streams: Arc::default(),
+            reads: Arc::default(),
             gc: cfg.gc.clone(),
             control: Arc::default(),
             counters: Arc::default(),
@@ -284,6 +285,7 @@ impl Prepared {
             scrub: self.state.replication.scrub.clone(),
             presence: self.state.control.clone(),
             counters: self.state.counters.clone(),
+            reads: self.state.reads.clone(),
         }
     }
 

@@ -32,6 +32,8 @@ pub struct State {
     pub replication: crate::replication::Runtime,
     /// Open upload/commit streams per agent ([`crate::streams`]).
     pub streams: Arc<crate::streams::StreamLimiter>,
+    /// The byte budget of restore reads in progress, controller-wide ([`crate::read_limit`]).
+    pub reads: Arc<crate::read_limit::ReadLimiter>,
     /// `[gc]` settings (grace, margin, lease, worker interval) for `RunGc` and the worker.
     pub gc: crate::gc::GcSettings,
     /// Live agent control streams ([`crate::fleet::control`]).

@@ -320,6 +320,54 @@ async fn backup_commit_list_read_and_isolation() {
     ctl.handle.await.expect("join").expect("clean shutdown");
 }
 
+/// A restore read over the controller's read budget waits (it is not refused), shows in the
+/// counts `/metrics` reports, and completes once the budget frees.
+#[tokio::test]
+async fn restore_reads_over_the_budget_wait_for_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let reads = std::sync::Arc::new(crate::read_limit::ReadLimiter::new(0));
+    let ctl = TestController::start_with(&tmp.path().join("ctl"), |s| {
+        s.reads = reads.clone();
+    })
+    .await;
+    let keys = MasterKey::generate().data_keys();
+    let mut a = enroll(&ctl, "web-01", "").await;
+    let (c1, c2) = (chunk(&keys, b"data"), chunk(&keys, b"manifest"));
+    let s = session(&mut a, "web").await;
+    upload(&mut a, &s, &[c1.clone(), c2.clone()]).await;
+    let r = commit(&mut a, &s, &[c2.0], &[c1.0, c2.0])
+        .await
+        .expect("commit");
+    assert!(r.missing.is_empty());
+
+    let held = reads.admit(u64::MAX).await; // the whole budget
+    let mut reader = a.clone();
+    let want = c1.0;
+    let pending = tokio::spawn(async move { read(&mut reader, &[want]).await });
+    let limit = std::time::Duration::from_secs(30);
+    tokio::time::timeout(limit, reads.wait_until(|c| c.waiting == 1))
+        .await
+        .expect("the read waits for the budget");
+    assert!(
+        !pending.is_finished(),
+        "no blob is read while the budget is spent"
+    );
+    drop(held);
+    let blobs = pending.await.expect("join").expect("read once admitted");
+    assert_eq!(blobs.len(), 1);
+    assert_eq!(
+        blob::open(&keys, &c1.0, &blobs[0].data).expect("open"),
+        b"data"
+    );
+    let idle = reads.wait_until(|c| *c == crate::read_limit::ReadCounts::default());
+    tokio::time::timeout(limit, idle)
+        .await
+        .expect("the ended stream gives its budget back");
+
+    ctl.shutdown.cancel();
+    ctl.handle.await.expect("join").expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn same_group_shares_chunks_and_bad_requests_are_invalid() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -26,6 +26,7 @@ use crate::catalog::Catalog;
 use crate::catalog::chunks::{self, ChunkLocation};
 use crate::catalog::snapshots;
 use crate::error::ServiceError;
+use crate::read_limit::STALL_TIMEOUT;
 use crate::store::{Store, StoreError};
 
 /// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
@@ -199,8 +200,9 @@ async fn read_run(store: &Store, run: &[(ChunkId, ChunkLocation)]) -> Option<Vec
     Some(out)
 }
 
-/// Streams the blobs of `plan` in order into `tx` (ReadChunks); stops at the first error, which
-/// is sent, or when the receiver goes away.
+/// Streams the blobs of `plan` in order into `tx` (ReadChunks) once the controller's read
+/// budget admits it ([`crate::read_limit`]); stops at the first error, which is sent, when the
+/// receiver goes away, or when it has not taken a blob for [`STALL_TIMEOUT`].
 pub async fn stream(
     state: State,
     group: String,
@@ -208,6 +210,18 @@ pub async fn stream(
     region: pb::Region,
     tx: mpsc::Sender<Result<pb::ReadChunksResponse, Status>>,
 ) {
+    let bytes = plan.iter().map(|(_, loc)| u64::from(loc.length)).sum();
+    let _admitted = state.reads.admit(bytes).await;
+    let send = |msg| async {
+        match tx.send_timeout(msg, STALL_TIMEOUT).await {
+            Ok(()) => true,
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                tracing::warn!(group = %group, timeout_s = STALL_TIMEOUT.as_secs(), "a restore stream's client took no blob for too long; ending the stream to free its read budget");
+                false
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
+        }
+    };
     let reply = |id: &ChunkId, data: Bytes, from_secondary: bool| pb::ReadChunksResponse {
         blob: Some(pb::Blob {
             id: Bytes::copy_from_slice(id.as_bytes()),
@@ -226,7 +240,7 @@ pub async fn stream(
         };
         if let Some(blobs) = together {
             for ((id, _), data) in run.iter().zip(blobs) {
-                if tx.send(Ok(reply(id, data, false))).await.is_err() {
+                if !send(Ok(reply(id, data, false))).await {
                     return;
                 }
             }
@@ -238,7 +252,7 @@ pub async fn stream(
                 .map(|(data, secondary)| reply(id, data, secondary))
                 .map_err(Status::from);
             let failed = msg.is_err();
-            if tx.send(msg).await.is_err() || failed {
+            if !send(msg).await || failed {
                 return;
             }
         }
