@@ -22,7 +22,6 @@ pub mod throttle;
 pub mod upload;
 pub mod walk;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -188,12 +187,26 @@ async fn backup_files<R: Remote>(
     })
 }
 
-/// Files read in one pass: results by walk index, plus what could not be read.
+/// Files read in one pass: results by walk index (`None` for entries that are not files or
+/// were not read), plus what could not be read. A dense vector, not a map: at 20,000 files a
+/// hash map of results held 6 MiB (load factor, hashes), a third of it empty.
 #[derive(Default)]
 struct FileResults {
-    done: HashMap<usize, FileDone>,
+    done: Vec<Option<FileDone>>,
     unreadable: Vec<Unreadable>,
     bytes_read: u64,
+}
+
+impl FileResults {
+    fn set(&mut self, done: FileDone) {
+        if let Some(slot) = self.done.get_mut(done.index) {
+            *slot = Some(done);
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&FileDone> {
+        self.done.get(index).and_then(Option::as_ref)
+    }
 }
 
 async fn run_pass<R: Remote>(
@@ -219,9 +232,8 @@ async fn run_pass<R: Remote>(
     let files: Vec<usize> = (0..items.len())
         .filter(|&i| items[i].kind == EntryKind::File)
         .collect();
-    // One allocation for the whole pass instead of a table doubling (old and new alive at once).
     let mut results = FileResults {
-        done: HashMap::with_capacity(files.len()),
+        done: std::iter::repeat_with(|| None).take(items.len()).collect(),
         unreadable: walked.unreadable,
         ..FileResults::default()
     };
@@ -251,6 +263,7 @@ async fn run_pass<R: Remote>(
     // about like any others): free it before the manifest is built, the agent's peak.
     up.forget_durable();
     let (manifest, data_ids, stats) = write_manifest(src, started_ms, &items, &results);
+    let to_cache = cache_entries(ctx, src, &items, &results);
     drop(items);
     let unreadable = results.unreadable.len() as u64;
     let (outcome, stats) =
@@ -264,18 +277,17 @@ async fn run_pass<R: Remote>(
         })
         .await?;
     let report = make_report(src, &stats, up.stats, &mut results);
-    let cache_entries = results
-        .done
-        .into_values()
-        .filter_map(|d| {
-            d.cache_entry.map(|(key, stat)| {
-                let file = CachedFile {
-                    ids: d.ids,
-                    sizes: d.sizes,
-                    ..stat
-                };
-                (key, file)
-            })
+    // The ids and sizes are moved in now (one copy of them in memory, not two).
+    let cache_entries = to_cache
+        .into_iter()
+        .filter_map(|(index, key, stat)| {
+            let d = results.done.get_mut(index)?.take()?;
+            let file = CachedFile {
+                ids: d.ids,
+                sizes: d.sizes,
+                ..stat
+            };
+            Some((key, file))
         })
         .collect();
     Ok(Pass {
@@ -336,23 +348,49 @@ async fn read_pass<R: Remote>(
                 if done.cached {
                     up.add_cached(done.index, &done.ids).await?;
                 }
-                results.done.insert(done.index, done);
+                results.set(done);
             }
             ReadMsg::Cached(hits) => {
                 for done in hits {
                     up.add_cached(done.index, &done.ids).await?;
-                    results.done.insert(done.index, done);
+                    results.set(done);
                 }
             }
             ReadMsg::FileFailed { index, error } => {
                 let path = items.get(index).map(|i| i.abs.clone()).unwrap_or_default();
                 warn!(path = %path.display(), error = %error, "cannot read file; it is left out of this snapshot");
-                results.done.remove(&index);
+                if let Some(slot) = results.done.get_mut(index) {
+                    *slot = None;
+                }
                 results.unreadable.push(Unreadable::new(&path, error));
             }
         }
     }
     Ok(())
+}
+
+/// The file cache's key and stat for every file read whole in this backup (`FileDone::cacheable`),
+/// by walk index; the ids and sizes are added once the snapshot is committed.
+fn cache_entries<R: Remote>(
+    ctx: &BackupContext<'_, R>,
+    src: &SourceConfig,
+    items: &[WalkItem],
+    results: &FileResults,
+) -> Vec<(usize, Vec<u8>, CachedFile)> {
+    let stamp = cache_stamp(&ctx.keys, src);
+    let roots: Vec<Vec<u8>> = src.paths.iter().map(|p| path_bytes(p)).collect();
+    items
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| results.get(*i).is_some_and(|d| d.cacheable))
+        .map(|(i, item)| {
+            let root = roots
+                .get(item.root as usize)
+                .map_or(&[][..], |r| r.as_slice());
+            let key = crate::cache::cache_key(&stamp, &src.name, root, &item.rel);
+            (i, key, read::cache_stat(item))
+        })
+        .collect()
 }
 
 fn path_bytes(p: &std::path::Path) -> Vec<u8> {
@@ -391,7 +429,10 @@ fn write_manifest(
     let roots = src.paths.iter().map(|p| path_bytes(p)).collect();
     let mut w = ManifestWriter::new(&manifest_header(src, created_ms, roots));
     let mut stats = SnapshotStats::default();
-    let mut ids: Vec<ChunkId> = Vec::new();
+    // Sized once: grown by doubling, the list (32 bytes per reference, 170,000 at 2.5 GiB) was
+    // held twice while it moved, at the backup's peak.
+    let refs: usize = results.done.iter().flatten().map(|d| d.ids.len()).sum();
+    let mut ids: Vec<ChunkId> = Vec::with_capacity(refs);
     for (i, item) in items.iter().enumerate() {
         let mut e = Entry {
             root: item.root,
@@ -406,11 +447,11 @@ fn write_manifest(
         };
         match item.kind {
             EntryKind::File => {
-                let Some(done) = results.done.get(&i) else {
+                let Some(done) = results.get(i) else {
                     continue;
                 };
                 e.size = done.size;
-                e.chunks = done.ids.iter().map(|id| id.as_bytes().to_vec()).collect();
+                e.chunks = done.ids.clone();
                 e.chunk_sizes = done.sizes.clone();
                 let params = src.chunker_for(&item.abs);
                 if params != src.chunker {

@@ -56,7 +56,7 @@ fn sample_manifest() -> Vec<u8> {
         mtime_sec: 1_700_000_060,
         mtime_nsec: 123_456_789,
         size: data.len() as u64,
-        chunks: vec![keys.chunk_id(&data).as_bytes().to_vec()],
+        chunks: vec![keys.chunk_id(&data)],
         chunk_sizes: vec![data.len() as u32],
         ..Default::default()
     });

@@ -321,7 +321,7 @@ fn sample_manifest() -> Vec<u8> {
         kind: manifest::EntryKind::File as i32,
         mode: 0o644,
         size: 12,
-        chunks: vec![vec![9; 32], vec![8; 32]],
+        chunks: vec![ChunkId([9; 32]), ChunkId([8; 32])],
         chunk_sizes: vec![5, 7],
         mtime_sec: 1_795_590_289,
         ..Default::default()

@@ -317,7 +317,7 @@ fn dump_entry(path: &str, d: &DumpDone) -> Entry {
         mode: 0o600,
         mtime_sec: now_unix_ms() / 1000,
         size: d.size,
-        chunks: d.ids.iter().map(|id| id.as_bytes().to_vec()).collect(),
+        chunks: d.ids.clone(),
         chunk_sizes: d.sizes.clone(),
         ..Entry::default()
     }

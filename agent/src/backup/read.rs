@@ -67,9 +67,21 @@ pub struct FileDone {
     pub size: u64,
     /// The ids came from the cache (their chunks were not sent).
     pub cached: bool,
-    /// To record in the cache after a successful commit: the key and the stat fields (the
-    /// ids and sizes are this `FileDone`'s, moved in at that point).
-    pub cache_entry: Option<(Vec<u8>, CachedFile)>,
+    /// Read whole, at the size the walk saw: to record in the file cache after a successful
+    /// commit, under the walk's stat ([`cache_stat`]). The key is made then, not kept per file.
+    pub cacheable: bool,
+}
+
+/// The stat fields the file cache records and matches for `item`, as the walk saw them.
+pub fn cache_stat(item: &WalkItem) -> CachedFile {
+    CachedFile {
+        size: item.stat.size,
+        mtime_ns: item.stat.mtime_ns(),
+        ctime_ns: item.stat.ctime_ns,
+        inode: item.stat.inode,
+        ids: Vec::new(),
+        sizes: Vec::new(),
+    }
 }
 
 /// Everything the reader thread needs.
@@ -119,22 +131,14 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
             .get(item.root as usize)
             .map_or(&[][..], |r| r.as_slice());
         let key = cache_key(&job.cache_stamp, &job.source, root, &item.rel);
-        let now = CachedFile {
-            size: item.stat.size,
-            mtime_ns: item.stat.mtime_ns(),
-            ctime_ns: item.stat.ctime_ns,
-            inode: item.stat.inode,
-            ids: Vec::new(),
-            sizes: Vec::new(),
-        };
-        if let Some(hit) = job.cache.get(&key).filter(|c| c.matches(&now)) {
+        if let Some(hit) = job.cache.get(&key).filter(|c| c.matches(&cache_stat(item))) {
             hits.push(FileDone {
                 index,
                 size: hit.size,
                 ids: hit.ids,
                 sizes: hit.sizes,
                 cached: true,
-                cache_entry: None,
+                cacheable: false,
             });
             if hits.len() >= CACHED_PER_MESSAGE && !send_hits(&mut hits) {
                 return;
@@ -146,24 +150,17 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
         }
         let msg = match read_file(&job, item, &tx) {
             Ok((ids, sizes, size)) => {
-                let cache_entry = if size == item.stat.size {
-                    Some((
-                        key,
-                        // The ids and sizes are moved in from `FileDone` once the snapshot
-                        // commits (one copy of them in memory, not two).
-                        now,
-                    ))
-                } else {
+                let cacheable = size == item.stat.size;
+                if !cacheable {
                     warn!(path = %item.abs.display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
-                    None
-                };
+                }
                 ReadMsg::FileDone(FileDone {
                     index,
                     ids,
                     sizes,
                     size,
                     cached: false,
-                    cache_entry,
+                    cacheable,
                 })
             }
             Err(ReadError::Io(e)) => ReadMsg::FileFailed {

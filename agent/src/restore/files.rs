@@ -235,7 +235,10 @@ async fn run_unit<R: Remote>(
             .first()
             .is_some_and(|j| j.entry.size <= UNIT_BYTES && j.entry.chunk_sizes.len() <= UNIT_IDS);
     if batched {
-        let ids: Vec<ChunkId> = todo.iter().flat_map(|j| j.entry.chunk_ids()).collect();
+        let ids: Vec<ChunkId> = todo
+            .iter()
+            .flat_map(|j| j.entry.chunk_ids().iter().copied())
+            .collect();
         let plain = if ids.is_empty() {
             Ok(HashMap::new())
         } else {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use lifeboat_common::blob::{self, MAX_CHUNK_LEN};
 use lifeboat_common::chunker::ChunkerParams;
+use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::{DataKeys, MasterKey};
 use lifeboat_common::manifest::{
     Entry, EntryKind, ManifestError, ManifestHeader, ManifestWriter, Trailer,
@@ -61,13 +62,13 @@ fn link(root: u32, path: &str, to: &Path) -> Entry {
     }
 }
 
-/// Seals `data` as one chunk into the remote; returns its id bytes.
-fn store_chunk(remote: &MemoryRemote, data: &[u8]) -> Vec<u8> {
+/// Seals `data` as one chunk into the remote; returns its id.
+fn store_chunk(remote: &MemoryRemote, data: &[u8]) -> ChunkId {
     let k = keys();
     let id = k.chunk_id(data);
     let sealed = blob::seal(&k, &id, data, 3).expect("seal");
     remote.blobs.lock().expect("lock").insert(id, sealed);
-    id.as_bytes().to_vec()
+    id
 }
 
 /// A file entry holding `data` as one stored chunk, declared honestly.

@@ -363,7 +363,7 @@ fn stored_file(remote: &MemoryRemote, path: &str, data: &[u8]) -> Entry {
         kind: EntryKind::File as i32,
         mode: 0o644,
         size: data.len() as u64,
-        chunks: vec![id.as_bytes().to_vec()],
+        chunks: vec![id],
         chunk_sizes: vec![data.len() as u32],
         ..Entry::default()
     }

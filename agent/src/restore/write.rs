@@ -163,7 +163,7 @@ pub fn write_file_from(
 ) -> Result<u64, AgentError> {
     let tmp = temp_path(target);
     let res = create_temp(&tmp).and_then(|mut file| {
-        let n = write_chunks(&mut file, &e.chunk_ids(), &e.chunk_sizes, plain, &tmp)?;
+        let n = write_chunks(&mut file, e.chunk_ids(), &e.chunk_sizes, plain, &tmp)?;
         finish(file, n, e, &tmp, target, as_root)
     });
     if res.is_err() {
