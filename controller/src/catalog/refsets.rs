@@ -10,7 +10,8 @@
 //! instead of each of its (100,000+) references into two B-trees, and the catalog no longer
 //! grows by every reference of every snapshot kept. `snapshot_refs` is a view with the columns
 //! of the v8 table, so readers that list a snapshot's references or look a chunk up are
-//! unchanged; hot paths spell the join out ([`super::snapshots::REFERENCES`]).
+//! unchanged; hot paths spell the join out, and whether one snapshot references a chunk is one
+//! lookup through its sets' ranges ([`cover`]).
 //!
 //! Invariants:
 //! - a set is immutable: its name is the hash of its ids, and the rows of a new set are
@@ -211,6 +212,8 @@ pub fn push_ids(
     }
     Ok(())
 }
+
+pub mod cover;
 
 #[cfg(test)]
 mod tests;

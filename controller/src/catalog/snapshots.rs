@@ -13,7 +13,7 @@
 //! likewise never listed, "latest" or found by id: it is not restorable ([`crate::rebuild`]).
 
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
-use rusqlite::{Connection, OptionalExtension, Row, named_params, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{CatalogError, refsets, to_i64, to_u64};
 use crate::record::SnapshotStats;
@@ -251,24 +251,6 @@ pub fn session_parent(conn: &Connection, session: &str) -> Result<Option<String>
         )?
         .query_row(params![session], |r| r.get(0))
         .optional()?)
-}
-
-/// SQL: snapshot `:snap` references chunk `:chunk`. Through the chunk's few sets (by-chunk
-/// index), each a primary-key probe of the snapshot's set list; `CROSS JOIN` fixes that order:
-/// the other (the snapshot's hundreds of sets, each probed for the id) is what a planner without
-/// statistics may pick. HaveChunks embeds it ([`crate::gc::pins::pin_present`]).
-pub const REFERENCES: &str = "SELECT 1 FROM ref_set_chunks rc CROSS JOIN snapshot_sets ss
-    WHERE rc.chunk_id = :chunk AND ss.snapshot_id = :snap AND ss.set_id = rc.set_id";
-
-/// Whether snapshot `snap` references `id` ([`REFERENCES`]).
-pub fn references(conn: &Connection, snap: &str, id: &ChunkId) -> Result<bool, CatalogError> {
-    Ok(conn
-        .prepare_cached(&format!("{REFERENCES} LIMIT 1"))?
-        .query_row(named_params! {":snap": snap, ":chunk": &id.0[..]}, |_| {
-            Ok(())
-        })
-        .optional()?
-        .is_some())
 }
 
 /// Whether any of `agent`'s snapshots references `id`.

@@ -34,6 +34,7 @@ use std::time::Duration;
 use lifeboat_common::ids::ChunkId;
 use rusqlite::{Connection, OptionalExtension, named_params, params};
 
+use crate::catalog::refsets::cover::{Cover, MEMBER};
 use crate::catalog::{Catalog, CatalogError, refsets, snapshots};
 use crate::store::{Store, StoreError};
 
@@ -128,19 +129,24 @@ pub fn pin_present(
     sorted.dedup();
     let mut have = HashSet::with_capacity(sorted.len());
     let mut to_pin = Vec::new();
+    // The parent's sets by range: whether it references an id is one lookup ([`Cover`]).
+    let cover = match &parent {
+        Some(p) => Cover::load(&tx, p)?,
+        None => Cover::default(),
+    };
     {
-        // One statement per id: the row (the row is looked up even when the parent references
-        // the id: a damaged catalog, rows lost and references kept, must answer "missing" so
-        // the agent re-sends) and whether the parent references it.
+        // One statement per id: the row (looked up even when the parent references the id: a
+        // damaged catalog, rows lost and references kept, must answer "missing" so the agent
+        // re-sends) and whether the parent's covering set holds it.
         let mut probe = tx.prepare_cached(&format!(
-            "SELECT c.condemned_at, :snap IS NOT NULL AND EXISTS ({})
-             FROM chunks c WHERE c.dedup_group = :group AND c.id = :chunk",
-            snapshots::REFERENCES
+            "SELECT c.condemned_at, :set IS NOT NULL AND {MEMBER}
+             FROM chunks c WHERE c.dedup_group = :group AND c.id = :chunk"
         ))?;
         for id in &sorted {
+            let set = cover.covering_set(id);
             let row: Option<(Option<i64>, bool)> = probe
                 .query_row(
-                    named_params! {":group": group, ":chunk": &id.0[..], ":snap": parent},
+                    named_params! {":group": group, ":chunk": &id.0[..], ":set": set},
                     |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;

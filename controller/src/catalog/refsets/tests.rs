@@ -1,5 +1,6 @@
 use rusqlite::Connection;
 
+use super::cover::Cover;
 use super::*;
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::catalog::{Catalog, agents, schema};
@@ -97,10 +98,11 @@ fn snapshots_share_the_sets_a_change_does_not_touch_and_removal_keeps_shared_one
         assert!(one.new_sets <= 2 && one.new_sets >= 1, "{one:?}");
         assert!(one.new_refs < second.len() / 4, "{one:?}");
         assert_eq!(again.new_sets, 0, "an identical snapshot stores no new set");
-        assert!(snapshots::references(c, "s2", &ChunkId([0xee; 32]))?);
-        assert!(!snapshots::references(c, "s1", &ChunkId([0xee; 32]))?);
-        assert!(snapshots::references(c, "s1", &first[5_000])?);
-        assert!(!snapshots::references(c, "s2", &first[5_000])?);
+        let (s1, s2) = (Cover::load(c, "s1")?, Cover::load(c, "s2")?);
+        assert!(s2.references(c, &ChunkId([0xee; 32]))?);
+        assert!(!s1.references(c, &ChunkId([0xee; 32]))?);
+        assert!(s1.references(c, &first[5_000])?);
+        assert!(!s2.references(c, &first[5_000])?);
         assert_eq!(refs_of(c, "s2")?, second);
 
         let tx = c.transaction()?;
@@ -215,8 +217,11 @@ fn a_v8_catalog_keeps_every_reference_through_the_migration() {
     assert_eq!(view(&c, "s1"), r1);
     assert_eq!(view(&c, "s2"), r2);
     assert_eq!(count(&c, "ref_sets"), 2, "one set per existing snapshot");
-    assert!(snapshots::references(&c, "s2", &r2[7]).expect("probe"));
-    assert!(!snapshots::references(&c, "s1", &r2[7]).expect("probe"));
+    let cover = |snap| Cover::load(&c, snap).expect("cover");
+    assert!(cover("s2").references(&c, &r2[7]).expect("probe"));
+    assert!(!cover("s1").references(&c, &r2[7]).expect("probe"));
+    assert!(cover("s1").references(&c, &r1[0]).expect("probe"));
+    assert!(cover("s1").references(&c, &r1[699]).expect("probe"));
     // A new snapshot with s1's references shares nothing with the migrated set (its name is
     // not a content name) but is stored correctly, and removing s1 leaves it whole.
     let tx = c.transaction().expect("tx");
@@ -226,4 +231,61 @@ fn a_v8_catalog_keeps_every_reference_through_the_migration() {
     tx.commit().expect("commit");
     assert_eq!(view(&c, "s3"), r1);
     assert!(view(&c, "s1").is_empty());
+}
+
+/// [`Cover`] answers exactly what the `snapshot_refs` view says, for ids in and out of every
+/// snapshot, before and below the first id, past the last, with sets shared between snapshots,
+/// sets of several versions holding the same id, and a snapshot that is gone.
+#[test]
+fn cover_answers_what_the_view_says() {
+    let cat = Catalog::open_in_memory().expect("open");
+    cat.run_blocking(|c| {
+        agent(c, "a", "g");
+        let base = ids(7, 3_000);
+        let mut snaps: Vec<(String, Vec<ChunkId>)> = Vec::new();
+        let tx = c.transaction()?;
+        for v in 0..4u32 {
+            // Each version replaces every 50th id (touching most sets) and adds a few.
+            let mut refs: Vec<ChunkId> = base
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    if i % 50 == (v as usize) {
+                        ids(100 + v, 1)[0]
+                    } else {
+                        *id
+                    }
+                })
+                .collect();
+            refs.extend(ids(200 + v, 20));
+            refs.sort_unstable();
+            refs.dedup();
+            let name = format!("s{v}");
+            insert(&tx, &name, "g", &refs)?;
+            snaps.push((name, refs));
+        }
+        tx.commit()?;
+        let mut probes: Vec<ChunkId> = snaps.iter().flat_map(|(_, r)| r.clone()).collect();
+        probes.extend(ids(999, 200));
+        probes.push(ChunkId([0; 32]));
+        probes.push(ChunkId([0xff; 32]));
+        for (name, _) in snaps
+            .iter()
+            .map(|(n, r)| (n.as_str(), r))
+            .chain([("gone", &Vec::new())])
+        {
+            let cover = Cover::load(c, name)?;
+            let want: std::collections::HashSet<ChunkId> = view(c, name).into_iter().collect();
+            for id in &probes {
+                assert_eq!(
+                    cover.references(c, id)?,
+                    want.contains(id),
+                    "{name} {}",
+                    id.short()
+                );
+            }
+        }
+        Ok(())
+    })
+    .expect("catalog");
 }
