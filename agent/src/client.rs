@@ -197,7 +197,17 @@ impl GrpcRemote {
                 source: Box::new(e),
             })?;
         let remote = Self::from_channel(channel);
-        match remote.who_am_i().await {
+        // Bounded: once, under a loaded test run, a refused certificate left this call waiting
+        // forever (no socket, no timer) instead of failing; the probe below then names why.
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT, remote.who_am_i())
+            .await
+            .unwrap_or_else(|_| {
+                Err(RemoteError::Transport {
+                    op: "WhoAmI",
+                    source: format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()).into(),
+                })
+            });
+        match answer {
             Ok(_) => Ok(remote),
             Err(e) if classify(&e) == FailureClass::CertificateRefused => Err(e),
             Err(e) => match probe::tls_refusal(cfg).await {

@@ -43,9 +43,10 @@ pub async fn tls_refusal(cfg: &ControllerConfig) -> Option<rustls::Error> {
         .ok()?
         .ok()?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let mut tls = match connector.connect(name, tcp).await {
-        Ok(s) => s,
-        Err(e) => return rustls_error(&e),
+    let mut tls = match tokio::time::timeout(READ_WAIT, connector.connect(name, tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return rustls_error(&e),
+        Err(_) => return None,
     };
     let mut buf = [0u8; 64];
     match tokio::time::timeout(READ_WAIT, tls.read(&mut buf)).await {
