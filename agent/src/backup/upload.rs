@@ -224,6 +224,12 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 }
             }
             None => {
+                // A chunk that would take the batch past its limit goes into the next one: a
+                // batch of large file chunks (up to 4 MiB each) otherwise reached twice the limit,
+                // and two flights plus the filling batch of those were the agent's peak.
+                if self.batch_bytes > 0 && self.batch_bytes + data.len() > self.batch_limit {
+                    self.launch(true).await?;
+                }
                 self.in_batch.insert(id, self.batch.len());
                 self.batch_bytes += data.len();
                 self.batch.push((id, Some(data)));
@@ -669,6 +675,29 @@ mod tests {
                 .all(|d| blobs.contains_key(&k.chunk_id(d)))
         );
         assert_eq!(up.stats.new_chunks, (old.len() + new.len()) as u64);
+    }
+
+    /// A chunk that would take a batch past [`BATCH_BYTES`] starts the next batch: three 3 MiB
+    /// chunks go up in three uploads (a batch held two of them, 6 MiB, before).
+    #[tokio::test]
+    async fn a_batch_never_grows_past_its_limit_by_a_large_chunk() {
+        let remote = MemoryRemote::default();
+        let mut up = uploader(&remote).await;
+        let k = keys();
+        let big: Vec<Vec<u8>> = (0..3)
+            .map(|_| {
+                let mut d = vec![0u8; 3 << 20];
+                fill_random(&mut d);
+                d
+            })
+            .collect();
+        for data in &big {
+            up.add(k.chunk_id(data), data.clone()).await.expect("add");
+        }
+        up.flush().await.expect("flush");
+        assert_eq!(remote.uploads.load(Ordering::SeqCst), 3);
+        let blobs = remote.blobs.lock().expect("lock");
+        assert!(big.iter().all(|d| blobs.contains_key(&k.chunk_id(d))));
     }
 
     /// A cached id the controller lacks makes its file be read again; one it has does not.
