@@ -57,6 +57,8 @@ pub enum CatalogError {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
+    /// Recent parents' reference-set covers, for `HaveChunks` ([`refsets::cover`]).
+    covers: Arc<refsets::cover::CoverCache>,
 }
 
 impl Catalog {
@@ -97,7 +99,13 @@ impl Catalog {
         schema::migrate(&mut conn)?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
+            covers: Arc::default(),
         })
+    }
+
+    /// The cache of recent parents' covers (pass it into [`Catalog::run`] closures).
+    pub fn covers(&self) -> Arc<refsets::cover::CoverCache> {
+        Arc::clone(&self.covers)
     }
 
     /// Runs `f` on the connection, on the current thread (for CLI code and tests).

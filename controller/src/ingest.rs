@@ -72,10 +72,12 @@ impl Upload<'_> {
         );
         // Blobs skipped as stored are pinned (and revived if condemned) in the same transaction
         // that found them ([`crate::gc::pins`]).
+        let covers = self.catalog.covers();
         let present = self
             .catalog
             .run(move |c| {
-                crate::gc::pins::pin_present(c, &session, &group, &ids, now_unix_ms(), lease)
+                let now = now_unix_ms();
+                crate::gc::pins::pin_present(c, &covers, &session, &group, &ids, now, lease)
             })
             .await?;
         for (id, data) in batch.blobs {

@@ -34,7 +34,7 @@ use std::time::Duration;
 use lifeboat_common::ids::ChunkId;
 use rusqlite::{Connection, OptionalExtension, named_params, params};
 
-use crate::catalog::refsets::cover::{Cover, MEMBER};
+use crate::catalog::refsets::cover::{CoverCache, MEMBER};
 use crate::catalog::{Catalog, CatalogError, refsets, snapshots};
 use crate::store::{Store, StoreError};
 
@@ -114,6 +114,7 @@ fn revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<(), CatalogErr
 /// a fresh lease writes nothing (no commit to sync).
 pub fn pin_present(
     conn: &mut Connection,
+    covers: &CoverCache,
     session: &str,
     group: &str,
     ids: &[ChunkId],
@@ -131,8 +132,8 @@ pub fn pin_present(
     let mut to_pin = Vec::new();
     // The parent's sets by range: whether it references an id is one lookup ([`Cover`]).
     let cover = match &parent {
-        Some(p) => Cover::load(&tx, p)?,
-        None => Cover::default(),
+        Some(p) => covers.get(&tx, p)?,
+        None => Default::default(),
     };
     {
         // One statement per id: the row (looked up even when the parent references the id: a
@@ -243,9 +244,10 @@ pub async fn answer_have(
     }
     let (s, g) = (session.to_owned(), group.to_owned());
     let now = lifeboat_common::clock::now_unix_ms();
+    let covers = catalog.covers();
     Ok(catalog
         .run(move |c| {
-            let have = pin_present(c, &s, &g, &ids, now, lease)?;
+            let have = pin_present(c, &covers, &s, &g, &ids, now, lease)?;
             let mut seen = HashSet::new();
             Ok(ids
                 .iter()

@@ -10,6 +10,7 @@ use rusqlite::params;
 use super::*;
 use crate::catalog::agents;
 use crate::catalog::chunks::{self, SessionRow};
+use crate::catalog::refsets::cover::CoverCache;
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::pack::PackBuilder;
 use crate::refset;
@@ -390,7 +391,17 @@ async fn pins_of_an_expired_lease_stop_protecting() {
     // Pinned by s0 with a lease that ends at 1000 + 1 s.
     w.cat
         .run_blocking(|c| {
-            pins::pin_present(c, "s0", "g", &[id(51)], 1000, Duration::from_secs(1)).map(drop)
+            let covers = CoverCache::default();
+            pins::pin_present(
+                c,
+                &covers,
+                "s0",
+                "g",
+                &[id(51)],
+                1000,
+                Duration::from_secs(1),
+            )
+            .map(drop)
         })
         .expect("pin");
     let r = w.gc(1_500).await;
@@ -497,6 +508,7 @@ async fn present_chunks_are_protected_by_live_references_or_pins() {
         .run_blocking(|c| {
             let have = pins::pin_present(
                 c,
+                &w.cat.covers(),
                 "s1",
                 "g",
                 &[id(71), id(72), id(73)],

@@ -1,6 +1,6 @@
 use rusqlite::Connection;
 
-use super::cover::Cover;
+use super::cover::{CACHED, Cover, CoverCache};
 use super::*;
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::catalog::{Catalog, agents, schema};
@@ -269,12 +269,17 @@ fn cover_answers_what_the_view_says() {
         probes.extend(ids(999, 200));
         probes.push(ChunkId([0; 32]));
         probes.push(ChunkId([0xff; 32]));
+        let cache = CoverCache::default();
         for (name, _) in snaps
             .iter()
             .map(|(n, r)| (n.as_str(), r))
             .chain([("gone", &Vec::new())])
         {
-            let cover = Cover::load(c, name)?;
+            let cover = cache.get(c, name)?;
+            assert!(
+                std::sync::Arc::ptr_eq(&cover, &cache.get(c, name)?),
+                "loaded once"
+            );
             let want: std::collections::HashSet<ChunkId> = view(c, name).into_iter().collect();
             for id in &probes {
                 assert_eq!(
@@ -285,6 +290,25 @@ fn cover_answers_what_the_view_says() {
                 );
             }
         }
+        Ok(())
+    })
+    .expect("catalog");
+}
+
+#[test]
+fn the_cover_cache_keeps_the_most_recent_few() {
+    let cat = Catalog::open_in_memory().expect("open");
+    cat.run_blocking(|c| {
+        let cache = CoverCache::default();
+        let first = cache.get(c, "s0")?;
+        for i in 1..=CACHED {
+            cache.get(c, &format!("s{i}"))?;
+        }
+        let again = cache.get(c, "s0")?;
+        assert!(
+            !std::sync::Arc::ptr_eq(&first, &again),
+            "the oldest was dropped"
+        );
         Ok(())
     })
     .expect("catalog");
