@@ -341,10 +341,20 @@ async fn restore_reads_over_the_budget_wait_for_it() {
     assert!(r.missing.is_empty());
 
     let held = reads.admit(u64::MAX).await; // the whole budget
-    let mut reader = a.clone();
-    let want = c1.0;
-    let pending = tokio::spawn(async move { read(&mut reader, &[want]).await });
     let limit = std::time::Duration::from_secs(30);
+    let want = c1.0;
+    // A client that gives up while waiting leaves the queue.
+    let mut quitter = a.clone();
+    let gone = tokio::spawn(async move { read(&mut quitter, &[want]).await });
+    tokio::time::timeout(limit, reads.wait_until(|c| c.waiting == 1))
+        .await
+        .expect("the read waits for the budget");
+    gone.abort();
+    tokio::time::timeout(limit, reads.wait_until(|c| c.waiting == 0))
+        .await
+        .expect("a read whose client left stops waiting");
+    let mut reader = a.clone();
+    let pending = tokio::spawn(async move { read(&mut reader, &[want]).await });
     tokio::time::timeout(limit, reads.wait_until(|c| c.waiting == 1))
         .await
         .expect("the read waits for the budget");

@@ -211,7 +211,11 @@ pub async fn stream(
     tx: mpsc::Sender<Result<pb::ReadChunksResponse, Status>>,
 ) {
     let bytes = plan.iter().map(|(_, loc)| u64::from(loc.length)).sum();
-    let _admitted = state.reads.admit(bytes).await;
+    // A client that gives up while waiting for the budget leaves the queue at once.
+    let _admitted = tokio::select! {
+        permit = state.reads.admit(bytes) => permit,
+        () = tx.closed() => return,
+    };
     let send = |msg| async {
         match tx.send_timeout(msg, STALL_TIMEOUT).await {
             Ok(()) => true,
