@@ -8,8 +8,9 @@
 //! [`READ_BUDGET_BYTES`]: it weighs the bytes it will read, at most [`MAX_STREAM_WEIGHT`], and
 //! waits, first come first served (tokio's semaphore is fair), until that much of the budget is
 //! free. Waiting is not failing: the agent's call simply starts later, and its HTTP/2 keepalive
-//! keeps the connection alive meanwhile. One agent alone is never held back (its streams weigh
-//! about 24 MiB at most: four workers, each a 4 MiB unit or a large file's 2 MiB batches).
+//! keeps the connection alive meanwhile; a client that gives up leaves the queue at once. One
+//! agent alone is never held back (its streams weigh about 24 MiB at most: four workers, each a
+//! 4 MiB unit or a large file's 2 MiB batches).
 //!
 //! A stream keeps its weight until it ends. A client that stops reading would keep it forever,
 //! so a stream whose next blob cannot be queued for [`STALL_TIMEOUT`] ends
