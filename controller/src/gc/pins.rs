@@ -130,7 +130,8 @@ pub fn pin_present(
     sorted.dedup();
     let mut have = HashSet::with_capacity(sorted.len());
     let mut to_pin = Vec::new();
-    // The parent's sets by range: whether it references an id is one lookup ([`Cover`]).
+    // The parent's sets by range: whether it references an id is one lookup
+    // ([`crate::catalog::refsets::cover`]).
     let cover = match &parent {
         Some(p) => covers.get(&tx, p)?,
         None => Default::default(),
