@@ -47,7 +47,6 @@ pub struct ReadCounts {
 #[derive(Debug)]
 pub struct ReadLimiter {
     permits: Arc<Semaphore>,
-    budget_units: u32,
     /// Changed on every admission, wait and end (`/metrics`; tests wait on it).
     counts: watch::Sender<ReadCounts>,
 }
@@ -64,23 +63,21 @@ impl ReadLimiter {
         let units = u32::try_from(budget.max(MAX_STREAM_WEIGHT) / UNIT).unwrap_or(u32::MAX);
         ReadLimiter {
             permits: Arc::new(Semaphore::new(units as usize)),
-            budget_units: units,
             counts: watch::Sender::new(ReadCounts::default()),
         }
     }
 
-    /// What a stream that reads `bytes` weighs, in budget units.
-    fn weight(&self, bytes: u64) -> u32 {
+    /// What a stream that reads `bytes` weighs, in budget units: at most [`MAX_STREAM_WEIGHT`],
+    /// which the budget always holds ([`ReadLimiter::new`]).
+    fn weight(bytes: u64) -> u32 {
         let units = bytes.min(MAX_STREAM_WEIGHT).div_ceil(UNIT).max(1);
-        u32::try_from(units)
-            .unwrap_or(u32::MAX)
-            .min(self.budget_units)
+        u32::try_from(units).unwrap_or(u32::MAX)
     }
 
     /// Waits until a stream that will read `bytes` fits in the budget; the permit gives the
     /// weight back when dropped.
     pub async fn admit(self: &Arc<Self>, bytes: u64) -> ReadPermit {
-        let weight = self.weight(bytes);
+        let weight = Self::weight(bytes);
         self.counts.send_modify(|c| c.waiting += 1);
         let waiting = Waiting(self);
         let permit = Arc::clone(&self.permits).acquire_many_owned(weight).await;
@@ -173,10 +170,10 @@ mod tests {
         assert_eq!(l.counts(), counts(2, 0), "a client that left waits no more");
         drop((big, small));
         assert_eq!(l.counts(), counts(0, 0));
-        let lone = ReadLimiter::new(1);
-        assert_eq!(
-            lone.weight(u64::MAX),
-            lone.budget_units,
+        let lone = Arc::new(ReadLimiter::new(1));
+        let mut heaviest = Box::pin(lone.admit(u64::MAX));
+        assert!(
+            poll_once(&mut heaviest).is_some(),
             "a budget below one stream's weight is raised to it"
         );
     }

@@ -10,7 +10,6 @@ use rusqlite::params;
 use super::*;
 use crate::catalog::agents;
 use crate::catalog::chunks::{self, SessionRow};
-use crate::catalog::refsets::cover::CoverCache;
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::pack::PackBuilder;
 use crate::refset;
@@ -391,7 +390,7 @@ async fn pins_of_an_expired_lease_stop_protecting() {
     // Pinned by s0 with a lease that ends at 1000 + 1 s.
     w.cat
         .run_blocking(|c| {
-            let covers = CoverCache::default();
+            let covers = w.cat.covers();
             pins::pin_present(
                 c,
                 &covers,

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use lifeboat_common::ids::ChunkId;
-use rusqlite::{Connection, named_params};
+use rusqlite::Connection;
 
 use crate::catalog::CatalogError;
 
@@ -70,16 +70,19 @@ impl Cover {
             .map(|&(_, set)| set)
     }
 
-    /// Whether the snapshot references `id`.
+    /// Whether the snapshot references `id`: [`Cover::covering_set`] and [`MEMBER`], as
+    /// `HaveChunks` asks it; its tests check the pair against the `snapshot_refs` view.
+    #[cfg(test)]
     pub fn references(&self, conn: &Connection, id: &ChunkId) -> Result<bool, CatalogError> {
         let Some(set) = self.covering_set(id) else {
             return Ok(false);
         };
         Ok(conn
             .prepare_cached(&format!("SELECT {MEMBER}"))?
-            .query_row(named_params! {":set": set, ":chunk": &id.0[..]}, |r| {
-                r.get(0)
-            })?)
+            .query_row(
+                rusqlite::named_params! {":set": set, ":chunk": &id.0[..]},
+                |r| r.get(0),
+            )?)
     }
 }
 
