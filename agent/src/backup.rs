@@ -310,7 +310,7 @@ async fn read_pass<R: Remote>(
     let job = ReadJob {
         items: items.clone(),
         todo,
-        roots: src.paths.iter().map(|p| path_bytes(p)).collect(),
+        roots: root_bytes(src),
         source: src.name.clone(),
         params: src.chunker,
         dump_files: src.dump_files.clone(),
@@ -378,24 +378,25 @@ fn cache_entries<R: Remote>(
     results: &FileResults,
 ) -> Vec<(usize, Vec<u8>, CachedFile)> {
     let stamp = cache_stamp(&ctx.keys, src);
-    let roots: Vec<Vec<u8>> = src.paths.iter().map(|p| path_bytes(p)).collect();
+    let roots = root_bytes(src);
     items
         .iter()
         .enumerate()
         .filter(|(i, _)| results.get(*i).is_some_and(|d| d.cacheable))
         .map(|(i, item)| {
-            let root = roots
-                .get(item.root as usize)
-                .map_or(&[][..], |r| r.as_slice());
-            let key = crate::cache::cache_key(&stamp, &src.name, root, &item.rel);
+            let key = read::item_cache_key(&stamp, &src.name, &roots, item);
             (i, key, read::cache_stat(item))
         })
         .collect()
 }
 
-fn path_bytes(p: &std::path::Path) -> Vec<u8> {
+/// The source's roots as bytes, by index (as manifest entries and cache keys name them).
+fn root_bytes(src: &SourceConfig) -> Vec<Vec<u8>> {
     use std::os::unix::ffi::OsStrExt;
-    p.as_os_str().as_bytes().to_vec()
+    src.paths
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect()
 }
 
 /// Cache keys depend on the chunk-id key, the chunker parameters and which files are chunked
@@ -426,7 +427,7 @@ fn write_manifest(
     items: &[WalkItem],
     results: &FileResults,
 ) -> (Vec<u8>, Vec<ChunkId>, SnapshotStats) {
-    let roots = src.paths.iter().map(|p| path_bytes(p)).collect();
+    let roots = root_bytes(src);
     let mut w = ManifestWriter::new(&manifest_header(src, created_ms, roots));
     let mut stats = SnapshotStats::default();
     // Sized once: grown by doubling, the list (32 bytes per reference, 170,000 at 2.5 GiB) was

@@ -72,6 +72,19 @@ pub struct FileDone {
     pub cacheable: bool,
 }
 
+/// The file cache's key for `item` (`roots`: the source's roots as bytes, by index).
+pub fn item_cache_key(
+    stamp: &[u8; 8],
+    source: &str,
+    roots: &[Vec<u8>],
+    item: &WalkItem,
+) -> Vec<u8> {
+    let root = roots
+        .get(item.root as usize)
+        .map_or(&[][..], |r| r.as_slice());
+    cache_key(stamp, source, root, &item.rel)
+}
+
 /// The stat fields the file cache records and matches for `item`, as the walk saw them.
 pub fn cache_stat(item: &WalkItem) -> CachedFile {
     CachedFile {
@@ -126,11 +139,7 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
         let Some(item) = job.items.get(index) else {
             continue;
         };
-        let root = job
-            .roots
-            .get(item.root as usize)
-            .map_or(&[][..], |r| r.as_slice());
-        let key = cache_key(&job.cache_stamp, &job.source, root, &item.rel);
+        let key = item_cache_key(&job.cache_stamp, &job.source, &job.roots, item);
         if let Some(hit) = job.cache.get(&key).filter(|c| c.matches(&cache_stat(item))) {
             hits.push(FileDone {
                 index,
