@@ -47,6 +47,8 @@ pub struct ReadCounts {
 #[derive(Debug)]
 pub struct ReadLimiter {
     permits: Arc<Semaphore>,
+    /// How long a stream waits for its client to take a blob ([`STALL_TIMEOUT`]).
+    stall: Duration,
     /// Changed on every admission, wait and end (`/metrics`; tests wait on it).
     counts: watch::Sender<ReadCounts>,
 }
@@ -63,8 +65,20 @@ impl ReadLimiter {
         let units = u32::try_from(budget.max(MAX_STREAM_WEIGHT) / UNIT).unwrap_or(u32::MAX);
         ReadLimiter {
             permits: Arc::new(Semaphore::new(units as usize)),
+            stall: STALL_TIMEOUT,
             counts: watch::Sender::new(ReadCounts::default()),
         }
+    }
+
+    /// The same limiter with another stall timeout (tests).
+    pub fn with_stall(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
+    }
+
+    /// How long a stream waits for its client to take the next blob before it ends.
+    pub fn stall(&self) -> Duration {
+        self.stall
     }
 
     /// What a stream that reads `bytes` weighs, in budget units: at most [`MAX_STREAM_WEIGHT`],

@@ -378,6 +378,71 @@ async fn restore_reads_over_the_budget_wait_for_it() {
     ctl.handle.await.expect("join").expect("clean shutdown");
 }
 
+/// A restore stream whose client stops taking blobs ends after the stall timeout and gives
+/// its budget back; the client then finds fewer blobs than it asked for.
+#[tokio::test]
+async fn a_restore_stream_whose_client_stops_reading_ends() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stall = std::time::Duration::from_millis(200);
+    let reads = std::sync::Arc::new(crate::read_limit::ReadLimiter::new(0).with_stall(stall));
+    let ctl = TestController::start_with(&tmp.path().join("ctl"), |s| {
+        s.reads = reads.clone();
+    })
+    .await;
+    let keys = MasterKey::generate().data_keys();
+    let mut a = enroll(&ctl, "web-01", "").await;
+    // 8 MiB of incompressible chunks: more than the client's HTTP/2 windows take unread.
+    let blobs: Vec<(ChunkId, Vec<u8>)> = (0..8)
+        .map(|_| {
+            let mut d = vec![0u8; 1 << 20];
+            lifeboat_common::keys::fill_random(&mut d);
+            chunk(&keys, &d)
+        })
+        .collect();
+    let manifest = chunk(&keys, b"manifest");
+    let s = session(&mut a, "web").await;
+    for pair in blobs.chunks(2) {
+        upload(&mut a, &s, pair).await;
+    }
+    upload(&mut a, &s, std::slice::from_ref(&manifest)).await;
+    let ids: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
+    let mut refs = ids.clone();
+    refs.push(manifest.0);
+    refs.sort_unstable();
+    let r = commit(&mut a, &s, &[manifest.0], &refs)
+        .await
+        .expect("commit");
+    assert!(r.missing.is_empty());
+
+    let mut stalled = a
+        .read_chunks(pb::ReadChunksRequest {
+            ids: ids_bytes(&ids),
+            ..Default::default()
+        })
+        .await
+        .expect("read")
+        .into_inner();
+    let limit = std::time::Duration::from_secs(30);
+    tokio::time::timeout(limit, reads.wait_until(|c| c.active == 1))
+        .await
+        .expect("the stream is admitted");
+    tokio::time::timeout(limit, reads.wait_until(|c| c.active == 0))
+        .await
+        .expect("a stream nobody reads ends and gives its budget back");
+    let mut got = 0;
+    while let Ok(Some(_)) = stalled.message().await {
+        got += 1;
+    }
+    assert!(
+        got < ids.len(),
+        "{got} blobs of {} reached the client",
+        ids.len()
+    );
+
+    ctl.shutdown.cancel();
+    ctl.handle.await.expect("join").expect("clean shutdown");
+}
+
 #[tokio::test]
 async fn same_group_shares_chunks_and_bad_requests_are_invalid() {
     let tmp = tempfile::tempdir().expect("tempdir");

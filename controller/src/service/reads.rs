@@ -26,7 +26,6 @@ use crate::catalog::Catalog;
 use crate::catalog::chunks::{self, ChunkLocation};
 use crate::catalog::snapshots;
 use crate::error::ServiceError;
-use crate::read_limit::STALL_TIMEOUT;
 use crate::store::{Store, StoreError};
 
 /// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
@@ -202,7 +201,8 @@ async fn read_run(store: &Store, run: &[(ChunkId, ChunkLocation)]) -> Option<Vec
 
 /// Streams the blobs of `plan` in order into `tx` (ReadChunks) once the controller's read
 /// budget admits it ([`crate::read_limit`]); stops at the first error, which is sent, when the
-/// receiver goes away, or when it has not taken a blob for [`STALL_TIMEOUT`].
+/// receiver goes away, or when it has not taken a blob for the limiter's stall timeout
+/// ([`crate::read_limit::STALL_TIMEOUT`]).
 pub async fn stream(
     state: State,
     group: String,
@@ -216,11 +216,12 @@ pub async fn stream(
         permit = state.reads.admit(bytes) => permit,
         () = tx.closed() => return,
     };
+    let stall = state.reads.stall();
     let send = |msg| async {
-        match tx.send_timeout(msg, STALL_TIMEOUT).await {
+        match tx.send_timeout(msg, stall).await {
             Ok(()) => true,
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                tracing::warn!(group = %group, timeout_s = STALL_TIMEOUT.as_secs(), "a restore stream's client took no blob for too long; ending the stream to free its read budget");
+                tracing::warn!(group = %group, timeout_s = stall.as_secs(), "a restore stream's client took no blob for too long; ending the stream to free its read budget");
                 false
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
