@@ -32,7 +32,7 @@ use lifeboat_common::manifest::{Entry, EntryKind, ManifestHeader, ManifestWriter
 use lifeboat_proto::v1::SnapshotStats;
 use serde::Serialize;
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::cache::{CachedFile, FileCache, NoCache};
 use crate::chunking::for_each_chunk;
@@ -216,10 +216,12 @@ async fn run_pass<R: Remote>(
     started_ms: i64,
 ) -> Result<Pass, AgentError> {
     let (roots, excludes) = (src.paths.clone(), src.excludes.clone());
+    let t0 = Instant::now();
     let walked = tokio::task::spawn_blocking(move || walk::walk(&roots, &excludes))
         .await
         .map_err(|e| AgentError::Worker(e.to_string()))?;
     let items = Arc::new(walked.items);
+    let walk_ms = t0.elapsed().as_millis();
     let session = ctx.remote.begin_session(&src.name).await?;
     let total: u64 = items
         .iter()
@@ -244,6 +246,7 @@ async fn run_pass<R: Remote>(
     };
     read_pass(ctx, src, &items, files, cache, &mut up, &mut results).await?;
     up.flush().await?;
+    let read_ms = t0.elapsed().as_millis();
     if !up.reread.is_empty() {
         let again: Vec<usize> = std::mem::take(&mut up.reread).into_iter().collect();
         warn!(source = %src.name, files = again.len(), "file cache named chunks the controller does not have; reading those files again");
@@ -266,6 +269,7 @@ async fn run_pass<R: Remote>(
     let to_cache = cache_entries(ctx, src, &items, &results);
     drop(items);
     let unreadable = results.unreadable.len() as u64;
+    let manifest_ms = t0.elapsed().as_millis();
     let (outcome, stats) =
         commit_snapshot(ctx, src, &mut up, &manifest, data_ids, started_ms, |u| {
             SnapshotStats {
@@ -276,6 +280,7 @@ async fn run_pass<R: Remote>(
             }
         })
         .await?;
+    debug!(source = %src.name, walk_ms, read_ms, manifest_ms, commit_ms = t0.elapsed().as_millis(), "backup pass timings (since the pass began)");
     let report = make_report(src, &stats, up.stats, &mut results);
     // The ids and sizes are moved in now (one copy of them in memory, not two).
     let cache_entries = to_cache
