@@ -34,6 +34,20 @@ fn cpu_check_measures_every_byte_and_names_a_bad_directory() {
             >= v["mb_per_s_per_core"].as_f64().expect("rate"),
         "{v}"
     );
+    // The restore's work is timed on the same blobs, apart from the backup's.
+    assert!(
+        v["restore_seconds"].as_f64().expect("restore time") > 0.0,
+        "{v}"
+    );
+    assert!(
+        v["restore_ceiling_mb_per_s"]
+            .as_f64()
+            .expect("restore ceiling")
+            >= v["restore_mb_per_s_per_core"]
+                .as_f64()
+                .expect("restore rate"),
+        "{v}"
+    );
 
     let out = run(Command::new(bin("lifeboat-agent"))
         .args(["cpu-check", "--path"])
