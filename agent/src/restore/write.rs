@@ -56,13 +56,7 @@ pub fn apply_metadata(
     is_symlink: bool,
     as_root: bool,
 ) -> Result<(), AgentError> {
-    if let Err(err) = lchown(path, Some(e.uid), Some(e.gid)) {
-        if err.kind() == io::ErrorKind::PermissionDenied && !as_root {
-            debug!(path = %path.display(), "not root: owner left as is");
-        } else {
-            return Err(AgentError::io("cannot set the owner of", path, err));
-        }
-    }
+    owner_set(lchown(path, Some(e.uid), Some(e.gid)), path, as_root)?;
     let t = FileTime::from_unix_time(e.mtime_sec, e.mtime_nsec);
     if is_symlink {
         filetime::set_symlink_file_times(path, t, t)
@@ -71,6 +65,19 @@ pub fn apply_metadata(
         fs::set_permissions(path, fs::Permissions::from_mode(e.mode))
             .map_err(io_err("cannot set the mode of", path))?;
         filetime::set_file_times(path, t, t).map_err(io_err("cannot set the mtime of", path))
+    }
+}
+
+/// The outcome of changing `path`'s owner: refused while not running as root, it is left as is
+/// (debug log); any other failure is an error.
+fn owner_set(res: io::Result<()>, path: &Path, as_root: bool) -> Result<(), AgentError> {
+    match res {
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied && !as_root => {
+            debug!(path = %path.display(), "not root: owner left as is");
+            Ok(())
+        }
+        Err(err) => Err(AgentError::io("cannot set the owner of", path, err)),
+        Ok(()) => Ok(()),
     }
 }
 
@@ -84,13 +91,8 @@ fn apply_file_metadata(
     e: &Entry,
     as_root: bool,
 ) -> Result<(), AgentError> {
-    if let Err(err) = std::os::unix::fs::fchown(file, Some(e.uid), Some(e.gid)) {
-        if err.kind() == io::ErrorKind::PermissionDenied && !as_root {
-            debug!(path = %tmp.display(), "not root: owner left as is");
-        } else {
-            return Err(AgentError::io("cannot set the owner of", tmp, err));
-        }
-    }
+    let owner = std::os::unix::fs::fchown(file, Some(e.uid), Some(e.gid));
+    owner_set(owner, tmp, as_root)?;
     file.set_permissions(fs::Permissions::from_mode(e.mode))
         .map_err(io_err("cannot set the mode of", tmp))?;
     let t = FileTime::from_unix_time(e.mtime_sec, e.mtime_nsec);
