@@ -135,6 +135,7 @@ pub fn requeue_copy(
 
 /// Records that the record at `record_key` may be copied only after `deps` and after every
 /// pack holding a chunk of snapshot `snapshot_id` for `group` (same transaction as the insert).
+/// One lookup per reference; a commit uses [`add_commit_deps`].
 pub fn add_record_deps(
     conn: &Connection,
     record_key: &str,
@@ -142,21 +143,90 @@ pub fn add_record_deps(
     snapshot_id: &str,
     group: &str,
 ) -> Result<(), CatalogError> {
+    add_deps(conn, record_key, deps)?;
+    conn.execute(
+        &format!("INSERT OR IGNORE INTO replication_deps (record_key, dep_key) {PACKS_OF_SETS}"),
+        params![record_key, group, snapshot_id, None::<String>],
+    )?;
+    Ok(())
+}
+
+/// The keys of the packs holding `?2`'s chunks of snapshot `?3`'s sets, `?1` beside each; with
+/// `?4` a snapshot, only the sets `?4` does not list.
+const PACKS_OF_SETS: &str = "SELECT ?1, p.key FROM (SELECT DISTINCT c.pack_id FROM snapshot_sets ss
+         CROSS JOIN ref_set_chunks rc CROSS JOIN chunks c
+         WHERE ss.snapshot_id = ?3
+           AND (?4 IS NULL OR NOT EXISTS (
+               SELECT 1 FROM snapshot_sets ps WHERE ps.snapshot_id = ?4 AND ps.set_id = ss.set_id))
+           AND rc.set_id = ss.set_id AND c.dedup_group = ?2 AND c.id = rc.chunk_id) d
+     JOIN packs p ON p.id = d.pack_id";
+
+fn add_deps(conn: &Connection, record_key: &str, deps: &[String]) -> Result<(), CatalogError> {
     let mut st = conn.prepare_cached(
         "INSERT OR IGNORE INTO replication_deps (record_key, dep_key) VALUES (?1, ?2)",
     )?;
     for d in deps {
         st.execute(params![record_key, d])?;
     }
-    conn.execute(
+    Ok(())
+}
+
+/// [`add_record_deps`] for snapshot `row`, being committed: from its parent's dependencies
+/// rather than a lookup per reference (a backup with nothing changed spent ~70 ms of its
+/// commit on 129,000 lookups at 2.5 GiB). The parent is the latest other live snapshot of the
+/// same agent and source whose record is queued. The record waits for
+/// 1. the parent's pack dependencies: the packs of the parent's chunks when it was committed,
+///    kept current since (a repack adds the new pack to whoever waited for the old one, a
+///    deleted pack held no live chunk);
+/// 2. the packs of the chunks in sets the parent does not list (one lookup per such chunk);
+/// 3. every pack of `group` queued after the parent's record: a chunk of a set both list that
+///    lives in another pack now moved there after the parent's commit (a repack, or an upload
+///    again after its pack was lost), and packs are queued in the transaction that records
+///    them (`replication_queue.seq` only grows).
+///
+/// Together that is every pack holding a chunk of `row`, and a few more (the parent's chunks
+/// that `row` dropped, the group's other new packs): waiting for more never loses an order,
+/// waiting for less could. Without such a parent (a source's first snapshot) it is
+/// [`add_record_deps`].
+pub fn add_commit_deps(
+    conn: &Connection,
+    row: &SnapshotRow,
+    deps: &[String],
+    group: &str,
+) -> Result<(), CatalogError> {
+    let parent: Option<(String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT s.id, s.record_key, q.seq FROM snapshots s
+             JOIN replication_queue q ON q.key = s.record_key AND q.op = 'copy'
+             WHERE s.agent = ?1 AND s.source = ?2 AND s.id != ?3 AND s.forgotten_at IS NULL
+             ORDER BY s.committed_at DESC, s.id DESC LIMIT 1",
+        )?
+        .query_row(params![row.agent, row.source, row.id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .optional()?;
+    let Some((parent, parent_key, parent_seq)) = parent else {
+        return add_record_deps(conn, &row.record_key, deps, &row.id, group);
+    };
+    add_deps(conn, &row.record_key, deps)?;
+    let key = &row.record_key;
+    conn.prepare_cached(
         "INSERT OR IGNORE INTO replication_deps (record_key, dep_key)
-         SELECT ?1, p.key FROM (SELECT DISTINCT c.pack_id FROM snapshot_sets ss
-             CROSS JOIN ref_set_chunks rc CROSS JOIN chunks c
-             WHERE ss.snapshot_id = ?3 AND rc.set_id = ss.set_id
-               AND c.dedup_group = ?2 AND c.id = rc.chunk_id) d
-         JOIN packs p ON p.id = d.pack_id",
-        params![record_key, group, snapshot_id],
-    )?;
+         SELECT ?1, dep_key FROM replication_deps
+         WHERE record_key = ?2 AND dep_key >= 'packs/' AND dep_key < 'packs0'",
+    )?
+    .execute(params![key, parent_key])?;
+    conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO replication_deps (record_key, dep_key) {PACKS_OF_SETS}"
+    ))?
+    .execute(params![key, group, row.id, parent])?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO replication_deps (record_key, dep_key)
+         SELECT ?1, q.key FROM replication_queue q
+         WHERE q.seq > ?2 AND q.op = 'copy' AND q.kind = 'pack'
+           AND EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = q.blake3 AND c.dedup_group = ?3)",
+    )?
+    .execute(params![key, parent_seq, group])?;
     Ok(())
 }
 
@@ -179,7 +249,7 @@ pub fn insert_snapshot_in(
             deps.push(o.key.clone());
         }
     }
-    add_record_deps(tx, &row.record_key, &deps, &row.id, group)
+    add_commit_deps(tx, row, &deps, group)
 }
 
 /// One row the worker may run now.

@@ -192,3 +192,133 @@ async fn a_pack_that_fails_its_hash_check_is_skipped() {
     assert!(w.exists(&p).await);
     assert_eq!(location(&w, 1).pack_key, p);
 }
+
+/// Commits snapshot `name` of agent `a` (source `web`) referencing `refs` the way CommitSnapshot
+/// does (record queued, replication dependencies added); returns its record key.
+fn commit(w: &World, name: &str, refs: &[u8], at: i64) -> String {
+    use crate::replication::queue::{self, Kind, NewObject};
+    let mut all: Vec<ChunkId> = refs.iter().map(|n| id(*n)).collect();
+    all.sort();
+    all.dedup();
+    let key = format!("snapshots/a/{name}");
+    let row = SnapshotRow {
+        session_id: "s0".into(),
+        reference_count: all.len() as u64,
+        record_key: key.clone(),
+        ..SnapshotRow::sample(name, "a", "web", at)
+    };
+    let record = NewObject {
+        key: key.clone(),
+        kind: Kind::Record,
+        size: 2,
+        blake3: [0; 32],
+    };
+    w.cat
+        .run_blocking(move |c| {
+            let tx = c.transaction()?;
+            queue::insert_snapshot_in(&tx, &row, &all, "g", &[record], at)?;
+            tx.commit()?;
+            Ok(())
+        })
+        .expect("commit");
+    key
+}
+
+/// The packs the record at `key` waits for.
+fn waits_for(w: &World, key: &str) -> Vec<String> {
+    let key = key.to_owned();
+    w.cat
+        .run_blocking(move |c| {
+            let mut st = c.prepare(
+                "SELECT dep_key FROM replication_deps WHERE record_key = ?1 ORDER BY dep_key",
+            )?;
+            let rows = st.query_map(params![key], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<Result<Vec<String>, _>>()?)
+        })
+        .expect("deps")
+}
+
+/// The packs of snapshot `name`'s chunks now, by a lookup per reference.
+fn packs_of(w: &World, name: &str) -> Vec<String> {
+    let name = name.to_owned();
+    w.cat
+        .run_blocking(move |c| {
+            let probe = format!("probe/{name}");
+            crate::replication::queue::add_record_deps(c, &probe, &[], &name, "g")?;
+            let mut st = c.prepare(
+                "SELECT dep_key FROM replication_deps WHERE record_key = ?1 ORDER BY dep_key",
+            )?;
+            let rows = st.query_map(params![probe], |r| r.get::<_, String>(0))?;
+            let out = rows.collect::<Result<Vec<String>, _>>()?;
+            c.execute(
+                "DELETE FROM replication_deps WHERE record_key = ?1",
+                params![probe],
+            )?;
+            Ok(out)
+        })
+        .expect("packs")
+}
+
+/// A commit's record waits for every pack holding one of its chunks, whether its sets are its
+/// parent's (taken from the parent's dependencies), new (looked up, also for a chunk stored
+/// before the parent that it did not reference), hold a chunk uploaded
+/// again after the parent's commit (a pack queued since), or a chunk a repack moved: checked
+/// against a lookup per reference after each commit.
+#[tokio::test]
+async fn a_commit_waits_for_every_pack_of_its_chunks_through_its_parent_and_a_repack() {
+    let w = World::new();
+    let first = w.pack(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 1000).await;
+    let kept = w.pack(&[20, 21], 1000).await;
+    let older = w.pack(&[40], 1000).await;
+    let p = commit(&w, "p", &[2, 7, 20], 2000);
+    let mut both = vec![first.clone(), kept.clone()];
+    both.sort();
+    assert_eq!(waits_for(&w, &p), both);
+    // Nothing changed: the parent's packs, no lookup per reference needed.
+    let same = commit(&w, "same", &[2, 7, 20], 3000);
+    assert_eq!(waits_for(&w, &same), packs_of(&w, "same"));
+    // A new chunk in a new pack: its set is new, looked up.
+    let new = w.pack(&[30], 3500).await;
+    let grown = commit(&w, "grown", &[2, 7, 20, 30], 4000);
+    let want = packs_of(&w, "grown");
+    assert!(want.contains(&new), "{want:?}");
+    assert_eq!(waits_for(&w, &grown), want);
+    // A chunk stored before the parent, which the parent did not reference: its set is new.
+    let wider = commit(&w, "wider", &[2, 7, 20, 30, 40], 4200);
+    let want = packs_of(&w, "wider");
+    assert!(want.contains(&older), "{want:?}");
+    assert_eq!(waits_for(&w, &wider), want);
+    // A catalog that lost chunk 20's row (damaged by hand): the agent uploads it again, into a
+    // pack of its own. Same sets as the parent, so only "queued since" names that pack.
+    w.cat
+        .run_blocking(|c| {
+            c.execute(
+                "DELETE FROM chunks WHERE dedup_group = 'g' AND id = ?1",
+                params![&id(20).0[..]],
+            )?;
+            Ok(())
+        })
+        .expect("damage");
+    let again = w.pack(&[20], 4500).await;
+    let healed = commit(&w, "healed", &[2, 7, 20, 30, 40], 5000);
+    let want = packs_of(&w, "healed");
+    assert!(want.contains(&again), "{want:?}");
+    let got = waits_for(&w, &healed);
+    for pack in &want {
+        assert!(got.contains(pack), "{healed} must wait for {pack}: {got:?}");
+    }
+    // The first pack is mostly dead: GC condemns, sweeps, then rewrites 2 and 7 elsewhere.
+    w.gc(10_000).await;
+    let r = w.gc(20_000).await;
+    assert_eq!(r.repacked.packs, 1, "{r:?}");
+    let moved = location(&w, 7).pack_key;
+    assert_ne!(moved, first);
+    let after = commit(&w, "after", &[2, 7, 20, 30, 40], 30_000);
+    let want = packs_of(&w, "after");
+    assert!(want.contains(&moved), "{want:?}");
+    let got = waits_for(&w, &after);
+    for pack in &want {
+        assert!(got.contains(pack), "{after} must wait for {pack}: {got:?}");
+    }
+    assert!(!got.contains(&first), "the drained pack is gone: {got:?}");
+}
