@@ -259,6 +259,17 @@ fn packs_of(w: &World, name: &str) -> Vec<String> {
         .expect("packs")
 }
 
+/// Asserts that the record at `key` waits for every pack holding a chunk of snapshot `name`;
+/// returns those packs and what the record waits for.
+fn waits_for_its_packs(w: &World, key: &str, name: &str) -> (Vec<String>, Vec<String>) {
+    let want = packs_of(w, name);
+    let got = waits_for(w, key);
+    for pack in &want {
+        assert!(got.contains(pack), "{key} must wait for {pack}: {got:?}");
+    }
+    (want, got)
+}
+
 /// A commit's record waits for every pack holding one of its chunks, whether its sets are its
 /// parent's (taken from the parent's dependencies), new (looked up, also for a chunk stored
 /// before the parent that it did not reference), hold a chunk uploaded
@@ -301,12 +312,8 @@ async fn a_commit_waits_for_every_pack_of_its_chunks_through_its_parent_and_a_re
         .expect("damage");
     let again = w.pack(&[20], 4500).await;
     let healed = commit(&w, "healed", &[2, 7, 20, 30, 40], 5000);
-    let want = packs_of(&w, "healed");
+    let (want, _) = waits_for_its_packs(&w, &healed, "healed");
     assert!(want.contains(&again), "{want:?}");
-    let got = waits_for(&w, &healed);
-    for pack in &want {
-        assert!(got.contains(pack), "{healed} must wait for {pack}: {got:?}");
-    }
     // The first pack is mostly dead: GC condemns, sweeps, then rewrites 2 and 7 elsewhere.
     w.gc(10_000).await;
     let r = w.gc(20_000).await;
@@ -314,11 +321,7 @@ async fn a_commit_waits_for_every_pack_of_its_chunks_through_its_parent_and_a_re
     let moved = location(&w, 7).pack_key;
     assert_ne!(moved, first);
     let after = commit(&w, "after", &[2, 7, 20, 30, 40], 30_000);
-    let want = packs_of(&w, "after");
+    let (want, got) = waits_for_its_packs(&w, &after, "after");
     assert!(want.contains(&moved), "{want:?}");
-    let got = waits_for(&w, &after);
-    for pack in &want {
-        assert!(got.contains(pack), "{after} must wait for {pack}: {got:?}");
-    }
     assert!(!got.contains(&first), "the drained pack is gone: {got:?}");
 }
