@@ -186,8 +186,8 @@ fn add_deps(conn: &Connection, record_key: &str, deps: &[String]) -> Result<(), 
 ///
 /// Together that is every pack holding a chunk of `row`, and a few more (the parent's chunks
 /// that `row` dropped, the group's other new packs): waiting for more never loses an order,
-/// waiting for less could. Without such a parent (a source's first snapshot) it is
-/// [`add_record_deps`].
+/// waiting for less could. Without such a parent (a source's first snapshot), or when more rows
+/// were queued since the parent's record than `row` has references, it is [`add_record_deps`].
 pub fn add_commit_deps(
     conn: &Connection,
     row: &SnapshotRow,
@@ -205,7 +205,14 @@ pub fn add_commit_deps(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })
         .optional()?;
-    let Some((parent, parent_key, parent_seq)) = parent else {
+    let newest: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM replication_queue")?
+        .query_row([], |r| r.get(0))?;
+    // Part 3 reads every row queued since the parent's record (the whole fleet's): after a
+    // long pause that can be more than the snapshot's references, then looked up one by one.
+    let Some((parent, parent_key, parent_seq)) =
+        parent.filter(|(_, _, seq)| newest - seq <= to_i64(row.reference_count))
+    else {
         return add_record_deps(conn, &row.record_key, deps, &row.id, group);
     };
     add_deps(conn, &row.record_key, deps)?;
