@@ -259,10 +259,6 @@ impl Entry {
         String::from_utf8_lossy(&self.path).into_owned()
     }
 
-    pub fn chunk_ids(&self) -> &[ChunkId] {
-        &self.chunks
-    }
-
     /// Checks everything a restore relies on. `roots` is the header's root count.
     pub fn validate(&self, roots: usize) -> Result<(), ManifestError> {
         let bad = |reason: &str| ManifestError::InvalidEntry {

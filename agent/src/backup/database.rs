@@ -341,7 +341,7 @@ async fn commit<R: Remote>(
     let mut logical = 0;
     for e in &entries {
         w.push(e);
-        refs.extend(e.chunk_ids());
+        refs.extend_from_slice(&e.chunks);
         logical += e.size;
     }
     refs.sort_unstable();

@@ -41,7 +41,7 @@ pub async fn load<R: Remote>(
         })?;
     let stderr = child.stderr.take().map(collect_stderr);
     let mut stdin = child.stdin.take();
-    let ids = entry.chunk_ids();
+    let ids = &entry.chunks;
     let what = format!("dump {}", entry.display_path());
     let mut sent = 0u64;
     let mut broken = None;

@@ -237,7 +237,7 @@ async fn run_unit<R: Remote>(
     if batched {
         let ids: Vec<ChunkId> = todo
             .iter()
-            .flat_map(|j| j.entry.chunk_ids().iter().copied())
+            .flat_map(|j| j.entry.chunks.iter().copied())
             .collect();
         let plain = if ids.is_empty() {
             Ok(HashMap::new())

@@ -275,7 +275,7 @@ async fn lost_chunks_are_uploaded_again_although_the_cache_has_the_file() {
 async fn damaged_chunk_fails_naming_the_file_and_leaves_no_damaged_file() {
     let f = fixture();
     backup(&f, Arc::new(FsOpener)).await;
-    let bad = latest_entry(&f, b"site/big.bin").await.chunk_ids()[0];
+    let bad = latest_entry(&f, b"site/big.bin").await.chunks[0];
     // Corrupt the stored blob: restore must notice (AEAD) and name the file.
     f.remote
         .blobs
@@ -533,7 +533,7 @@ async fn a_file_of_many_units_restores_and_a_late_damaged_chunk_leaves_nothing()
         "{} chunks: not several units",
         e.chunk_sizes.len()
     );
-    let last = *e.chunk_ids().last().expect("chunks");
+    let last = *e.chunks.last().expect("chunks");
     restore(&f.remote, &keys(), &opts(&f, false, None))
         .await
         .expect("restore");

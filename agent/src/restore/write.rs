@@ -115,13 +115,13 @@ pub fn is_unchanged(target: &Path, e: &Entry, keys: &DataKeys, params: ChunkerPa
     let Ok(f) = File::open(target) else {
         return false;
     };
-    let want = e.chunk_ids();
+    let want = &e.chunks;
     let mut got: Vec<ChunkId> = Vec::with_capacity(want.len());
     let res = for_each_chunk(f, params, keys.chunker_seed(), |c: Vec<u8>| {
         got.push(keys.chunk_id(&c));
         Ok::<(), io::Error>(())
     });
-    res.is_ok() && got == want
+    res.is_ok() && got == *want
 }
 
 /// Removes whatever is at `target` if it is a directory (a file or link replaces it).
@@ -158,7 +158,7 @@ async fn write_file_inner<R: Remote>(
     as_root: bool,
 ) -> Result<u64, AgentError> {
     let mut file = create_temp(tmp)?;
-    let ids = e.chunk_ids();
+    let ids = &e.chunks;
     let what = format!("file {}", target.display());
     let mut written = 0u64;
     // Smaller batches than a unit, several fetched and verified ahead while the current one
@@ -189,7 +189,7 @@ pub fn write_file_from(
 ) -> Result<u64, AgentError> {
     let tmp = temp_path(target);
     let res = create_temp(&tmp).and_then(|mut file| {
-        let n = write_chunks(&mut file, e.chunk_ids(), &e.chunk_sizes, plain, &tmp)?;
+        let n = write_chunks(&mut file, &e.chunks, &e.chunk_sizes, plain, &tmp)?;
         start_writeback(&file, 0, n);
         finish(file, n, e, &tmp, target, as_root)
     });
