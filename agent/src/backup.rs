@@ -207,6 +207,13 @@ impl FileResults {
     fn get(&self, index: usize) -> Option<&FileDone> {
         self.done.get(index).and_then(Option::as_ref)
     }
+
+    /// Forgets what was recorded for `index` (the file failed to read).
+    fn clear(&mut self, index: usize) {
+        if let Some(slot) = self.done.get_mut(index) {
+            *slot = None;
+        }
+    }
 }
 
 async fn run_pass<R: Remote>(
@@ -364,9 +371,7 @@ async fn read_pass<R: Remote>(
             ReadMsg::FileFailed { index, error } => {
                 let path = items.get(index).map(|i| i.abs.clone()).unwrap_or_default();
                 warn!(path = %path.display(), error = %error, "cannot read file; it is left out of this snapshot");
-                if let Some(slot) = results.done.get_mut(index) {
-                    *slot = None;
-                }
+                results.clear(index);
                 results.unreadable.push(Unreadable::new(&path, error));
             }
         }
