@@ -238,21 +238,29 @@ impl<'a, R: Remote> Uploader<'a, R> {
         self.maybe_flush().await
     }
 
-    /// Adds the ids of a file answered from the cache (no plaintext).
+    /// Adds the ids of a file answered from the cache (no plaintext). A file with more ids
+    /// than a batch holds (a 1 GiB dump has ~130,000) is spread over several, launched as they
+    /// fill: each flight asks about at most `max_ids` ids, and [`FLIGHTS`] of them are in the
+    /// air at once, instead of one flight asking about the whole file one request after another.
     pub async fn add_cached(&mut self, file: usize, ids: &[ChunkId]) -> Result<(), AgentError> {
-        let mut any = false;
+        // This file's ids in the current batch: the flight reports the file if one is lost.
+        let mut part = Vec::new();
         for id in ids {
             if self.known(id) {
                 continue;
             }
-            any = true;
             if !self.in_batch.contains_key(id) {
                 self.in_batch.insert(*id, self.batch.len());
                 self.batch.push((*id, None));
             }
+            part.push(*id);
+            if self.batch.len() >= self.session.max_ids {
+                self.batch_cached.push((file, std::mem::take(&mut part)));
+                self.launch(true).await?;
+            }
         }
-        if any {
-            self.batch_cached.push((file, ids.to_vec()));
+        if !part.is_empty() {
+            self.batch_cached.push((file, part));
         }
         self.maybe_flush().await
     }
@@ -715,5 +723,40 @@ mod tests {
         up.add_cached(9, &[lost, stored_id]).await.expect("cached");
         up.flush().await.expect("flush");
         assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![9]);
+    }
+
+    /// A cached file with more ids than a batch holds is asked about in several flights of at
+    /// most `max_ids` ids, two in the air at once (not in one flight asking about the whole file
+    /// one request after another); an id lost in a later part makes that file, and only it, be
+    /// read again.
+    #[tokio::test]
+    async fn a_large_cached_file_is_asked_about_in_concurrent_batches() {
+        let remote = MemoryRemote::default();
+        let mut up = uploader(&remote).await;
+        let k = keys();
+        let mut stored = Vec::new();
+        for i in 0..100u32 {
+            let data = i.to_le_bytes().to_vec();
+            stored.push(k.chunk_id(&data));
+            up.add(k.chunk_id(&data), data).await.expect("add");
+        }
+        up.flush().await.expect("flush");
+        up.forget_durable();
+        remote.have_calls.lock().expect("lock").clear();
+        remote.have_most_at_once.store(0, Ordering::SeqCst);
+        let mut big = stored.clone();
+        big.insert(70, k.chunk_id(b"never uploaded"));
+        up.add_cached(5, &big).await.expect("cached");
+        up.add_cached(3, &stored[..10]).await.expect("cached");
+        up.flush().await.expect("flush");
+        assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![5]);
+        let calls = remote.have_calls.lock().expect("lock").clone();
+        assert!(calls.iter().all(|&n| n <= 16), "{calls:?}");
+        assert_eq!(
+            calls.iter().sum::<usize>(),
+            101,
+            "each id asked once: {calls:?}"
+        );
+        assert_eq!(remote.have_most_at_once.load(Ordering::SeqCst), 2);
     }
 }

@@ -22,6 +22,11 @@ pub struct MemoryRemote {
     pub uploads: AtomicU64,
     pub uploaded_ids: Mutex<Vec<ChunkId>>,
     pub failures: Mutex<Vec<FailureReport>>,
+    /// How many ids each HaveChunks call asked about, in call order.
+    pub have_calls: Mutex<Vec<usize>>,
+    /// HaveChunks calls in progress (each yields once before answering), and the most seen.
+    have_running: AtomicU64,
+    pub have_most_at_once: AtomicU64,
     next: AtomicU64,
 }
 
@@ -45,6 +50,12 @@ impl Remote for MemoryRemote {
         _session: &str,
         ids: &[ChunkId],
     ) -> Result<Vec<ChunkId>, RemoteError> {
+        self.have_calls.lock().expect("lock").push(ids.len());
+        let running = self.have_running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.have_most_at_once.fetch_max(running, Ordering::SeqCst);
+        // A real call is in the air for a while: let other flights start theirs.
+        tokio::task::yield_now().await;
+        self.have_running.fetch_sub(1, Ordering::SeqCst);
         let blobs = self.blobs.lock().expect("lock");
         Ok(ids
             .iter()
