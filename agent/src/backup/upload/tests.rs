@@ -1,0 +1,259 @@
+//! The uploader against the in-memory remote.
+
+use super::*;
+use crate::remote::memory::MemoryRemote;
+use lifeboat_common::keys::{MasterKey, fill_random};
+
+fn keys() -> DataKeys {
+    MasterKey::from_bytes([5; 32]).data_keys()
+}
+
+async fn uploader(remote: &MemoryRemote) -> Uploader<'_, MemoryRemote> {
+    let session = remote.begin_session("t").await.expect("session");
+    Uploader::new(remote, session, keys(), 3)
+}
+
+fn chunk(i: usize, random: bool) -> Vec<u8> {
+    let mut data = vec![0u8; 100_000];
+    if random {
+        fill_random(&mut data);
+    } else {
+        let line = format!("<p>chunk {i} of some very compressible html</p>\n");
+        for (d, s) in data.iter_mut().zip(line.bytes().cycle()) {
+            *d = s;
+        }
+    }
+    data
+}
+
+/// Many batches (max_ids 16), some ids repeated across batches: after `flush` every id is
+/// stored, none was uploaded twice, and media-like chunks were stored raw.
+#[tokio::test]
+async fn pipelined_batches_upload_each_missing_chunk_once() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    let k = keys();
+    // Even i: random (media-like), odd i: text; every chunk is offered three times.
+    let expected: HashMap<usize, Vec<u8>> = (0..40).map(|i| (i, chunk(i, i % 2 == 0))).collect();
+    for _round in 0..3 {
+        for i in 0..40 {
+            let data = expected[&i].clone();
+            up.add(k.chunk_id(&data), data).await.expect("add");
+            if i % 7 == 0 {
+                up.land().await.expect("land");
+            }
+        }
+    }
+    up.flush().await.expect("flush");
+    assert!(!up.is_flying());
+    let blobs = remote.blobs.lock().expect("lock");
+    let uploaded = remote.uploaded_ids.lock().expect("lock");
+    assert_eq!(uploaded.len(), expected.len(), "an id was uploaded twice");
+    assert_eq!(up.stats.new_chunks, expected.len() as u64);
+    for (i, data) in &expected {
+        let id = k.chunk_id(data);
+        let blob = blobs.get(&id).expect("every chunk is stored after flush");
+        assert_eq!(blob::open(&k, &id, blob).expect("open"), *data);
+        if i % 2 == 0 {
+            assert_eq!(blob.len(), data.len() + blob::OVERHEAD, "random: raw");
+        } else {
+            assert!(blob.len() < data.len() / 10, "text: compressed");
+        }
+    }
+}
+
+/// With the durable set starting over every few ids, repeated ids are asked about again
+/// but still uploaded once, and the set stays within its cap plus one landing.
+#[tokio::test]
+async fn a_bounded_durable_set_still_uploads_each_chunk_once() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    up.durable_cap = 8;
+    let k = keys();
+    let expected: Vec<Vec<u8>> = (0..40).map(|i| chunk(i, i % 2 == 0)).collect();
+    let mut peak = 0;
+    for _round in 0..3 {
+        for data in &expected {
+            up.add(k.chunk_id(data), data.clone()).await.expect("add");
+            up.land().await.expect("land");
+            peak = peak.max(up.durable.len());
+        }
+    }
+    up.flush().await.expect("flush");
+    assert!(peak <= 8 + 16, "durable set grew to {peak}");
+    let uploaded = remote.uploaded_ids.lock().expect("lock");
+    assert_eq!(uploaded.len(), expected.len(), "an id was uploaded twice");
+    let blobs = remote.blobs.lock().expect("lock");
+    assert!(expected.iter().all(|d| blobs.contains_key(&k.chunk_id(d))));
+}
+
+/// Mostly-present batches hand their few missing chunks on instead of uploading them:
+/// after `flush` every new chunk is stored exactly once, in far fewer uploads than batches.
+#[tokio::test]
+async fn few_missing_chunks_are_carried_to_the_next_upload() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    let k = keys();
+    let old: Vec<Vec<u8>> = (0..64).map(|i| chunk(i, true)).collect();
+    for data in &old {
+        up.add(k.chunk_id(data), data.clone()).await.expect("add");
+    }
+    up.flush().await.expect("flush");
+    let first = remote.uploads.load(Ordering::SeqCst);
+    // 4 batches of 16 × 100 kB: each under CARRY_BELOW alone, so at most every other
+    // batch uploads (its own chunks and the ones carried to it).
+    assert!(first <= 3, "{first} uploads for 4 batches");
+    // Then 8 batches of present chunks, one new chunk in each: one upload, at the flush.
+    let new: Vec<Vec<u8>> = (100..108).map(|i| chunk(i, true)).collect();
+    for (round, fresh) in new.iter().enumerate() {
+        for data in old.iter().skip(round * 8).take(15) {
+            up.add(k.chunk_id(data), data.clone()).await.expect("add");
+        }
+        up.add(k.chunk_id(fresh), fresh.clone()).await.expect("add");
+        up.add(k.chunk_id(fresh), fresh.clone())
+            .await
+            .expect("add again");
+        up.land().await.expect("land");
+    }
+    up.flush().await.expect("flush");
+    assert_eq!(remote.uploads.load(Ordering::SeqCst) - first, 1);
+    let uploaded = remote.uploaded_ids.lock().expect("lock");
+    assert_eq!(
+        uploaded.len(),
+        old.len() + new.len(),
+        "an id was uploaded twice"
+    );
+    let blobs = remote.blobs.lock().expect("lock");
+    assert!(
+        old.iter()
+            .chain(&new)
+            .all(|d| blobs.contains_key(&k.chunk_id(d)))
+    );
+    assert_eq!(up.stats.new_chunks, (old.len() + new.len()) as u64);
+}
+
+/// A chunk that would take a batch past [`BATCH_BYTES`] starts the next batch: three 3 MiB
+/// chunks go up in three uploads (a batch held two of them, 6 MiB, before).
+#[tokio::test]
+async fn a_batch_never_grows_past_its_limit_by_a_large_chunk() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    let k = keys();
+    let big: Vec<Vec<u8>> = (0..3)
+        .map(|_| {
+            let mut d = vec![0u8; 3 << 20];
+            fill_random(&mut d);
+            d
+        })
+        .collect();
+    for data in &big {
+        up.add(k.chunk_id(data), data.clone()).await.expect("add");
+    }
+    up.flush().await.expect("flush");
+    assert_eq!(remote.uploads.load(Ordering::SeqCst), 3);
+    let blobs = remote.blobs.lock().expect("lock");
+    assert!(big.iter().all(|d| blobs.contains_key(&k.chunk_id(d))));
+}
+
+/// A cached id the controller lacks makes its file be read again; one it has does not.
+#[tokio::test]
+async fn cached_ids_the_controller_lacks_are_reread() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    let k = keys();
+    let stored = chunk(1, false);
+    let stored_id = k.chunk_id(&stored);
+    up.add(stored_id, stored).await.expect("add");
+    up.flush().await.expect("flush");
+    let lost = k.chunk_id(b"never uploaded");
+    up.add_cached(7, &[stored_id]).await.expect("cached");
+    up.add_cached(9, &[lost, stored_id]).await.expect("cached");
+    up.flush().await.expect("flush");
+    assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![9]);
+}
+
+/// A cached file with more ids than a batch holds is asked about in several flights of at
+/// most `max_ids` ids, several in the air at once (not in one flight asking about the whole file
+/// one request after another); an id lost in a later part makes that file, and only it, be
+/// read again.
+#[tokio::test]
+async fn a_large_cached_file_is_asked_about_in_concurrent_batches() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    let k = keys();
+    let mut stored = Vec::new();
+    for i in 0..100u32 {
+        let data = i.to_le_bytes().to_vec();
+        stored.push(k.chunk_id(&data));
+        up.add(k.chunk_id(&data), data).await.expect("add");
+    }
+    up.flush().await.expect("flush");
+    up.forget_durable();
+    remote.have_calls.lock().expect("lock").clear();
+    remote.have_most_at_once.store(0, Ordering::SeqCst);
+    let mut big = stored.clone();
+    big.insert(70, k.chunk_id(b"never uploaded"));
+    up.add_cached(5, &big).await.expect("cached");
+    up.add_cached(3, &stored[..10]).await.expect("cached");
+    up.flush().await.expect("flush");
+    assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![5]);
+    let calls = remote.have_calls.lock().expect("lock").clone();
+    assert!(calls.iter().all(|&n| n <= 16), "{calls:?}");
+    assert_eq!(
+        calls.iter().sum::<usize>(),
+        101,
+        "each id asked once: {calls:?}"
+    );
+    assert_eq!(
+        remote.have_most_at_once.load(Ordering::SeqCst),
+        MAX_FLIGHTS as u64
+    );
+}
+
+/// Flights that hold little once answered (every chunk already stored) go up to
+/// MAX_FLIGHTS at once; flights that upload a batch each stay at FLIGHTS.
+#[tokio::test]
+async fn more_flights_fly_only_while_they_hold_little() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    let k = keys();
+    let small: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    for data in &small {
+        up.add(k.chunk_id(data), data.clone()).await.expect("add");
+    }
+    up.flush().await.expect("flush");
+    up.forget_durable();
+    remote.have_most_at_once.store(0, Ordering::SeqCst);
+    for data in &small {
+        up.add(k.chunk_id(data), data.clone())
+            .await
+            .expect("add again");
+    }
+    up.flush().await.expect("flush");
+    assert_eq!(
+        remote.have_most_at_once.load(Ordering::SeqCst),
+        MAX_FLIGHTS as u64,
+        "present chunks: flights hold nothing once answered"
+    );
+
+    remote.have_most_at_once.store(0, Ordering::SeqCst);
+    let big: Vec<Vec<u8>> = (0..60)
+        .map(|_| {
+            let mut d = vec![0u8; 300_000];
+            fill_random(&mut d);
+            d
+        })
+        .collect();
+    for data in &big {
+        up.add(k.chunk_id(data), data.clone())
+            .await
+            .expect("add big");
+    }
+    up.flush().await.expect("flush");
+    assert_eq!(remote.uploaded_ids.lock().expect("lock").len(), 160);
+    assert_eq!(
+        remote.have_most_at_once.load(Ordering::SeqCst),
+        FLIGHTS as u64,
+        "each flight uploads ~4 MB: no more than FLIGHTS at once"
+    );
+}
