@@ -7,13 +7,21 @@
 //! unreferenced object, never a row pointing at nothing.
 //!
 //! Concurrency: one connection behind a mutex, used from `spawn_blocking` ([`Catalog::run`]).
-//! Every write is therefore serialized; multi-row writes run in one transaction.
+//! Every write is therefore serialized; multi-row writes run in one transaction. Lookups that
+//! write nothing may instead run on one of [`readers::READERS`] read-only connections
+//! ([`Catalog::read`]): WAL gives each read transaction a consistent snapshot while the writer
+//! goes on, so HaveChunks' per-id probes (the controller's work in a backup that changed
+//! little) use a second core instead of queueing behind pack records and commits. A reader's
+//! snapshot can be older than the writer's latest commit: code that acts on what it read must
+//! either be safe on a snapshot (module docs of the caller say why) or re-check in a write.
+//! An in-memory catalog (tests) has no readers: [`Catalog::read`] uses the one connection.
 //!
 //! | operation        | runs concurrently with      | why it is safe                              |
 //! |------------------|-----------------------------|---------------------------------------------|
 //! | record a pack    | any                         | `INSERT OR IGNORE`: the first writer wins   |
 //! | commit snapshot  | uploads of the same group; GC | it re-checks, in the transaction that inserts the snapshot, that every referenced chunk row is live (GC removes only rows condemned in an earlier run and unreferenced at sweep); see `docs/gc.md` |
 //! | reads            | any                         | serialized on the same connection           |
+//! | `Catalog::read`  | the writer, one other read  | a read-only connection, WAL snapshot        |
 
 pub mod agents;
 pub mod alert_state;
@@ -23,6 +31,7 @@ pub mod failures;
 pub mod grants;
 pub mod inventory;
 pub mod policies;
+pub mod readers;
 pub mod refsets;
 pub mod schema;
 pub mod snapshots;
@@ -57,6 +66,8 @@ pub enum CatalogError {
 #[derive(Clone, Debug)]
 pub struct Catalog {
     conn: Arc<Mutex<Connection>>,
+    /// Read-only connections, opened on first use; `None` for an in-memory catalog.
+    readers: Option<Arc<readers::Readers>>,
     /// Recent parents' reference-set covers, for `HaveChunks` ([`refsets::cover`]).
     covers: Arc<refsets::cover::CoverCache>,
 }
@@ -68,7 +79,9 @@ impl Catalog {
             path: path.to_owned(),
             source,
         })?;
-        Self::setup(conn)
+        let mut catalog = Self::setup(conn)?;
+        catalog.readers = Some(Arc::new(readers::Readers::new(path)));
+        Ok(catalog)
     }
 
     /// An in-memory catalog, for tests.
@@ -99,6 +112,7 @@ impl Catalog {
         schema::migrate(&mut conn)?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
+            readers: None,
             covers: Arc::default(),
         })
     }
@@ -128,6 +142,24 @@ impl Catalog {
     {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.run_blocking(f))
+            .await
+            .map_err(|e| CatalogError::Task(e.to_string()))?
+    }
+}
+
+impl Catalog {
+    /// Runs `f`, which must only read, on a read-only connection on a blocking thread (the
+    /// writer's connection for an in-memory catalog). Open a transaction in `f` when its
+    /// lookups must agree with each other: each statement outside one sees the latest commit.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, CatalogError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, CatalogError> + Send + 'static,
+    {
+        let Some(readers) = self.readers.clone() else {
+            return self.run(f).await;
+        };
+        tokio::task::spawn_blocking(move || readers.with(f))
             .await
             .map_err(|e| CatalogError::Task(e.to_string()))?
     }

@@ -5,7 +5,7 @@
 //! - an upload session whose lease has not expired pinned it ([`PINNED`], `:now` bound).
 //!
 //! **Why `:keep`.** HaveChunks does not pin a chunk that a live snapshot of the group
-//! references when it answers ([`super::pins::pin_present`]): that snapshot's reference rows
+//! references when it answers ([`super::pins::probe`]): that snapshot's reference rows
 //! protect it. For that to hold until the session ends, a snapshot forgotten after an open
 //! session started must keep its references, and count as live, until that session commits
 //! or its lease expires. [`keep_since`] is the earliest `forgotten_at` that still counts: the

@@ -3,18 +3,24 @@
 //!
 //! - [`answer_have`] (HaveChunks) renews the lease, revives condemned chunks it answers "have"
 //!   for, pins those that the session's parent snapshot (the latest live one of its agent and
-//!   source) does not reference, and computes the answer, all in one transaction. A chunk a
-//!   live snapshot references needs no pin: GC keeps a
-//!   snapshot forgotten after an open session started, references and all, until that session
-//!   ends ([`super::mark`], `keep`). In a backup after a small change nearly every id is such a
-//!   chunk, and its pin row would cost two B-tree inserts, two deletes at commit and their
-//!   WAL pages. A condemned chunk is
-//!   answered "have" only after its pack was confirmed present in the store (HEAD); a pack
-//!   that is gone makes its condemned rows disappear and the ids are answered "missing", so the
-//!   agent uploads them again.
-//! - [`pin_present`] (UploadChunks, per batch) does the same for the blobs an upload skips as
-//!   already stored; [`pin`] pins, in the pack's own transaction, the chunks whose rows another
-//!   upload recorded first.
+//!   source) does not reference, and computes the answer. A chunk a live snapshot references
+//!   needs no pin: GC keeps a snapshot forgotten after an open session started, references and
+//!   all, until that session ends ([`super::mark`], `keep`). In a backup after a small change
+//!   nearly every id is such a chunk, and its pin row would cost two B-tree inserts, two deletes
+//!   at commit and their WAL pages. A condemned chunk is answered "have" only after its pack was
+//!   confirmed present in the store (HEAD); a pack that is gone makes its condemned rows
+//!   disappear and the ids are answered "missing", so the agent uploads them again.
+//! - Its lookups ([`probe`]) run in a read transaction on a read-only connection, beside the
+//!   writer ([`crate::catalog::Catalog::read`]); only when something must be pinned, revived or
+//!   renewed does a write transaction ([`settle`]) look those ids up again and write. A backup
+//!   that changed little writes nothing, and two HaveChunks calls look up on two cores (2.5 GiB
+//!   no change: median 0.53 → 0.47 s). The snapshot read may be older than the writer's last
+//!   commit: an id answered without a write is stored and referenced by the parent as of a
+//!   moment after the session started, which is what `keep` needs; the others are settled on
+//!   the writer's current state.
+//! - [`pin_present`] (UploadChunks, per batch) does the same in one transaction for the blobs
+//!   an upload skips as already stored; [`pin`] pins, in the pack's own transaction, the chunks
+//!   whose rows another upload recorded first.
 //! - The chunks a session uploads itself are protected without pin rows: their rows are created
 //!   after the session started, and GC's condemn cutoff is at most the start of the oldest
 //!   session whose lease runs ([`super::mark::cutoff`]), minus the margin. The protection ends
@@ -52,14 +58,17 @@ pub fn renew(
     now: i64,
     lease: Duration,
 ) -> Result<(), CatalogError> {
-    let until = now.saturating_add(millis(lease));
+    let (until, due) = lease_bounds(now, lease);
     conn.prepare_cached("UPDATE sessions SET lease_until = ?2 WHERE id = ?1 AND lease_until < ?3")?
-        .execute(params![
-            session,
-            until,
-            until.saturating_sub(millis(renew_slack(lease)))
-        ])?;
+        .execute(params![session, until, due])?;
     Ok(())
+}
+
+/// The lease a call at `now` sets (`now + lease`), and the `lease_until` below which it is due
+/// for renewal (that minus [`renew_slack`]).
+fn lease_bounds(now: i64, lease: Duration) -> (i64, i64) {
+    let until = now.saturating_add(millis(lease));
+    (until, until.saturating_sub(millis(renew_slack(lease))))
 }
 
 /// How stale a lease may get before a call renews it: a tenth of the lease, at most a minute.
@@ -122,50 +131,124 @@ pub fn pin_present(
     lease: Duration,
 ) -> Result<HashSet<ChunkId>, CatalogError> {
     let tx = conn.transaction()?;
-    renew(&tx, session, now, lease)?;
-    let parent = snapshots::session_parent(&tx, session)?;
+    let found = probe(&tx, covers, session, group, ids, now, lease)?;
+    let have = settle(&tx, session, group, found, now, lease)?;
+    tx.commit()?;
+    Ok(have)
+}
+
+/// What [`probe`] found, before anything is written.
+#[derive(Debug)]
+pub struct Probe {
+    /// The ids with a chunk row (condemned or not).
+    pub have: HashSet<ChunkId>,
+    /// Those of `have` that need a write: not referenced by the parent (to pin) or condemned
+    /// (to revive). [`settle`] looks each up again.
+    pub settle: Vec<ChunkId>,
+    /// The session's lease is due for renewal ([`renew`]).
+    pub renew: bool,
+}
+
+impl Probe {
+    /// Whether [`settle`] has anything to write.
+    pub fn writes(&self) -> bool {
+        self.renew || !self.settle.is_empty()
+    }
+}
+
+/// The lookups of [`pin_present`], writing nothing: which ids are stored, which of those need
+/// a pin or a revival, whether the lease needs renewing. Run it in a transaction (its lookups
+/// must see one state). HaveChunks runs it on a read-only connection ([`answer_have`]); an id
+/// it does not list in [`Probe::settle`] is stored and referenced by the parent, which was
+/// live in the snapshot read, after the session started: GC's `keep` rule protects it from
+/// then until the session ends ([`super::mark`]), whatever commits since.
+pub fn probe(
+    conn: &Connection,
+    covers: &CoverCache,
+    session: &str,
+    group: &str,
+    ids: &[ChunkId],
+    now: i64,
+    lease: Duration,
+) -> Result<Probe, CatalogError> {
+    let (_, due) = lease_bounds(now, lease);
+    let renew = conn
+        .prepare_cached("SELECT 1 FROM sessions WHERE id = ?1 AND lease_until < ?2")?
+        .query_row(params![session, due], |_| Ok(()))
+        .optional()?
+        .is_some();
+    let parent = snapshots::session_parent(conn, session)?;
     // In key order: consecutive probes share B-tree pages.
     let mut sorted = ids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut have = HashSet::with_capacity(sorted.len());
-    let mut to_pin = Vec::new();
+    let mut to_settle = Vec::new();
     // The parent's sets by range: whether it references an id is one lookup
     // ([`crate::catalog::refsets::cover`]).
     let cover = match &parent {
-        Some(p) => covers.get(&tx, p)?,
+        Some(p) => covers.get(conn, p)?,
         None => Default::default(),
     };
-    {
-        // One statement per id: the row (looked up even when the parent references the id: a
-        // damaged catalog, rows lost and references kept, must answer "missing" so the agent
-        // re-sends) and whether the parent's covering set holds it.
-        let mut probe = tx.prepare_cached(&format!(
-            "SELECT c.condemned_at, :set IS NOT NULL AND {MEMBER}
-             FROM chunks c WHERE c.dedup_group = :group AND c.id = :chunk"
-        ))?;
-        for id in &sorted {
-            let set = cover.covering_set(id);
-            let row: Option<(Option<i64>, bool)> = probe
-                .query_row(
-                    named_params! {":group": group, ":chunk": &id.0[..], ":set": set},
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((condemned, in_parent)) = row else {
-                continue;
-            };
-            if condemned.is_some() {
-                revive(&tx, group, id)?;
-            }
-            have.insert(*id);
-            if !in_parent {
-                to_pin.push(*id);
-            }
+    // One statement per id: the row (looked up even when the parent references the id: a
+    // damaged catalog, rows lost and references kept, must answer "missing" so the agent
+    // re-sends) and whether the parent's covering set holds it.
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT c.condemned_at, :set IS NOT NULL AND {MEMBER}
+         FROM chunks c WHERE c.dedup_group = :group AND c.id = :chunk"
+    ))?;
+    for id in &sorted {
+        let set = cover.covering_set(id);
+        let row: Option<(Option<i64>, bool)> = st
+            .query_row(
+                named_params! {":group": group, ":chunk": &id.0[..], ":set": set},
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((condemned, in_parent)) = row else {
+            continue;
+        };
+        have.insert(*id);
+        if condemned.is_some() || !in_parent {
+            to_settle.push(*id);
         }
     }
-    pin(&tx, session, group, &to_pin)?;
-    tx.commit()?;
+    Ok(Probe {
+        have,
+        settle: to_settle,
+        renew,
+    })
+}
+
+/// The writes [`probe`] found needed, in the caller's write transaction: renews the lease,
+/// and for each id to settle looks its row up again (the probe may have read an older state),
+/// revives it if condemned and pins it; one that is gone meanwhile is answered missing.
+/// Returns the stored ids.
+pub fn settle(
+    conn: &Connection,
+    session: &str,
+    group: &str,
+    found: Probe,
+    now: i64,
+    lease: Duration,
+) -> Result<HashSet<ChunkId>, CatalogError> {
+    let Probe {
+        mut have,
+        settle: ids,
+        renew: due,
+    } = found;
+    if due {
+        renew(conn, session, now, lease)?;
+    }
+    let mut to_pin = Vec::with_capacity(ids.len());
+    for id in ids {
+        if have_and_revive(conn, group, &id)? {
+            to_pin.push(id);
+        } else {
+            have.remove(&id);
+        }
+    }
+    pin(conn, session, group, &to_pin)?;
     Ok(have)
 }
 
@@ -223,8 +306,8 @@ pub async fn answer_have(
 ) -> Result<Vec<ChunkId>, PinError> {
     let g = group.to_owned();
     let (ids, condemned) = catalog
-        .run(move |c| {
-            // A read transaction: one lock for all the lookups, not one per id.
+        .read(move |c| {
+            // One read transaction: one lock for all the lookups, not one per id.
             let tx = c.transaction()?;
             let cp = condemned_packs(&tx, &g, &ids)?;
             tx.commit()?;
@@ -243,20 +326,38 @@ pub async fn answer_have(
             Err(e) => return Err(PinError::Store(e)),
         }
     }
+    // The lookups on a read-only connection (beside the writer: pack records, commits), then
+    // only if something must be pinned, revived or renewed, those writes ([`probe`]).
     let (s, g) = (session.to_owned(), group.to_owned());
     let now = lifeboat_common::clock::now_unix_ms();
     let covers = catalog.covers();
-    Ok(catalog
-        .run(move |c| {
-            let have = pin_present(c, &covers, &s, &g, &ids, now, lease)?;
-            let mut seen = HashSet::new();
-            Ok(ids
-                .iter()
-                .filter(|id| !have.contains(id) && seen.insert(**id))
-                .copied()
-                .collect())
+    let (ids, found) = catalog
+        .read(move |c| {
+            let tx = c.transaction()?;
+            let found = probe(&tx, &covers, &s, &g, &ids, now, lease)?;
+            tx.commit()?;
+            Ok((ids, found))
         })
-        .await?)
+        .await?;
+    let have = if found.writes() {
+        let (s, g) = (session.to_owned(), group.to_owned());
+        catalog
+            .run(move |c| {
+                let tx = c.transaction()?;
+                let have = settle(&tx, &s, &g, found, now, lease)?;
+                tx.commit()?;
+                Ok(have)
+            })
+            .await?
+    } else {
+        found.have
+    };
+    let mut seen = HashSet::new();
+    Ok(ids
+        .iter()
+        .filter(|id| !have.contains(id) && seen.insert(**id))
+        .copied()
+        .collect())
 }
 
 /// CommitSnapshot's re-validation (call in the closure that inserts the snapshot): the ids

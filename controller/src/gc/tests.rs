@@ -25,8 +25,13 @@ pub(crate) struct World {
 
 impl World {
     pub fn new() -> World {
+        World::with_catalog(Catalog::open_in_memory().expect("catalog"))
+    }
+
+    /// A world whose catalog is `cat` (a file-backed one has read-only connections).
+    pub fn with_catalog(cat: Catalog) -> World {
         let w = World {
-            cat: Catalog::open_in_memory().expect("catalog"),
+            cat,
             store: Store::memory(),
         };
         w.cat
@@ -414,6 +419,96 @@ async fn pins_of_an_expired_lease_stop_protecting() {
         "lease expired mid-upload: no longer protected"
     );
     assert_eq!(r.expired_pins, 1);
+}
+
+/// HaveChunks' lookups run on a read-only connection: with the writer's connection held by
+/// someone else, ids the session's parent references are answered (nothing to write); an id it
+/// does not reference is pinned once the writer is free; an id swept between the lookups and
+/// that write is answered missing. A reader refuses writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn have_chunks_looks_up_beside_the_writer_and_writes_only_pins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = World::with_catalog(Catalog::open(&dir.path().join("c.db")).expect("catalog"));
+    w.pack(&[1, 2, 3, 4], 1000).await;
+    w.snapshot("p", &[1, 2]).await;
+    let now = lifeboat_common::clock::now_unix_ms();
+    w.open_session("s1", now - 1000, now, DEFAULT_LEASE);
+
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<()>();
+    let cat = w.cat.clone();
+    let holder = std::thread::spawn(move || {
+        cat.run_blocking(|_| {
+            held_tx.send(()).expect("tell");
+            free_rx.recv().expect("wait");
+            Ok(())
+        })
+    });
+    held_rx.recv().expect("writer held");
+    let ask = pins::answer_have(
+        &w.cat,
+        &w.store,
+        "s1",
+        "g",
+        vec![id(1), id(9), id(2)],
+        DEFAULT_LEASE,
+    );
+    // A guard against hanging if the lookups wait for the writer (the failure this catches).
+    let missing = tokio::time::timeout(Duration::from_secs(30), ask)
+        .await
+        .expect("answered while the writer is held")
+        .expect("have");
+    assert_eq!(missing, vec![id(9)]);
+    let write = w
+        .cat
+        .read(|c| Ok(c.execute("DELETE FROM session_pins", [])?))
+        .await;
+    assert!(write.is_err(), "a reader must refuse writes: {write:?}");
+    free_tx.send(()).expect("free");
+    holder.join().expect("holder").expect("holder ran");
+
+    let missing = pins::answer_have(&w.cat, &w.store, "s1", "g", vec![id(3)], DEFAULT_LEASE)
+        .await
+        .expect("have");
+    assert!(missing.is_empty());
+    let pinned = |w: &World| {
+        w.cat
+            .run_blocking(|c| {
+                let mut st =
+                    c.prepare("SELECT chunk_id FROM session_pins WHERE session_id = 's1'")?;
+                let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .expect("pins")
+    };
+    assert_eq!(
+        pinned(&w),
+        vec![id(3).0.to_vec()],
+        "3 is not the parent's: pinned"
+    );
+
+    let covers = w.cat.covers();
+    let found = w
+        .cat
+        .read(move |c| {
+            let tx = c.transaction()?;
+            pins::probe(&tx, &covers, "s1", "g", &[id(4)], now, DEFAULT_LEASE)
+        })
+        .await
+        .expect("probe");
+    assert_eq!(found.settle, vec![id(4)]);
+    w.cat
+        .run_blocking(|c| {
+            c.execute("DELETE FROM chunks WHERE id = ?1", params![&id(4).0[..]])?;
+            Ok(())
+        })
+        .expect("sweep by hand");
+    let have = w
+        .cat
+        .run_blocking(move |c| pins::settle(c, "s1", "g", found, now, DEFAULT_LEASE))
+        .expect("settle");
+    assert!(have.is_empty(), "gone since the lookup: missing");
+    assert_eq!(pinned(&w).len(), 1, "nothing pinned for it");
 }
 
 mod repack;

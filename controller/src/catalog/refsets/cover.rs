@@ -25,7 +25,7 @@ use rusqlite::Connection;
 use crate::catalog::CatalogError;
 
 /// SQL: set `:set` holds chunk `:chunk` (a primary-key lookup). `HaveChunks` embeds it in its
-/// per-id statement ([`crate::gc::pins::pin_present`]), so the tests of [`Cover::references`]
+/// per-id statement ([`crate::gc::pins::probe`]), so the tests of [`Cover::references`]
 /// cover the query it runs.
 pub const MEMBER: &str =
     "EXISTS (SELECT 1 FROM ref_set_chunks WHERE set_id = :set AND chunk_id = :chunk)";
