@@ -310,8 +310,18 @@ impl<'a, R: Remote> Uploader<'a, R> {
     /// Drives every flying batch until the oldest lands, and records what it learnt.
     /// Cancel-safe: dropped before that, the flights stay in the air and the next call resumes.
     pub async fn land(&mut self) -> Result<(), AgentError> {
+        if self.drive(false).await {
+            self.record_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Drives every flying batch until the oldest is done (true) or, with `until_light`, until
+    /// the flights in the air hold less than [`HELD_BELOW`] (false, sooner when the
+    /// flights waited for are answered while an older one still uploads). Cancel-safe.
+    async fn drive(&mut self, until_light: bool) -> bool {
         if self.in_air.is_empty() {
-            return Ok(());
+            return false;
         }
         let in_air = &mut self.in_air;
         std::future::poll_fn(|cx| {
@@ -323,12 +333,18 @@ impl<'a, R: Remote> Uploader<'a, R> {
                 }
             }
             if in_air.front().is_some_and(|a| a.done.is_some()) {
-                Poll::Ready(())
+                Poll::Ready(true)
+            } else if until_light && held(in_air) < HELD_BELOW {
+                Poll::Ready(false)
             } else {
                 Poll::Pending
             }
         })
-        .await;
+        .await
+    }
+
+    /// Takes the oldest flight, done, out of the air and records what it learnt.
+    fn record_oldest(&mut self) -> Result<(), AgentError> {
         let Some(landed) = self.in_air.pop_front().and_then(|a| a.done) else {
             return Err(AgentError::Worker(
                 "an upload batch landed without an outcome".into(),
@@ -360,10 +376,16 @@ impl<'a, R: Remote> Uploader<'a, R> {
     /// `carry`: the flight may hand back a few missing chunks ([`CARRY_BELOW`]) instead of
     /// uploading them; a flush launches with `false`.
     async fn launch(&mut self, carry: bool) -> Result<(), AgentError> {
-        while self.in_air.len() >= self.max_flights
-            || (self.in_air.len() >= FLIGHTS && self.held() >= HELD_BELOW)
-        {
-            self.land().await?;
+        loop {
+            let full = self.in_air.len() >= self.max_flights;
+            let heavy = self.in_air.len() >= FLIGHTS && held(&self.in_air) >= HELD_BELOW;
+            if !full && !heavy {
+                break;
+            }
+            // Heavy only: wait until the flights hold less, not for the oldest to land.
+            if self.drive(!full).await {
+                self.record_oldest()?;
+            }
         }
         if self.batch.is_empty() {
             return Ok(());
@@ -395,15 +417,6 @@ impl<'a, R: Remote> Uploader<'a, R> {
             held,
         });
         Ok(())
-    }
-
-    /// Bytes held by the flights in the air.
-    fn held(&self) -> usize {
-        self.in_air
-            .iter()
-            .filter(|a| a.done.is_none())
-            .map(|a| a.held.load(Ordering::Relaxed))
-            .sum()
     }
 
     /// Uploads everything added so far and waits until it is durable. Call once more at the end.
@@ -508,6 +521,15 @@ impl<R: Remote> Crew<'_, R> {
             throttle: self.throttle,
         })
     }
+}
+
+/// Bytes held by the flights in the air.
+fn held(in_air: &VecDeque<InAir<'_>>) -> usize {
+    in_air
+        .iter()
+        .filter(|a| a.done.is_none())
+        .map(|a| a.held.load(Ordering::Relaxed))
+        .sum()
 }
 
 /// Bytes of plaintext in `batch`.
