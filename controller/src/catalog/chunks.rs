@@ -67,12 +67,16 @@ pub fn missing(
     ids: &[ChunkId],
 ) -> Result<Vec<ChunkId>, CatalogError> {
     let have = present(conn, group, ids)?;
+    Ok(absent(ids, &have))
+}
+
+/// The ids of `ids` not in `have`, in order, each once (the shape of a "missing" answer).
+pub fn absent(ids: &[ChunkId], have: &HashSet<ChunkId>) -> Vec<ChunkId> {
     let mut seen = HashSet::new();
-    Ok(ids
-        .iter()
+    ids.iter()
         .filter(|id| !have.contains(id) && seen.insert(**id))
         .copied()
-        .collect())
+        .collect()
 }
 
 /// Records a durable pack and its chunks for `group`, crediting `session`, in one transaction.

@@ -352,12 +352,7 @@ pub async fn answer_have(
     } else {
         found.have
     };
-    let mut seen = HashSet::new();
-    Ok(ids
-        .iter()
-        .filter(|id| !have.contains(id) && seen.insert(**id))
-        .copied()
-        .collect())
+    Ok(crate::catalog::chunks::absent(&ids, &have))
 }
 
 /// CommitSnapshot's re-validation (call in the closure that inserts the snapshot): the ids

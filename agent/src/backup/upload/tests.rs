@@ -172,6 +172,25 @@ async fn cached_ids_the_controller_lacks_are_reread() {
     assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![9]);
 }
 
+/// Stores `n` small chunks through `up`, then forgets they are durable and clears the
+/// remote's HaveChunks records, so the next backup asks about them again. Returns them.
+async fn store_small(
+    remote: &MemoryRemote,
+    up: &mut Uploader<'_, MemoryRemote>,
+    n: u32,
+) -> Vec<Vec<u8>> {
+    let k = keys();
+    let small: Vec<Vec<u8>> = (0..n).map(|i| i.to_le_bytes().to_vec()).collect();
+    for data in &small {
+        up.add(k.chunk_id(data), data.clone()).await.expect("add");
+    }
+    up.flush().await.expect("flush");
+    up.forget_durable();
+    remote.have_calls.lock().expect("lock").clear();
+    remote.have_most_at_once.store(0, Ordering::SeqCst);
+    small
+}
+
 /// A cached file with more ids than a batch holds is asked about in several flights of at
 /// most `max_ids` ids, several in the air at once (not in one flight asking about the whole file
 /// one request after another); an id lost in a later part makes that file, and only it, be
@@ -181,16 +200,8 @@ async fn a_large_cached_file_is_asked_about_in_concurrent_batches() {
     let remote = MemoryRemote::default();
     let mut up = uploader(&remote).await;
     let k = keys();
-    let mut stored = Vec::new();
-    for i in 0..100u32 {
-        let data = i.to_le_bytes().to_vec();
-        stored.push(k.chunk_id(&data));
-        up.add(k.chunk_id(&data), data).await.expect("add");
-    }
-    up.flush().await.expect("flush");
-    up.forget_durable();
-    remote.have_calls.lock().expect("lock").clear();
-    remote.have_most_at_once.store(0, Ordering::SeqCst);
+    let small = store_small(&remote, &mut up, 100).await;
+    let stored: Vec<ChunkId> = small.iter().map(|d| k.chunk_id(d)).collect();
     let mut big = stored.clone();
     big.insert(70, k.chunk_id(b"never uploaded"));
     up.add_cached(5, &big).await.expect("cached");
@@ -217,13 +228,7 @@ async fn more_flights_fly_only_while_they_hold_little() {
     let remote = MemoryRemote::default();
     let mut up = uploader(&remote).await;
     let k = keys();
-    let small: Vec<Vec<u8>> = (0..100u32).map(|i| i.to_le_bytes().to_vec()).collect();
-    for data in &small {
-        up.add(k.chunk_id(data), data.clone()).await.expect("add");
-    }
-    up.flush().await.expect("flush");
-    up.forget_durable();
-    remote.have_most_at_once.store(0, Ordering::SeqCst);
+    let small = store_small(&remote, &mut up, 100).await;
     for data in &small {
         up.add(k.chunk_id(data), data.clone())
             .await
