@@ -5,9 +5,9 @@
 //! (on [`seal_threads`] blocking threads that share the batch's chunks) and uploads them in one
 //! `UploadChunks` call, whose answer means they are durable. [`FLIGHTS`] flights may be in the
 //! air, up to [`MAX_FLIGHTS`] while those hold less than [`HELD_BELOW`] (one under a bandwidth
-//! limit, so the throttle sees every byte in order): launching another first lands the oldest,
-//! so memory is bounded by about `FLIGHTS + 1` batches plus [`HELD_BELOW`] whatever the data
-//! size. Two flights hide the controller's per-pack fsync behind the next batch's sealing. A
+//! limit, so the throttle sees every byte in order): launching another first waits for room
+//! (the oldest landing, or the flights holding less), so memory is bounded by about
+//! `FLIGHTS + 1` batches plus [`HELD_BELOW`] whatever the data size. Two flights hide the controller's per-pack fsync behind the next batch's sealing. A
 //! flight that finds less than [`CARRY_BELOW`] of its batch missing hands those chunks back
 //! instead of uploading them; the next flight uploads them with its own (without asking
 //! again), and a flush uploads all that is carried. The caller drives flights while it waits
@@ -257,8 +257,9 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
     /// Adds the ids of a file answered from the cache (no plaintext). A file with more ids
     /// than a batch holds (a 1 GiB dump has ~130,000) is spread over several, launched as they
-    /// fill: each flight asks about at most `max_ids` ids, and [`FLIGHTS`] of them are in the
-    /// air at once, instead of one flight asking about the whole file one request after another.
+    /// fill: each flight asks about at most `max_ids` ids, and several (they hold no plaintext:
+    /// [`MAX_FLIGHTS`]) are in the air at once, instead of one flight asking about the whole file
+    /// one request after another.
     pub async fn add_cached(&mut self, file: usize, ids: &[ChunkId]) -> Result<(), AgentError> {
         // This file's ids in the current batch: the flight reports the file if one is lost.
         let mut part = Vec::new();
@@ -482,20 +483,20 @@ impl<R: Remote> Crew<'_, R> {
         }
         let mut stats = UploadStats::default();
         let t_have = t0.elapsed();
-        let plain = plain_len(&to_seal);
+        let plain = bytes_of(&to_seal);
         let carried = if plain < self.carry_below {
             std::mem::take(&mut to_seal)
         } else {
             Vec::new()
         };
-        held.store(plain_len(&to_seal), Ordering::Relaxed);
+        held.store(bytes_of(&to_seal), Ordering::Relaxed);
         if !to_seal.is_empty() {
             stats.new_logical_bytes = to_seal.iter().map(|(_, d)| d.len() as u64).sum();
             stats.new_chunks = to_seal.len() as u64;
             let blobs = seal_all(&self.keys, self.level, to_seal).await?;
             let t_seal = t0.elapsed();
             stats.uploaded_bytes = blobs.iter().map(|(_, b)| b.len() as u64).sum();
-            held.store(plain_len(&blobs), Ordering::Relaxed);
+            held.store(bytes_of(&blobs), Ordering::Relaxed);
             let uploaded: Vec<ChunkId> = blobs.iter().map(|(id, _)| *id).collect();
             if let Some(t) = &mut self.throttle {
                 t.before_send(stats.uploaded_bytes).await;
@@ -542,7 +543,7 @@ fn plaintext_bytes(batch: &Batch) -> usize {
 }
 
 /// Bytes of the chunks or blobs in `items`.
-fn plain_len(items: &[(ChunkId, Vec<u8>)]) -> usize {
+fn bytes_of(items: &[(ChunkId, Vec<u8>)]) -> usize {
     items.iter().map(|(_, d)| d.len()).sum()
 }
 
