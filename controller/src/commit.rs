@@ -4,7 +4,8 @@
 //! 1. every referenced id and manifest id must be stored for the caller's dedup group; otherwise
 //!    the response lists (up to [`MAX_MISSING_REPORTED`]) missing ids and nothing is written;
 //! 2. the reference set (sorted, distinct, manifest ids included) is written as segment objects
-//!    ([`crate::refset`]), then the snapshot record ([`crate::record`]), each fsync'd;
+//!    ([`crate::refset`], a few puts at a time: they are independent, and all have landed before
+//!    the next step), then the snapshot record ([`crate::record`]), each fsync'd;
 //! 3. one catalog transaction inserts the snapshot and its reference sets
 //!    ([`crate::catalog::refsets`]: only sets no earlier snapshot of the group has), and queues the
 //!    segments and the record for the secondary ([`crate::replication::queue::insert_snapshot_in`]);
@@ -186,9 +187,7 @@ async fn write_snapshot(
     guarded.push(key.clone());
     let _writing = crate::gc::guard::writing(guarded).await;
     let t = std::time::Instant::now();
-    for s in &segments {
-        deadline::put(store, deadline, &s.key, Bytes::from(s.bytes.clone())).await?;
-    }
+    put_segments(store, deadline, &segments).await?;
     failpoint::hit("commit.after_refs");
     let segments_ms = t.elapsed().as_millis();
     // Re-read the session: its stored bytes include every upload that finished before now.
@@ -262,6 +261,48 @@ async fn write_snapshot(
     Ok(Ok(id))
 }
 
+/// Segment puts a commit has in progress at once: a new segment's put waits for its fsyncs,
+/// and a rewritten dump changes every segment (29 at 2.5 GiB, one after another 37-56 ms).
+const SEGMENT_PUTS: usize = 4;
+
+/// Puts `segments`, [`SEGMENT_PUTS`] at a time; after a failure starts no more. Returns when
+/// every put started has finished (none is abandoned half-way), with the first error if any.
+async fn put_segments(
+    store: &Store,
+    deadline: Duration,
+    segments: &[refset::Segment],
+) -> Result<(), ServiceError> {
+    let mut puts = tokio::task::JoinSet::new();
+    let mut failed = None;
+    for s in segments {
+        while puts.len() >= SEGMENT_PUTS {
+            keep_first_error(&mut failed, puts.join_next().await);
+        }
+        if failed.is_some() {
+            break;
+        }
+        let (store, key, bytes) = (store.clone(), s.key.clone(), Bytes::from(s.bytes.clone()));
+        puts.spawn(async move { deadline::put(&store, deadline, &key, bytes).await.map(drop) });
+    }
+    while let Some(done) = puts.join_next().await {
+        keep_first_error(&mut failed, Some(done));
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+/// Records `done`'s error in `failed` unless an earlier one is there.
+fn keep_first_error(
+    failed: &mut Option<ServiceError>,
+    done: Option<Result<Result<(), ServiceError>, tokio::task::JoinError>>,
+) {
+    let err = match done {
+        Some(Ok(Ok(()))) | None => return,
+        Some(Ok(Err(e))) => e,
+        Some(Err(e)) => ServiceError::Internal(format!("a reference segment's put stopped: {e}")),
+    };
+    failed.get_or_insert(err);
+}
+
 /// A replication queue row for an object this commit wrote.
 fn queued(key: &str, kind: queue::Kind, bytes: &[u8]) -> queue::NewObject {
     queue::NewObject {
@@ -269,5 +310,58 @@ fn queued(key: &str, kind: queue::Kind, bytes: &[u8]) -> queue::NewObject {
         kind,
         size: bytes.len() as u64,
         blake3: *blake3::hash(bytes).as_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::ObjectStore;
+
+    use super::*;
+    use crate::fault_store::{Fault, FaultStore, Op};
+
+    fn segments(n: u8) -> Vec<refset::Segment> {
+        (0..n)
+            .map(|i| refset::Segment {
+                key: format!("refs/{i:02x}/{i:064x}"),
+                bytes: vec![i; 100],
+            })
+            .collect()
+    }
+
+    /// Segments (put several at a time) all land; after a failed put no more start, and
+    /// the commit gets the first error once the puts in progress have finished.
+    #[tokio::test]
+    async fn segment_puts_all_land_and_stop_after_a_failure() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let faults = FaultStore::new(inner);
+        let as_store: Arc<dyn ObjectStore> = faults.clone();
+        let store = Store::from_object_store(as_store);
+        let all = segments(12);
+        put_segments(&store, Duration::from_secs(30), &all)
+            .await
+            .expect("puts");
+        for s in &all {
+            let got = store.get(&s.key).await.expect("stored");
+            assert_eq!(got.as_ref(), s.bytes.as_slice());
+        }
+
+        let more = segments(40);
+        let before = faults.calls(Op::Put);
+        faults.inject(Op::Put, "refs/", Fault::FailAll);
+        let e = put_segments(&store, Duration::from_secs(30), &more)
+            .await
+            .expect_err("a failed put fails the commit");
+        assert!(
+            matches!(e, ServiceError::Unavailable(_) | ServiceError::Store(_)),
+            "{e:?}"
+        );
+        let tried = faults.calls(Op::Put) - before;
+        assert!(
+            tried <= SEGMENT_PUTS as u64 * 2,
+            "puts kept starting after the first failure: {tried}"
+        );
     }
 }
