@@ -76,7 +76,7 @@ fn open_reader(path: &Path) -> Result<Connection, CatalogError> {
     conn.pragma_update(None, "query_only", true)?;
     conn.pragma_update(None, "cache_size", -READER_CACHE_KIB)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    // As the writer's ([`Catalog::setup`]): plans never depend on the values bound.
+    // As the writer's (`Catalog::setup`): plans never depend on the values bound.
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
