@@ -276,6 +276,28 @@ mod tests {
         assert!(!f.matches(&other));
     }
 
+    /// Opens the cache at `dir` once the previous `sled::Db` on it has let go. sled's I/O
+    /// threads drop their last handle on its files a moment after the `Db` is dropped, and until
+    /// then the directory is locked (`SledCache::open` would run without a cache, as it must
+    /// when another agent process holds it). Bounded: a lock still held after 10 s fails.
+    fn reopen(dir: &Path) -> SledCache {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match open_db(dir) {
+                Ok(db) => {
+                    return SledCache {
+                        dir: dir.to_owned(),
+                        db: Mutex::new(Some(db)),
+                    };
+                }
+                Err(e) if is_lock_error(&e) && std::time::Instant::now() < until => {
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("cannot reopen the cache: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn hit_and_miss_survive_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -287,7 +309,7 @@ mod tests {
             c.put_all(&[(key.clone(), sample(7))]);
             assert_eq!(c.get(&key), Some(sample(7)));
         }
-        let c = SledCache::open(&p);
+        let c = reopen(&p);
         assert_eq!(c.get(&key), Some(sample(7)));
         assert_eq!(
             c.get(&cache_key(&[1; 8], "web", b"/var/www", b"index.html")),
@@ -299,12 +321,19 @@ mod tests {
     fn undecodable_value_moves_the_cache_aside() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("cache");
+        // The garbage goes in through the cache's own database: a second `sled::Db` on the same
+        // directory, dropped just before, can still hold its lock for a moment (its I/O threads
+        // finish on their own), and the cache would then open as "locked by another process".
+        let c = SledCache {
+            dir: p.clone(),
+            db: Mutex::new(Some(open_db(&p).expect("open"))),
+        };
         {
-            let db = open_db(&p).expect("open");
+            let slot = c.db.lock().expect("lock");
+            let db = slot.as_ref().expect("db");
             db.insert(b"k", b"garbage".as_slice()).expect("insert");
             db.flush().expect("flush");
         }
-        let c = SledCache::open(&p);
         assert_eq!(c.get(b"k"), None);
         let aside: Vec<_> = std::fs::read_dir(dir.path())
             .expect("read dir")
