@@ -132,7 +132,14 @@ pub fn pin_present(
 ) -> Result<HashSet<ChunkId>, CatalogError> {
     let tx = conn.transaction()?;
     let found = probe(&tx, covers, session, group, ids, now, lease)?;
-    let have = settle(&tx, session, group, found, now, lease)?;
+    let have = settle(
+        &tx,
+        (session, group),
+        found,
+        Read::ThisTransaction,
+        now,
+        lease,
+    )?;
     tx.commit()?;
     Ok(have)
 }
@@ -143,10 +150,22 @@ pub struct Probe {
     /// The ids with a chunk row (condemned or not).
     pub have: HashSet<ChunkId>,
     /// Those of `have` that need a write: not referenced by the parent (to pin) or condemned
-    /// (to revive). [`settle`] looks each up again.
+    /// (to revive).
     pub settle: Vec<ChunkId>,
+    /// Those of `settle` whose row was condemned.
+    pub condemned: HashSet<ChunkId>,
     /// The session's lease is due for renewal ([`renew`]).
     pub renew: bool,
+}
+
+/// Where the [`Probe`] handed to [`settle`] was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Read {
+    /// In the transaction `settle` writes in: what it found still holds.
+    ThisTransaction,
+    /// In an earlier (read) transaction: rows may have been condemned or swept since, so each
+    /// id to settle is looked up again.
+    Earlier,
 }
 
 impl Probe {
@@ -184,6 +203,7 @@ pub fn probe(
     sorted.dedup();
     let mut have = HashSet::with_capacity(sorted.len());
     let mut to_settle = Vec::new();
+    let mut condemned_ids = HashSet::new();
     // The parent's sets by range: whether it references an id is one lookup
     // ([`crate::catalog::refsets::cover`]).
     let cover = match &parent {
@@ -209,6 +229,9 @@ pub fn probe(
             continue;
         };
         have.insert(*id);
+        if condemned.is_some() {
+            condemned_ids.insert(*id);
+        }
         if condemned.is_some() || !in_parent {
             to_settle.push(*id);
         }
@@ -216,25 +239,27 @@ pub fn probe(
     Ok(Probe {
         have,
         settle: to_settle,
+        condemned: condemned_ids,
         renew,
     })
 }
 
 /// The writes [`probe`] found needed, in the caller's write transaction: renews the lease,
-/// and for each id to settle looks its row up again (the probe may have read an older state),
-/// revives it if condemned and pins it; one that is gone meanwhile is answered missing.
-/// Returns the stored ids.
+/// revives each id to settle that is condemned and pins it. A probe `read` in an earlier
+/// transaction may be out of date: each id is looked up again, and one gone meanwhile is
+/// answered missing. Returns the stored ids.
 pub fn settle(
     conn: &Connection,
-    session: &str,
-    group: &str,
+    (session, group): (&str, &str),
     found: Probe,
+    read: Read,
     now: i64,
     lease: Duration,
 ) -> Result<HashSet<ChunkId>, CatalogError> {
     let Probe {
         mut have,
         settle: ids,
+        condemned,
         renew: due,
     } = found;
     if due {
@@ -242,7 +267,16 @@ pub fn settle(
     }
     let mut to_pin = Vec::with_capacity(ids.len());
     for id in ids {
-        if have_and_revive(conn, group, &id)? {
+        let stored = match read {
+            Read::ThisTransaction => {
+                if condemned.contains(&id) {
+                    revive(conn, group, &id)?;
+                }
+                true
+            }
+            Read::Earlier => have_and_revive(conn, group, &id)?,
+        };
+        if stored {
             to_pin.push(id);
         } else {
             have.remove(&id);
@@ -344,7 +378,7 @@ pub async fn answer_have(
         catalog
             .run(move |c| {
                 let tx = c.transaction()?;
-                let have = settle(&tx, &s, &g, found, now, lease)?;
+                let have = settle(&tx, (&s, &g), found, Read::Earlier, now, lease)?;
                 tx.commit()?;
                 Ok(have)
             })

@@ -268,6 +268,37 @@ async fn pins_and_references_revive_condemned_chunks() {
     assert_eq!(missing, vec![id(3)]);
 }
 
+/// An upload that skips a blob as already stored (UploadChunks, `pin_present`, probe and writes
+/// in one transaction) revives it if GC had condemned it, and pins it.
+#[tokio::test]
+async fn an_upload_skipping_a_condemned_blob_revives_and_pins_it() {
+    let w = World::new();
+    w.pack(&[61], 1000).await;
+    w.gc(10_000).await;
+    assert_eq!(w.chunk_state(61), Some(Some(10_000)));
+    let (have, pinned) = w
+        .cat
+        .run_blocking(|c| {
+            let covers = w.cat.covers();
+            let have = pins::pin_present(
+                c,
+                &covers,
+                "s0",
+                "g",
+                &[id(61), id(62)],
+                20_000,
+                DEFAULT_LEASE,
+            )?;
+            let mut st = c.prepare("SELECT chunk_id FROM session_pins WHERE session_id = 's0'")?;
+            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            Ok((have, rows.collect::<Result<Vec<_>, _>>()?))
+        })
+        .expect("pin");
+    assert_eq!(have.into_iter().collect::<Vec<_>>(), vec![id(61)]);
+    assert_eq!(w.chunk_state(61), Some(None), "revived");
+    assert_eq!(pinned, vec![id(61).0.to_vec()], "pinned");
+}
+
 #[tokio::test]
 async fn condemned_chunk_whose_pack_is_gone_is_answered_missing() {
     let w = World::new();
@@ -505,7 +536,16 @@ async fn have_chunks_looks_up_beside_the_writer_and_writes_only_pins() {
         .expect("sweep by hand");
     let have = w
         .cat
-        .run_blocking(move |c| pins::settle(c, "s1", "g", found, now, DEFAULT_LEASE))
+        .run_blocking(move |c| {
+            pins::settle(
+                c,
+                ("s1", "g"),
+                found,
+                pins::Read::Earlier,
+                now,
+                DEFAULT_LEASE,
+            )
+        })
         .expect("settle");
     assert!(have.is_empty(), "gone since the lookup: missing");
     assert_eq!(pinned(&w).len(), 1, "nothing pinned for it");
