@@ -494,7 +494,10 @@ impl Remote for GrpcRemote {
         Ok(r.failure_id)
     }
 
-    async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
+    async fn read_chunks(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, bytes::Bytes)>, RemoteError> {
         const OP: &str = "ReadChunks";
         let mut c = self.client.clone();
         let mut stream = c
@@ -518,7 +521,7 @@ impl Remote for GrpcRemote {
                     if msg.from_secondary {
                         self.reads.from_secondary.fetch_add(1, Ordering::Relaxed);
                     }
-                    out.push((id, blob.data.into()))
+                    out.push((id, blob.data))
                 }
                 _ => {
                     return Err(invalid(

@@ -130,12 +130,15 @@ impl Remote for MemoryRemote {
         Ok(format!("f{}", f.len()))
     }
 
-    async fn read_chunks(&self, ids: &[ChunkId]) -> Result<Vec<(ChunkId, Vec<u8>)>, RemoteError> {
+    async fn read_chunks(
+        &self,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(ChunkId, bytes::Bytes)>, RemoteError> {
         let blobs = self.blobs.lock().expect("lock");
         let damaged = self.damaged.lock().expect("lock");
         ids.iter()
             .map(|id| match blobs.get(id) {
-                Some(b) if !damaged.contains(id) => Ok((*id, b.clone())),
+                Some(b) if !damaged.contains(id) => Ok((*id, b.clone().into())),
                 _ => Err(RemoteError::Status {
                     op: "ReadChunks",
                     status: tonic::Status::data_loss(format!("chunk {} is damaged", id.short())),
