@@ -132,6 +132,11 @@ pub async fn restore_manifest<R: Remote>(
     let mut refused = Vec::new();
     let mut pending = files::Pending::default();
     let mut written_in = HashSet::new();
+    // The directory whose ancestors `prepare_parents` last found to be real directories, for a
+    // file. Only this loop changes the tree between two entries (files are renamed into place
+    // by a flush, which forgets it, and so does any entry that is not a file: a symlink or
+    // directory restored may replace a parent). Saves six `statx` per file of a deep tree.
+    let mut checked: Option<PathBuf> = None;
     for e in &m.entries {
         let orig = original_path(m, e);
         if !selected(&orig, e.entry_kind(), opts.path.as_deref()) {
@@ -146,13 +151,20 @@ pub async fn restore_manifest<R: Remote>(
         let dest = rt.base.join(&rel);
         if pending.conflicts(&dest) || pending.is_full() {
             files::flush(&ctx, &mut pending, &mut report, &mut written_in).await?;
+            checked = None;
         }
-        if let Err(why) = prepare_parents(&rt.base, &rel, &mut created) {
-            warn!(path = %orig.display(), reason = %why, "restore refused entry");
-            refused.push(format!("{}: {why}", orig.display()));
-            continue;
+        // The parents of a file in the directory of the entry before it were checked for
+        // that entry: nothing has changed them since (see `checked`).
+        if checked.as_deref() != dest.parent() || e.entry_kind() != EntryKind::File {
+            checked = None;
+            if let Err(why) = prepare_parents(&rt.base, &rel, &mut created) {
+                warn!(path = %orig.display(), reason = %why, "restore refused entry");
+                refused.push(format!("{}: {why}", orig.display()));
+                continue;
+            }
         }
         if e.entry_kind() == EntryKind::File {
+            checked = dest.parent().map(Path::to_owned);
             pending.push(files::FileJob {
                 dest,
                 orig,
