@@ -276,11 +276,11 @@ mod tests {
         assert!(!f.matches(&other));
     }
 
-    /// Opens the cache at `dir` once the previous `sled::Db` on it has let go. sled's I/O
+    /// Opens the cache at `dir` once any previous `sled::Db` on it has let go. sled's I/O
     /// threads drop their last handle on its files a moment after the `Db` is dropped, and until
     /// then the directory is locked (`SledCache::open` would run without a cache, as it must
     /// when another agent process holds it). Bounded: a lock still held after 10 s fails.
-    fn reopen(dir: &Path) -> SledCache {
+    fn open_when_free(dir: &Path) -> SledCache {
         let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             match open_db(dir) {
@@ -293,7 +293,7 @@ mod tests {
                 Err(e) if is_lock_error(&e) && std::time::Instant::now() < until => {
                     std::thread::yield_now();
                 }
-                Err(e) => panic!("cannot reopen the cache: {e}"),
+                Err(e) => panic!("cannot open the cache: {e}"),
             }
         }
     }
@@ -309,7 +309,7 @@ mod tests {
             c.put_all(&[(key.clone(), sample(7))]);
             assert_eq!(c.get(&key), Some(sample(7)));
         }
-        let c = reopen(&p);
+        let c = open_when_free(&p);
         assert_eq!(c.get(&key), Some(sample(7)));
         assert_eq!(
             c.get(&cache_key(&[1; 8], "web", b"/var/www", b"index.html")),
@@ -324,10 +324,7 @@ mod tests {
         // The garbage goes in through the cache's own database: a second `sled::Db` on the same
         // directory, dropped just before, can still hold its lock for a moment (its I/O threads
         // finish on their own), and the cache would then open as "locked by another process".
-        let c = SledCache {
-            dir: p.clone(),
-            db: Mutex::new(Some(open_db(&p).expect("open"))),
-        };
+        let c = open_when_free(&p);
         {
             let slot = c.db.lock().expect("lock");
             let db = slot.as_ref().expect("db");

@@ -7,12 +7,13 @@
 //! air, up to [`MAX_FLIGHTS`] while those hold less than [`HELD_BELOW`] (one under a bandwidth
 //! limit, so the throttle sees every byte in order): launching another first waits for room
 //! (the oldest landing, or the flights holding less), so memory is bounded by about
-//! `FLIGHTS + 1` batches plus [`HELD_BELOW`] whatever the data size. Two flights hide the controller's per-pack fsync behind the next batch's sealing. A
-//! flight that finds less than [`CARRY_BELOW`] of its batch missing hands those chunks back
-//! instead of uploading them; the next flight uploads them with its own (without asking
-//! again), and a flush uploads all that is carried. The caller drives flights while it waits
-//! for more chunks with [`Uploader::land`] (cancel-safe, for `select!`); otherwise they advance
-//! only when a launch or [`Uploader::flush`] waits for them.
+//! `FLIGHTS + 1` batches plus [`HELD_BELOW`] whatever the data size. Two flights hide the
+//! controller's per-pack fsync behind the next batch's sealing. A flight that finds less than
+//! [`CARRY_BELOW`] of its batch missing hands those chunks back instead of uploading them; the
+//! next flight uploads them with its own (without asking again), and a flush uploads all that
+//! is carried. The caller drives flights while it waits for more chunks with
+//! [`Uploader::land`] (cancel-safe, for `select!`); otherwise they advance only when a launch
+//! or [`Uploader::flush`] waits for them.
 //!
 //! Invariant: an id is recorded durable only when its flight landed (`HaveChunks` said present,
 //! or its upload was acknowledged); a carried id is back in the current batch, with its
@@ -483,15 +484,16 @@ impl<R: Remote> Crew<'_, R> {
         }
         let mut stats = UploadStats::default();
         let t_have = t0.elapsed();
+        // The plaintext this flight seals and uploads (none when it carries its chunks on).
         let plain = bytes_of(&to_seal);
-        let carried = if plain < self.carry_below {
-            std::mem::take(&mut to_seal)
+        let (carried, sealing) = if plain < self.carry_below {
+            (std::mem::take(&mut to_seal), 0)
         } else {
-            Vec::new()
+            (Vec::new(), plain)
         };
-        held.store(bytes_of(&to_seal), Ordering::Relaxed);
+        held.store(sealing, Ordering::Relaxed);
         if !to_seal.is_empty() {
-            stats.new_logical_bytes = to_seal.iter().map(|(_, d)| d.len() as u64).sum();
+            stats.new_logical_bytes = sealing as u64;
             stats.new_chunks = to_seal.len() as u64;
             let blobs = seal_all(&self.keys, self.level, to_seal).await?;
             let t_seal = t0.elapsed();

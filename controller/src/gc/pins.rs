@@ -92,7 +92,7 @@ pub fn pin(
     Ok(())
 }
 
-/// Whether `group` has `id`, reviving it if condemned. `None`: no row.
+/// Whether `group` has `id` (a chunk row), reviving it if condemned.
 fn have_and_revive(conn: &Connection, group: &str, id: &ChunkId) -> Result<bool, CatalogError> {
     let condemned: Option<Option<i64>> = conn
         .prepare_cached("SELECT condemned_at FROM chunks WHERE dedup_group = ?1 AND id = ?2")?

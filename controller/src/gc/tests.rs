@@ -131,6 +131,24 @@ impl World {
             .expect("query")
     }
 
+    /// The chunks pinned to `session`, in id order.
+    pub fn pinned(&self, session: &str) -> Vec<ChunkId> {
+        let session = session.to_owned();
+        self.cat
+            .run_blocking(move |c| {
+                let mut st = c.prepare(
+                    "SELECT chunk_id FROM session_pins WHERE session_id = ?1 ORDER BY chunk_id",
+                )?;
+                let rows = st.query_map(params![session], |r| r.get::<_, Vec<u8>>(0))?;
+                let ids = rows.collect::<Result<Vec<_>, _>>()?;
+                Ok(ids
+                    .iter()
+                    .map(|b| ChunkId::try_from(&b[..]).expect("a 32-byte chunk id"))
+                    .collect())
+            })
+            .expect("pins")
+    }
+
     /// Opens upload session `id` of agent `a` started at `started_at`, its lease renewed at
     /// `renewed` for `lease`.
     pub fn open_session(&self, id: &str, started_at: i64, renewed: i64, lease: Duration) {
@@ -276,11 +294,11 @@ async fn an_upload_skipping_a_condemned_blob_revives_and_pins_it() {
     w.pack(&[61], 1000).await;
     w.gc(10_000).await;
     assert_eq!(w.chunk_state(61), Some(Some(10_000)));
-    let (have, pinned) = w
+    let have = w
         .cat
         .run_blocking(|c| {
             let covers = w.cat.covers();
-            let have = pins::pin_present(
+            pins::pin_present(
                 c,
                 &covers,
                 "s0",
@@ -288,15 +306,12 @@ async fn an_upload_skipping_a_condemned_blob_revives_and_pins_it() {
                 &[id(61), id(62)],
                 20_000,
                 DEFAULT_LEASE,
-            )?;
-            let mut st = c.prepare("SELECT chunk_id FROM session_pins WHERE session_id = 's0'")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-            Ok((have, rows.collect::<Result<Vec<_>, _>>()?))
+            )
         })
         .expect("pin");
     assert_eq!(have.into_iter().collect::<Vec<_>>(), vec![id(61)]);
     assert_eq!(w.chunk_state(61), Some(None), "revived");
-    assert_eq!(pinned, vec![id(61).0.to_vec()], "pinned");
+    assert_eq!(w.pinned("s0"), vec![id(61)], "pinned");
 }
 
 #[tokio::test]
@@ -502,21 +517,7 @@ async fn have_chunks_looks_up_beside_the_writer_and_writes_only_pins() {
         .await
         .expect("have");
     assert!(missing.is_empty());
-    let pinned = |w: &World| {
-        w.cat
-            .run_blocking(|c| {
-                let mut st =
-                    c.prepare("SELECT chunk_id FROM session_pins WHERE session_id = 's1'")?;
-                let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-                Ok(rows.collect::<Result<Vec<_>, _>>()?)
-            })
-            .expect("pins")
-    };
-    assert_eq!(
-        pinned(&w),
-        vec![id(3).0.to_vec()],
-        "3 is not the parent's: pinned"
-    );
+    assert_eq!(w.pinned("s1"), vec![id(3)], "3 is not the parent's: pinned");
 
     let covers = w.cat.covers();
     let found = w
@@ -548,7 +549,7 @@ async fn have_chunks_looks_up_beside_the_writer_and_writes_only_pins() {
         })
         .expect("settle");
     assert!(have.is_empty(), "gone since the lookup: missing");
-    assert_eq!(pinned(&w).len(), 1, "nothing pinned for it");
+    assert_eq!(w.pinned("s1").len(), 1, "nothing pinned for it");
 }
 
 mod repack;
@@ -637,10 +638,10 @@ async fn present_chunks_are_protected_by_live_references_or_pins() {
     };
     forget_at("q", 4_000);
     w.open_session("s1", 5_000, 5_000, Duration::from_secs(60));
-    let pinned = w
+    let have = w
         .cat
         .run_blocking(|c| {
-            let have = pins::pin_present(
+            pins::pin_present(
                 c,
                 &w.cat.covers(),
                 "s1",
@@ -648,16 +649,15 @@ async fn present_chunks_are_protected_by_live_references_or_pins() {
                 &[id(71), id(72), id(73)],
                 6_000,
                 Duration::from_secs(60),
-            )?;
-            assert_eq!(have.len(), 3, "all three are stored");
-            let mut st = c.prepare("SELECT chunk_id FROM session_pins ORDER BY chunk_id")?;
-            let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            )
         })
         .expect("have");
-    let mut want = vec![id(72).0.to_vec(), id(73).0.to_vec()];
-    want.sort();
-    assert_eq!(pinned, want, "71 is referenced by live p: no pin");
+    assert_eq!(have.len(), 3, "all three are stored");
+    assert_eq!(
+        w.pinned("s1"),
+        vec![id(72), id(73)],
+        "71 is referenced by live p: no pin"
+    );
     forget_at("p", 7_000);
     let r = w.gc(10_000).await;
     assert_eq!(

@@ -13,17 +13,19 @@ async fn uploader(remote: &MemoryRemote) -> Uploader<'_, MemoryRemote> {
     Uploader::new(remote, session, keys(), 3)
 }
 
-fn chunk(i: usize, random: bool) -> Vec<u8> {
-    let mut data = vec![0u8; 100_000];
-    if random {
-        fill_random(&mut data);
-    } else {
-        let line = format!("<p>chunk {i} of some very compressible html</p>\n");
-        for (d, s) in data.iter_mut().zip(line.bytes().cycle()) {
-            *d = s;
-        }
-    }
+/// `len` random (incompressible, media-like) bytes.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    fill_random(&mut data);
     data
+}
+
+fn chunk(i: usize, random: bool) -> Vec<u8> {
+    if random {
+        return random_bytes(100_000);
+    }
+    let line = format!("<p>chunk {i} of some very compressible html</p>\n");
+    line.bytes().cycle().take(100_000).collect()
 }
 
 /// Many batches (max_ids 16), some ids repeated across batches: after `flush` every id is
@@ -139,13 +141,7 @@ async fn a_batch_never_grows_past_its_limit_by_a_large_chunk() {
     let remote = MemoryRemote::default();
     let mut up = uploader(&remote).await;
     let k = keys();
-    let big: Vec<Vec<u8>> = (0..3)
-        .map(|_| {
-            let mut d = vec![0u8; 3 << 20];
-            fill_random(&mut d);
-            d
-        })
-        .collect();
+    let big: Vec<Vec<u8>> = (0..3).map(|_| random_bytes(3 << 20)).collect();
     for data in &big {
         up.add(k.chunk_id(data), data.clone()).await.expect("add");
     }
@@ -242,13 +238,7 @@ async fn more_flights_fly_only_while_they_hold_little() {
     );
 
     remote.have_most_at_once.store(0, Ordering::SeqCst);
-    let big: Vec<Vec<u8>> = (0..60)
-        .map(|_| {
-            let mut d = vec![0u8; 300_000];
-            fill_random(&mut d);
-            d
-        })
-        .collect();
+    let big: Vec<Vec<u8>> = (0..60).map(|_| random_bytes(300_000)).collect();
     for data in &big {
         up.add(k.chunk_id(data), data.clone())
             .await
