@@ -131,6 +131,25 @@ impl World {
             .expect("query")
     }
 
+    /// UploadChunks' skip of already-stored blobs ([`pins::pin_present`]) for chunks `ids` of
+    /// group `g`, at `now` with `lease`; returns the ids found stored.
+    pub fn pin_present(
+        &self,
+        session: &str,
+        ids: &[u8],
+        now: i64,
+        lease: Duration,
+    ) -> std::collections::HashSet<ChunkId> {
+        let covers = self.cat.covers();
+        let (session, ids) = (
+            session.to_owned(),
+            ids.iter().map(|&n| id(n)).collect::<Vec<_>>(),
+        );
+        self.cat
+            .run_blocking(move |c| pins::pin_present(c, &covers, &session, "g", &ids, now, lease))
+            .expect("pin_present")
+    }
+
     /// The chunks pinned to `session`, in id order.
     pub fn pinned(&self, session: &str) -> Vec<ChunkId> {
         let session = session.to_owned();
@@ -294,21 +313,7 @@ async fn an_upload_skipping_a_condemned_blob_revives_and_pins_it() {
     w.pack(&[61], 1000).await;
     w.gc(10_000).await;
     assert_eq!(w.chunk_state(61), Some(Some(10_000)));
-    let have = w
-        .cat
-        .run_blocking(|c| {
-            let covers = w.cat.covers();
-            pins::pin_present(
-                c,
-                &covers,
-                "s0",
-                "g",
-                &[id(61), id(62)],
-                20_000,
-                DEFAULT_LEASE,
-            )
-        })
-        .expect("pin");
+    let have = w.pin_present("s0", &[61, 62], 20_000, DEFAULT_LEASE);
     assert_eq!(have.into_iter().collect::<Vec<_>>(), vec![id(61)]);
     assert_eq!(w.chunk_state(61), Some(None), "revived");
     assert_eq!(w.pinned("s0"), vec![id(61)], "pinned");
@@ -439,21 +444,7 @@ async fn pins_of_an_expired_lease_stop_protecting() {
     let w = World::new();
     w.pack(&[51], 1000).await;
     // Pinned by s0 with a lease that ends at 1000 + 1 s.
-    w.cat
-        .run_blocking(|c| {
-            let covers = w.cat.covers();
-            pins::pin_present(
-                c,
-                &covers,
-                "s0",
-                "g",
-                &[id(51)],
-                1000,
-                Duration::from_secs(1),
-            )
-            .map(drop)
-        })
-        .expect("pin");
+    w.pin_present("s0", &[51], 1000, Duration::from_secs(1));
     let r = w.gc(1_500).await;
     assert_eq!(
         r.condemned, 0,
@@ -638,20 +629,7 @@ async fn present_chunks_are_protected_by_live_references_or_pins() {
     };
     forget_at("q", 4_000);
     w.open_session("s1", 5_000, 5_000, Duration::from_secs(60));
-    let have = w
-        .cat
-        .run_blocking(|c| {
-            pins::pin_present(
-                c,
-                &w.cat.covers(),
-                "s1",
-                "g",
-                &[id(71), id(72), id(73)],
-                6_000,
-                Duration::from_secs(60),
-            )
-        })
-        .expect("have");
+    let have = w.pin_present("s1", &[71, 72, 73], 6_000, Duration::from_secs(60));
     assert_eq!(have.len(), 3, "all three are stored");
     assert_eq!(
         w.pinned("s1"),
