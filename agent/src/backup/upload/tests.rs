@@ -20,6 +20,13 @@ fn random_bytes(len: usize) -> Vec<u8> {
     data
 }
 
+/// Whether the remote stores a blob for every chunk of `data`.
+fn all_stored<'a>(remote: &MemoryRemote, data: impl IntoIterator<Item = &'a Vec<u8>>) -> bool {
+    let k = keys();
+    let blobs = remote.blobs.lock().expect("lock");
+    data.into_iter().all(|d| blobs.contains_key(&k.chunk_id(d)))
+}
+
 fn chunk(i: usize, random: bool) -> Vec<u8> {
     if random {
         return random_bytes(100_000);
@@ -85,8 +92,7 @@ async fn a_bounded_durable_set_still_uploads_each_chunk_once() {
     assert!(peak <= 8 + 16, "durable set grew to {peak}");
     let uploaded = remote.uploaded_ids.lock().expect("lock");
     assert_eq!(uploaded.len(), expected.len(), "an id was uploaded twice");
-    let blobs = remote.blobs.lock().expect("lock");
-    assert!(expected.iter().all(|d| blobs.contains_key(&k.chunk_id(d))));
+    assert!(all_stored(&remote, &expected));
 }
 
 /// Mostly-present batches hand their few missing chunks on instead of uploading them:
@@ -125,12 +131,7 @@ async fn few_missing_chunks_are_carried_to_the_next_upload() {
         old.len() + new.len(),
         "an id was uploaded twice"
     );
-    let blobs = remote.blobs.lock().expect("lock");
-    assert!(
-        old.iter()
-            .chain(&new)
-            .all(|d| blobs.contains_key(&k.chunk_id(d)))
-    );
+    assert!(all_stored(&remote, old.iter().chain(&new)));
     assert_eq!(up.stats.new_chunks, (old.len() + new.len()) as u64);
 }
 
@@ -147,8 +148,7 @@ async fn a_batch_never_grows_past_its_limit_by_a_large_chunk() {
     }
     up.flush().await.expect("flush");
     assert_eq!(remote.uploads.load(Ordering::SeqCst), 3);
-    let blobs = remote.blobs.lock().expect("lock");
-    assert!(big.iter().all(|d| blobs.contains_key(&k.chunk_id(d))));
+    assert!(all_stored(&remote, &big));
 }
 
 /// A cached id the controller lacks makes its file be read again; one it has does not.
