@@ -1,8 +1,8 @@
 //! The controller-wide bound on restore reads (`ReadChunks` streams) in progress.
 //!
-//! Each stream holds blob data while it is read and sent: a run of neighbouring blobs read with
-//! one GET (up to [`crate::service::reads::RUN_BYTES`]) plus the two blobs queued for the
-//! client. One agent's restore keeps about eight streams open (four workers, a large file's
+//! Each stream holds blob data while it is read and sent: one window of blobs being read (up to
+//! twice [`crate::service::reads::WINDOW_BLOB_BYTES`] with the gaps read through) plus one window
+//! queued for the client. One agent's restore keeps about eight streams open (four workers, a large file's
 //! batches fetched ahead), so a fleet-wide disaster restore (tens of agents at once) would hold
 //! hundreds of MiB with nothing to stop it. Every stream is therefore admitted against
 //! [`READ_BUDGET_BYTES`]: it weighs the bytes it will read, at most [`MAX_STREAM_WEIGHT`], and
@@ -28,8 +28,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 /// Blob bytes all restore streams together may weigh.
 pub const READ_BUDGET_BYTES: u64 = 64 << 20;
-/// The most one stream weighs (what it can hold at once: one coalesced read plus two blobs).
-pub const MAX_STREAM_WEIGHT: u64 = crate::service::reads::RUN_BYTES;
+/// The most one stream weighs (what it can hold at once: a window being read and one queued).
+pub const MAX_STREAM_WEIGHT: u64 = 4 * crate::service::reads::WINDOW_BLOB_BYTES;
 /// How long a stream waits for its client to take the next blob before it ends.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -249,7 +249,7 @@ impl AgentService for AgentApi {
         Ok(Response::new(s))
     }
 
-    type ReadChunksStream = ReceiverStream<Result<pb::ReadChunksResponse, Status>>;
+    type ReadChunksStream = reads::Batches<Result<pb::ReadChunksResponse, Status>>;
 
     async fn read_chunks(
         &self,
@@ -261,11 +261,11 @@ impl AgentService for AgentApi {
         let region = crate::replication::fallback::region(&self.state, req.get_ref().region)?;
         let group = owner.1.clone();
         let plan = reads::authorize(&self.state, owner, ids).await?;
-        // Two blobs in flight at most: memory stays bounded whatever the request size.
-        let (tx, rx) = mpsc::channel(2);
+        // One window queued at most: memory stays bounded whatever the request size.
+        let (tx, rx) = mpsc::channel(1);
         let state = self.state.clone();
         tokio::spawn(reads::stream(state, group, plan, region, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(reads::Batches::new(rx)))
     }
 
     async fn report_failure(

@@ -8,15 +8,19 @@
 //! Only then does a read fail over to the secondary (which would otherwise count a healthy
 //! primary as damaged) or report data loss.
 //!
-//! [`stream`] reads neighbouring blobs of one pack with one ranged GET (agents ask in backup
-//! order, which is pack order): a run of consecutive plan entries in the same pack, each
-//! starting at most [`RUN_GAP`] after the previous one ends, up to [`RUN_BYTES`]. Every blob is
-//! still checked against its BLAKE3; if the run's read or any check fails, its blobs go one by
-//! one through [`read_blob_any`] (relocation, fallback, a precise error).
+//! [`stream`] takes the plan in windows of consecutive entries and reads each window's blobs
+//! with one ranged GET per stretch of a pack ([`windows`]: agents ask in backup order, which a
+//! changed file's chunks spread over the packs of several backups). Every blob is still checked
+//! against its BLAKE3; a blob whose GET or check fails goes alone through [`read_blob_any`]
+//! (relocation, fallback, a precise error). A window's messages go to the client together
+//! ([`Batches`]): one hand-off between tasks per window instead of per blob.
 
 use bytes::Bytes;
 use lifeboat_common::ids::ChunkId;
 use lifeboat_proto::v1 as pb;
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -27,6 +31,11 @@ use crate::catalog::chunks::{self, ChunkLocation};
 use crate::catalog::snapshots;
 use crate::error::ServiceError;
 use crate::store::{Store, StoreError};
+
+mod windows;
+
+pub use windows::{RUN_GAP, WINDOW_BLOB_BYTES};
+use windows::{Window, next_window};
 
 /// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
 pub async fn authorize(
@@ -151,52 +160,34 @@ async fn read_blob(
     Ok(data)
 }
 
-/// Largest gap between two blobs read by one GET (the gap's bytes are read and dropped).
-pub const RUN_GAP: u64 = 64 << 10;
-/// Most bytes one coalesced GET reads.
-pub const RUN_BYTES: u64 = 8 << 20;
-
-/// How many plan entries from the start of `plan` one ranged GET can serve.
-fn run_len(plan: &[(ChunkId, ChunkLocation)]) -> usize {
-    let Some((_, first)) = plan.first() else {
-        return 0;
-    };
-    let mut end = first.offset + u64::from(first.length);
-    let mut n = 1;
-    for (_, loc) in &plan[1..] {
-        let next_end = loc.offset + u64::from(loc.length);
-        if loc.pack_key != first.pack_key
-            || loc.offset < end
-            || loc.offset - end > RUN_GAP
-            || next_end - first.offset > RUN_BYTES
-        {
-            break;
-        }
-        end = next_end;
-        n += 1;
+/// Reads a window's spans from the primary, one GET each, and returns each entry's blob if it
+/// was read and matches its recorded hash; `None` for the others (the caller reads those one by
+/// one, with relocation and failover).
+async fn read_window(
+    store: &Store,
+    entries: &[(ChunkId, ChunkLocation)],
+    window: &Window<'_>,
+) -> Vec<Option<Bytes>> {
+    let mut spans = Vec::with_capacity(window.spans.len());
+    for span in &window.spans {
+        spans.push(
+            store
+                .get_range(span.pack_key, span.start..span.end)
+                .await
+                .ok(),
+        );
     }
-    n
-}
-
-/// Reads a run of blobs of one pack from the primary with one GET; `None` if the read or any
-/// hash check fails (the caller then reads them one by one).
-async fn read_run(store: &Store, run: &[(ChunkId, ChunkLocation)]) -> Option<Vec<Bytes>> {
-    let (first, last) = (&run.first()?.1, &run.last()?.1);
-    let start = first.offset;
-    let data = store
-        .get_range(&first.pack_key, start..last.offset + u64::from(last.length))
-        .await
-        .ok()?;
-    let mut out = Vec::with_capacity(run.len());
-    for (_, loc) in run {
-        let from = usize::try_from(loc.offset - start).ok()?;
-        let blob = data.get(from..from.checked_add(loc.length as usize)?)?;
-        if blake3::hash(blob).as_bytes() != &loc.blob_hash {
-            return None;
-        }
-        out.push(data.slice(from..from + loc.length as usize));
-    }
-    Some(out)
+    entries
+        .iter()
+        .zip(&window.span_of)
+        .map(|((_, loc), &s)| {
+            let data = spans[s].as_ref()?;
+            let from = usize::try_from(loc.offset - window.spans[s].start).ok()?;
+            let blob = data.get(from..from.checked_add(loc.length as usize)?)?;
+            let ok = blake3::hash(blob).as_bytes() == &loc.blob_hash;
+            ok.then(|| data.slice(from..from + blob.len()))
+        })
+        .collect()
 }
 
 /// Streams the blobs of `plan` in order into `tx` (ReadChunks) once the controller's read
@@ -208,7 +199,7 @@ pub async fn stream(
     group: String,
     plan: Vec<(ChunkId, ChunkLocation)>,
     region: pb::Region,
-    tx: mpsc::Sender<Result<pb::ReadChunksResponse, Status>>,
+    tx: mpsc::Sender<Vec<Result<pb::ReadChunksResponse, Status>>>,
 ) {
     let bytes = plan.iter().map(|(_, loc)| u64::from(loc.length)).sum();
     // A client that gives up while waiting for the budget leaves the queue at once.
@@ -234,31 +225,68 @@ pub async fn stream(
         }),
         from_secondary,
     };
-    let mut i = 0;
-    while i < plan.len() {
-        let n = run_len(&plan[i..]);
-        let run = &plan[i..i + n];
-        i += n;
-        let together = match (n > 1, region) {
-            (true, pb::Region::Any | pb::Region::Primary) => read_run(&state.store, run).await,
-            _ => None,
-        };
-        if let Some(blobs) = together {
-            for ((id, _), data) in run.iter().zip(blobs) {
-                if !send(Ok(reply(id, data, false))).await {
-                    return;
-                }
+    let mut rest = &plan[..];
+    while !rest.is_empty() {
+        let window = next_window(rest);
+        let (entries, after) = rest.split_at(window.len);
+        rest = after;
+        let read = match region {
+            pb::Region::Any | pb::Region::Primary => {
+                read_window(&state.store, entries, &window).await
             }
-            continue;
-        }
-        for (id, loc) in run {
-            let msg = read_blob_any(&state, &group, id, loc, region)
-                .await
-                .map(|(data, secondary)| reply(id, data, secondary))
-                .map_err(Status::from);
+            pb::Region::Secondary => vec![None; entries.len()],
+        };
+        let mut msgs = Vec::with_capacity(entries.len());
+        for ((id, loc), blob) in entries.iter().zip(read) {
+            let msg = match blob {
+                Some(data) => Ok(reply(id, data, false)),
+                None => read_blob_any(&state, &group, id, loc, region)
+                    .await
+                    .map(|(data, secondary)| reply(id, data, secondary))
+                    .map_err(Status::from),
+            };
             let failed = msg.is_err();
-            if !send(msg).await || failed {
+            msgs.push(msg);
+            if failed {
+                send(msgs).await;
                 return;
+            }
+        }
+        if !send(msgs).await {
+            return;
+        }
+    }
+}
+
+/// The `ReadChunks` response stream: the windows [`stream`] sends, handed to tonic one message
+/// at a time. The channel wakes the encoder once per window, and the encoder then finds the
+/// window's messages ready and packs them into fewer HTTP/2 frames and socket writes.
+pub struct Batches<T> {
+    rx: mpsc::Receiver<Vec<T>>,
+    ready: std::vec::IntoIter<T>,
+}
+
+impl<T> Batches<T> {
+    pub fn new(rx: mpsc::Receiver<Vec<T>>) -> Self {
+        Batches {
+            rx,
+            ready: Vec::new().into_iter(),
+        }
+    }
+}
+
+impl<T: Unpin> tokio_stream::Stream for Batches<T> {
+    type Item = T;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.ready.next() {
+                return Poll::Ready(Some(item));
+            }
+            match ready!(this.rx.poll_recv(cx)) {
+                Some(batch) => this.ready = batch.into_iter(),
+                None => return Poll::Ready(None),
             }
         }
     }
@@ -266,69 +294,77 @@ pub async fn stream(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use tokio_stream::StreamExt;
 
-    fn loc(pack: &str, offset: u64, length: u32) -> (ChunkId, ChunkLocation) {
+    use super::*;
+    use crate::fault_store::{FaultStore, Op};
+
+    fn blob(pack: &str, offset: u64, bytes: &[u8]) -> (ChunkId, ChunkLocation) {
         (
             ChunkId([offset as u8; 32]),
             ChunkLocation {
                 pack_key: pack.into(),
                 offset,
-                length,
-                blob_hash: [0; 32],
+                length: bytes.len() as u32,
+                blob_hash: *blake3::hash(bytes).as_bytes(),
             },
         )
     }
 
-    #[test]
-    fn runs_stop_at_another_pack_a_gap_a_step_back_or_the_size_cap() {
-        let plan = vec![
-            loc("a", 0, 100),
-            loc("a", 100, 100),
-            loc("a", 300, 100),
-            loc("b", 400, 100),
-        ];
-        assert_eq!(
-            run_len(&plan),
-            3,
-            "small gap read through, other pack stops"
-        );
-        let plan = vec![loc("a", 0, 100), loc("a", 100 + RUN_GAP + 1, 100)];
-        assert_eq!(run_len(&plan), 1, "gap too large");
-        let plan = vec![loc("a", 500, 100), loc("a", 0, 100)];
-        assert_eq!(run_len(&plan), 1, "out of order");
-        let big = u32::try_from(RUN_BYTES / 2).expect("fits");
-        let plan = vec![
-            loc("a", 0, big),
-            loc("a", u64::from(big), big),
-            loc("a", 2 * u64::from(big), 1),
-        ];
-        assert_eq!(run_len(&plan), 2, "capped at RUN_BYTES");
-        assert_eq!(run_len(&[]), 0);
+    async fn read(store: &Store, plan: &[(ChunkId, ChunkLocation)]) -> Vec<Option<Vec<u8>>> {
+        let window = next_window(plan);
+        assert_eq!(window.len, plan.len(), "one window");
+        let got = read_window(store, plan, &window).await;
+        got.into_iter().map(|b| b.map(|b| b.to_vec())).collect()
     }
 
     #[tokio::test]
-    async fn a_run_with_a_bad_blob_is_refused_whole() {
-        let store = Store::memory();
-        let data = Bytes::from_static(b"aaaabbbbcccc");
-        store.put_new("packs/x", data).await.expect("put");
+    async fn a_window_reads_each_pack_once_and_refuses_only_the_blobs_that_fail() {
+        let faults = FaultStore::new(Store::memory().object_store().clone());
+        let store = Store::from_object_store(faults.clone());
+        store
+            .put_new("packs/a", Bytes::from_static(b"aaaabbbbcccc"))
+            .await
+            .expect("put");
+        store
+            .put_new("packs/b", Bytes::from_static(b"xxxxyyyy"))
+            .await
+            .expect("put");
+        // Old and new chunks of a changed file, interleaved as a restore asks for them.
         let mut plan = vec![
-            loc("packs/x", 0, 4),
-            loc("packs/x", 4, 4),
-            loc("packs/x", 8, 4),
+            blob("packs/a", 0, b"aaaa"),
+            blob("packs/b", 0, b"xxxx"),
+            blob("packs/a", 4, b"bbbb"),
+            blob("packs/b", 4, b"yyyy"),
+            blob("packs/a", 8, b"cccc"),
         ];
-        for (i, b) in [b"aaaa", b"bbbb", b"cccc"].iter().enumerate() {
-            plan[i].1.blob_hash = *blake3::hash(&b[..]).as_bytes();
-        }
-        let got = read_run(&store, &plan).await.expect("one read");
+        let before = faults.calls(Op::Get);
+        let all = ["aaaa", "xxxx", "bbbb", "yyyy", "cccc"].map(|b| Some(b.as_bytes().to_vec()));
+        assert_eq!(read(&store, &plan).await, all, "every blob, in plan order");
+        assert_eq!(faults.calls(Op::Get) - before, 2, "one GET per pack");
+
+        plan[2].1.blob_hash = [9; 32];
+        plan.push(blob("packs/gone", 0, b"zzzz"));
+        let got = read(&store, &plan).await;
         assert_eq!(
-            got.iter().map(|b| &b[..]).collect::<Vec<_>>(),
-            [b"aaaa", b"bbbb", b"cccc"]
+            got[2], None,
+            "a blob that fails its check is left to be read alone"
         );
-        plan[1].1.blob_hash = [9; 32];
-        assert!(
-            read_run(&store, &plan).await.is_none(),
-            "falls back blob by blob"
+        assert_eq!(got[5], None, "so is a blob whose GET failed");
+        assert_eq!(
+            [&got[..2], &got[3..5]].concat(),
+            [&all[..2], &all[3..]].concat()
         );
+    }
+
+    #[tokio::test]
+    async fn batches_come_out_one_by_one_in_order_and_end_with_the_sender() {
+        let (tx, rx) = mpsc::channel(1);
+        let reader = tokio::spawn(Batches::new(rx).collect::<Vec<u32>>());
+        for batch in [vec![1, 2, 3], vec![], vec![4]] {
+            tx.send(batch).await.expect("send");
+        }
+        drop(tx);
+        assert_eq!(reader.await.expect("join"), [1, 2, 3, 4]);
     }
 }
