@@ -24,8 +24,9 @@ use crate::config::ControllerConfig;
 
 pub mod probe;
 use crate::remote::{
-    CommitOutcome, CommitRequest, FailureReport, MAX_IDS_PER_REQUEST, MIN_IDS_PER_REQUEST, Remote,
-    RemoteError, Session, SnapshotInfo, UploadReceipt, snapshot_from_wire,
+    BlobCheck, CommitOutcome, CommitRequest, FailureReport, MAX_IDS_PER_REQUEST,
+    MIN_IDS_PER_REQUEST, Remote, RemoteError, Session, SnapshotInfo, UploadReceipt,
+    snapshot_from_wire,
 };
 
 /// How long to wait for the TCP + TLS connection.
@@ -497,6 +498,7 @@ impl Remote for GrpcRemote {
     async fn read_chunks(
         &self,
         ids: &[ChunkId],
+        check: BlobCheck,
     ) -> Result<Vec<(ChunkId, bytes::Bytes)>, RemoteError> {
         const OP: &str = "ReadChunks";
         let mut c = self.client.clone();
@@ -505,6 +507,7 @@ impl Remote for GrpcRemote {
                 ids: ids.iter().map(id_bytes).collect(),
                 from_agent: self.from_agent.clone(),
                 region: self.region as i32,
+                caller_verifies: check == BlobCheck::Agent,
             })
             .await
             .map_err(status(OP))?

@@ -50,6 +50,18 @@ impl RemoteError {
     }
 }
 
+/// Who checks the blobs a `ReadChunks` call serves against the hashes the controller recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobCheck {
+    /// The agent alone (it opens every blob with its key anyway): the controller serves blobs
+    /// unchecked, so a damaged stored copy reaches the agent, fails to open, and is asked for
+    /// again with [`BlobCheck::Controller`].
+    Agent,
+    /// The controller too: it checks each blob and serves a damaged one from the secondary
+    /// region (queueing the damaged copy's repair), or says the chunk is lost.
+    Controller,
+}
+
 /// An open upload session.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -154,6 +166,7 @@ pub trait Remote: Send + Sync {
     fn read_chunks(
         &self,
         ids: &[ChunkId],
+        check: BlobCheck,
     ) -> impl Future<Output = Result<Vec<(ChunkId, bytes::Bytes)>, RemoteError>> + Send;
 }
 

@@ -9,16 +9,22 @@ use lifeboat_common::ids::ChunkId;
 use lifeboat_proto::v1::SnapshotStats;
 
 use super::{
-    CommitOutcome, CommitRequest, FailureReport, Remote, RemoteError, Session, SnapshotInfo,
-    UploadReceipt,
+    BlobCheck, CommitOutcome, CommitRequest, FailureReport, Remote, RemoteError, Session,
+    SnapshotInfo, UploadReceipt,
 };
 
 #[derive(Default)]
 pub struct MemoryRemote {
     pub blobs: Mutex<HashMap<ChunkId, Vec<u8>>>,
     pub snapshots: Mutex<Vec<SnapshotInfo>>,
-    /// Ids whose reads fail with DataLoss.
+    /// Ids whose stored copy is damaged and have no sound copy: served damaged when the agent
+    /// checks ([`BlobCheck::Agent`]), refused with DataLoss when the controller checks.
     pub damaged: Mutex<HashSet<ChunkId>>,
+    /// Ids whose primary copy is damaged but whose secondary copy is sound: served damaged when
+    /// the agent checks, sound (from the "secondary") when the controller checks.
+    pub damaged_primary: Mutex<HashSet<ChunkId>>,
+    /// The ids of every read the controller checked ([`BlobCheck::Controller`]), in order.
+    pub checked_reads: Mutex<Vec<ChunkId>>,
     pub uploads: AtomicU64,
     pub uploaded_ids: Mutex<Vec<ChunkId>>,
     pub failures: Mutex<Vec<FailureReport>>,
@@ -133,16 +139,34 @@ impl Remote for MemoryRemote {
     async fn read_chunks(
         &self,
         ids: &[ChunkId],
+        check: BlobCheck,
     ) -> Result<Vec<(ChunkId, bytes::Bytes)>, RemoteError> {
         let blobs = self.blobs.lock().expect("lock");
         let damaged = self.damaged.lock().expect("lock");
+        let damaged_primary = self.damaged_primary.lock().expect("lock");
+        if check == BlobCheck::Controller {
+            self.checked_reads.lock().expect("lock").extend(ids);
+        }
         ids.iter()
-            .map(|id| match blobs.get(id) {
-                Some(b) if !damaged.contains(id) => Ok((*id, b.clone().into())),
-                _ => Err(RemoteError::Status {
-                    op: "ReadChunks",
-                    status: tonic::Status::data_loss(format!("chunk {} is damaged", id.short())),
-                }),
+            .map(|id| {
+                let bad = damaged.contains(id) || damaged_primary.contains(id);
+                match (blobs.get(id), check) {
+                    (Some(b), BlobCheck::Agent) if bad => {
+                        let mut b = b.clone();
+                        if let Some(last) = b.last_mut() {
+                            *last ^= 1;
+                        }
+                        Ok((*id, b.into()))
+                    }
+                    (Some(b), _) if !damaged.contains(id) => Ok((*id, b.clone().into())),
+                    _ => Err(RemoteError::Status {
+                        op: "ReadChunks",
+                        status: tonic::Status::data_loss(format!(
+                            "chunk {} is damaged",
+                            id.short()
+                        )),
+                    }),
+                }
             })
             .collect()
     }

@@ -313,6 +313,44 @@ async fn damaged_chunk_fails_naming_the_file_and_leaves_no_damaged_file() {
     assert!(msg.contains("big.bin") && msg.contains("damaged"), "{msg}");
 }
 
+/// A chunk whose primary copy is damaged (a sound copy in the secondary region): the unchecked
+/// read hands the damaged blob over, it does not open, and only that chunk is asked for again
+/// with the controller checking, which serves the sound copy; the restore is byte for byte.
+#[tokio::test]
+async fn a_blob_that_does_not_open_is_asked_for_again_checked_and_restores() {
+    let f = fixture();
+    backup(&f, Arc::new(FsOpener)).await;
+    let big = latest_entry(&f, b"site/big.bin").await;
+    let small = latest_entry(&f, b"site/index.html").await;
+    let damaged = [big.chunks[0], small.chunks[0]];
+    f.remote
+        .damaged_primary
+        .lock()
+        .expect("lock")
+        .extend(damaged);
+    restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restored from the sound copies");
+    let dir = restored(&f, "site");
+    assert_eq!(
+        fs::read(dir.join("big.bin")).expect("read"),
+        pseudo_random(100_000, 1)
+    );
+    assert_eq!(
+        fs::read(dir.join("index.html")).expect("read"),
+        b"<h1>hello</h1>"
+    );
+    let mut checked = f.remote.checked_reads.lock().expect("lock").clone();
+    checked.sort();
+    checked.dedup();
+    let mut want = damaged.to_vec();
+    want.sort();
+    assert_eq!(
+        checked, want,
+        "only the blobs that did not open are asked for checked"
+    );
+}
+
 #[tokio::test]
 async fn delete_removes_what_the_snapshot_lacks_but_keeps_excluded_paths() {
     let f = fixture();

@@ -124,7 +124,7 @@ async fn call(rpc: &str, ch: Channel, f: &Fixture) -> Outcome {
             .read_chunks(pb::ReadChunksRequest {
                 ids: vec![bytes::Bytes::from(f.chunk.clone())],
                 from_agent: "a".into(),
-                region: 0,
+                ..Default::default()
             })
             .await
         {

@@ -260,11 +260,12 @@ impl AgentService for AgentApi {
         let owner = read_owner(&self.state, &a, &req.get_ref().from_agent).await?;
         let region = crate::replication::fallback::region(&self.state, req.get_ref().region)?;
         let group = owner.1.clone();
+        let check = !req.get_ref().caller_verifies;
         let plan = reads::authorize(&self.state, owner, ids).await?;
         // One window queued at most: memory stays bounded whatever the request size.
         let (tx, rx) = mpsc::channel(1);
         let state = self.state.clone();
-        tokio::spawn(reads::stream(state, group, plan, region, tx));
+        tokio::spawn(reads::stream(state, group, plan, region, check, tx));
         Ok(Response::new(reads::Batches::new(rx)))
     }
 

@@ -10,18 +10,20 @@
 //!
 //! [`stream`] takes the plan in windows of consecutive entries and reads each window's blobs
 //! with one ranged GET per stretch of a pack ([`windows`]: agents ask in backup order, which a
-//! changed file's chunks spread over the packs of several backups). Every blob is still checked
-//! against its BLAKE3; a blob whose GET or check fails goes alone through [`read_blob_any`]
-//! (relocation, fallback, a precise error). A window's messages go to the client together
-//! ([`Batches`]): one hand-off between tasks per window instead of per blob.
-
-use bytes::Bytes;
-use lifeboat_common::ids::ChunkId;
-use lifeboat_proto::v1 as pb;
+//! changed file's chunks spread over the packs of several backups). Each blob is checked against
+//! its BLAKE3 unless the caller verifies every blob itself (`caller_verifies`, set by agents,
+//! which open each blob with their key and ask again, checked, for one that fails: 15% of the
+//! controller's restore CPU went to checking blobs the agent checks anyway). A blob whose GET or
+//! check fails goes alone through [`read_blob_any`], which always checks (relocation, fallback,
+//! a precise error). A window's messages go to the client together ([`Batches`]): one hand-off
+//! between tasks per window instead of per blob.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
+use lifeboat_common::ids::ChunkId;
+use lifeboat_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -161,12 +163,14 @@ async fn read_blob(
 }
 
 /// Reads a window's spans from the primary, one GET each, and returns each entry's blob if it
-/// was read and matches its recorded hash; `None` for the others (the caller reads those one by
-/// one, with relocation and failover).
+/// was read and matches its recorded hash (`check`; unchecked when the caller verifies every
+/// blob itself); `None` for the others (the caller reads those one by one, with relocation and
+/// failover).
 async fn read_window(
     store: &Store,
     entries: &[(ChunkId, ChunkLocation)],
     window: &Window<'_>,
+    check: bool,
 ) -> Vec<Option<Bytes>> {
     let mut spans = Vec::with_capacity(window.spans.len());
     for span in &window.spans {
@@ -184,7 +188,7 @@ async fn read_window(
             let data = spans[s].as_ref()?;
             let from = usize::try_from(loc.offset - window.spans[s].start).ok()?;
             let blob = data.get(from..from.checked_add(loc.length as usize)?)?;
-            let ok = blake3::hash(blob).as_bytes() == &loc.blob_hash;
+            let ok = !check || blake3::hash(blob).as_bytes() == &loc.blob_hash;
             ok.then(|| data.slice(from..from + blob.len()))
         })
         .collect()
@@ -193,12 +197,15 @@ async fn read_window(
 /// Streams the blobs of `plan` in order into `tx` (ReadChunks) once the controller's read
 /// budget admits it ([`crate::read_limit`]); stops at the first error, which is sent, when the
 /// receiver goes away, or when it has not taken a blob for the limiter's stall timeout
-/// ([`crate::read_limit::STALL_TIMEOUT`]).
+/// ([`crate::read_limit::STALL_TIMEOUT`]). `check`: whether blobs read in windows are checked
+/// against their recorded hashes (unset `ReadChunksRequest.caller_verifies`); a blob read on its
+/// own is always checked, since that is the read that fails over to the secondary.
 pub async fn stream(
     state: State,
     group: String,
     plan: Vec<(ChunkId, ChunkLocation)>,
     region: pb::Region,
+    check: bool,
     tx: mpsc::Sender<Vec<Result<pb::ReadChunksResponse, Status>>>,
 ) {
     let bytes = plan.iter().map(|(_, loc)| u64::from(loc.length)).sum();
@@ -232,7 +239,7 @@ pub async fn stream(
         rest = after;
         let read = match region {
             pb::Region::Any | pb::Region::Primary => {
-                read_window(&state.store, entries, &window).await
+                read_window(&state.store, entries, &window, check).await
             }
             pb::Region::Secondary => vec![None; entries.len()],
         };
@@ -314,7 +321,7 @@ mod tests {
     async fn read(store: &Store, plan: &[(ChunkId, ChunkLocation)]) -> Vec<Option<Vec<u8>>> {
         let window = next_window(plan);
         assert_eq!(window.len, plan.len(), "one window");
-        let got = read_window(store, plan, &window).await;
+        let got = read_window(store, plan, &window, true).await;
         got.into_iter().map(|b| b.map(|b| b.to_vec())).collect()
     }
 
