@@ -10,13 +10,15 @@
 //!
 //! [`stream`] takes the plan in windows of consecutive entries and reads each window's blobs
 //! with one ranged GET per stretch of a pack ([`windows`]: agents ask in backup order, which a
-//! changed file's chunks spread over the packs of several backups). Each blob is checked against
-//! its BLAKE3 unless the caller verifies every blob itself (`caller_verifies`, set by agents,
-//! which open each blob with their key and ask again, checked, for one that fails: 15% of the
-//! controller's restore CPU went to checking blobs the agent checks anyway). A blob whose GET or
-//! check fails goes alone through [`read_blob_any`], which always checks (relocation, fallback,
-//! a precise error). A window's messages go to the client together ([`Batches`]): one hand-off
-//! between tasks per window instead of per blob.
+//! changed file's chunks spread over the packs of several backups), from the primary, or from
+//! the secondary when SECONDARY is asked for (the runbook's restore with the primary region
+//! gone, where one GET per blob was one round trip per 8 KiB of a dump). Each blob is checked
+//! against its BLAKE3 unless the caller verifies every blob itself (`caller_verifies`, set by
+//! agents, which open each blob with their key and ask again, checked, for one that fails: 15%
+//! of the controller's restore CPU went to checking blobs the agent checks anyway). A blob whose
+//! GET or check fails goes alone through [`read_blob_any`], which always checks (relocation,
+//! fallback, a precise error). A window's messages go to the client together ([`Batches`]): one
+//! hand-off between tasks per window instead of per blob.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -162,7 +164,7 @@ async fn read_blob(
     Ok(data)
 }
 
-/// Reads a window's spans from the primary, one GET each, and returns each entry's blob if it
+/// Reads a window's spans from `store`, one GET each, and returns each entry's blob if it
 /// was read and matches its recorded hash (`check`; unchecked when the caller verifies every
 /// blob itself); `None` for the others (the caller reads those one by one, with relocation and
 /// failover).
@@ -237,16 +239,19 @@ pub async fn stream(
         let window = next_window(rest);
         let (entries, after) = rest.split_at(window.len);
         rest = after;
-        let read = match region {
-            pb::Region::Any | pb::Region::Primary => {
-                read_window(&state.store, entries, &window, check).await
-            }
-            pb::Region::Secondary => vec![None; entries.len()],
+        // The region's own store; ANY falls back blob by blob (below) when the primary fails.
+        let store = match region {
+            pb::Region::Any | pb::Region::Primary => Some(&state.store),
+            pb::Region::Secondary => state.secondary.as_ref(),
+        };
+        let read = match store {
+            Some(store) => read_window(store, entries, &window, check).await,
+            None => vec![None; entries.len()],
         };
         let mut msgs = Vec::with_capacity(entries.len());
         for ((id, loc), blob) in entries.iter().zip(read) {
             let msg = match blob {
-                Some(data) => Ok(reply(id, data, false)),
+                Some(data) => Ok(reply(id, data, region == pb::Region::Secondary)),
                 None => read_blob_any(&state, &group, id, loc, region)
                     .await
                     .map(|(data, secondary)| reply(id, data, secondary))
