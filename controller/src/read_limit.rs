@@ -13,7 +13,7 @@
 //! 4 MiB unit or a large file's 2 MiB batches).
 //!
 //! A stream keeps its weight until it ends. A client that stops reading would keep it forever,
-//! so a stream whose next blob cannot be queued for [`STALL_TIMEOUT`] ends
+//! so a stream whose next window of blobs cannot be queued for [`STALL_TIMEOUT`] ends
 //! ([`crate::service::reads::stream`]); the agent, if it is still there, sees fewer blobs than it
 //! asked for and says so.
 //!

@@ -11,7 +11,6 @@ use lifeboat_common::blob::{self, BlobError};
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
 use lifeboat_common::manifest::{self, Manifest};
-
 use tracing::warn;
 
 use crate::error::AgentError;

@@ -38,7 +38,7 @@ use crate::store::{Store, StoreError};
 
 mod windows;
 
-pub use windows::{RUN_GAP, WINDOW_BLOB_BYTES};
+pub use windows::WINDOW_BLOB_BYTES;
 use windows::{Window, next_window};
 
 /// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
@@ -196,12 +196,12 @@ async fn read_window(
         .collect()
 }
 
-/// Streams the blobs of `plan` in order into `tx` (ReadChunks) once the controller's read
-/// budget admits it ([`crate::read_limit`]); stops at the first error, which is sent, when the
-/// receiver goes away, or when it has not taken a blob for the limiter's stall timeout
-/// ([`crate::read_limit::STALL_TIMEOUT`]). `check`: whether blobs read in windows are checked
-/// against their recorded hashes (unset `ReadChunksRequest.caller_verifies`); a blob read on its
-/// own is always checked, since that is the read that fails over to the secondary.
+/// Streams the blobs of `plan` in order into `tx` (ReadChunks), a window at a time, once the
+/// controller's read budget admits it ([`crate::read_limit`]); stops at the first error, which
+/// is sent, when the receiver goes away, or when it has not taken a window for the limiter's
+/// stall timeout ([`crate::read_limit::STALL_TIMEOUT`]). `check`: whether blobs read in windows
+/// are checked against their recorded hashes (unset `ReadChunksRequest.caller_verifies`); a
+/// blob read on its own is always checked, since that is the read that fails over.
 pub async fn stream(
     state: State,
     group: String,
