@@ -509,6 +509,39 @@ fn secondary_outage_grows_lag_then_catches_up() {
     );
 }
 
+/// The primary fails every read (its directory replaced by a file) instead of missing objects:
+/// a restore with the default region reads a stream's first failed span from the secondary and
+/// the rest of that stream there too, and restores everything.
+#[test]
+fn a_failing_primary_turns_restore_streams_to_the_secondary() {
+    let f = Fleet::new(&[]);
+    let www = f.path("www");
+    fs::create_dir(&www).unwrap();
+    write_data(&www.join("data.bin"), 3 << 20, 31, false);
+    write_data(&www.join("index.html"), 4_000, 32, true);
+    let agent = f.agent("web-01", &www);
+    agent.backup("web");
+    f.wait_caught_up();
+
+    let away = f.path("region-1.away");
+    fs::rename(f.primary(), &away).unwrap();
+    fs::write(f.primary(), b"the primary region is down").unwrap();
+    let to = f.path("restored");
+    let r = agent.restore("web", &["--to", to.to_str().unwrap()]);
+    assert_same_tree(&www, &restored_root(&to, &www));
+    assert!(r["chunks_read"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["chunks_from_secondary"], r["chunks_read"], "{r}");
+    assert!(
+        f.ctl
+            .log()
+            .contains("this restore stream reads the rest of its blobs from the secondary"),
+        "the switch is logged: {}",
+        f.ctl.log()
+    );
+    fs::remove_file(f.primary()).unwrap();
+    fs::rename(&away, f.primary()).unwrap();
+}
+
 /// The largest pack file under `root/packs`: its path relative to `packs/`.
 fn largest_pack(root: &Path) -> PathBuf {
     walk(&root.join("packs"))

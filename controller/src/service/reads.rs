@@ -17,8 +17,11 @@
 //! agents, which open each blob with their key and ask again, checked, for one that fails: 15%
 //! of the controller's restore CPU went to checking blobs the agent checks anyway). A blob whose
 //! GET or check fails goes alone through [`read_blob_any`], which always checks (relocation,
-//! fallback, a precise error). A window's messages go to the client together ([`Batches`]): one
-//! hand-off between tasks per window instead of per blob.
+//! fallback, a precise error). With ANY, a span the primary fails to read (other than a missing
+//! object, which may have been repacked) is read from the secondary, and so is the rest of that
+//! stream ([`read_span`]): a primary region that is down costs each stream one failed read, not
+//! one per blob. A window's messages go to the client together ([`Batches`]): one hand-off
+//! between tasks per window instead of per blob.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -39,7 +42,7 @@ use crate::store::{Store, StoreError};
 mod windows;
 
 pub use windows::WINDOW_BLOB_BYTES;
-use windows::{Window, next_window};
+use windows::{Span, Window, next_window};
 
 /// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
 pub async fn authorize(
@@ -164,34 +167,74 @@ async fn read_blob(
     Ok(data)
 }
 
-/// Reads a window's spans from `store`, one GET each, and returns each entry's blob if it
-/// was read and matches its recorded hash (`check`; unchecked when the caller verifies every
-/// blob itself); `None` for the others (the caller reads those one by one, with relocation and
-/// failover).
+/// The primary and, if configured, the secondary store.
+#[derive(Clone, Copy)]
+struct Stores<'a> {
+    primary: &'a Store,
+    secondary: Option<&'a Store>,
+}
+
+/// Reads one span for `region`: its bytes (`None` if the read failed) and whether the secondary
+/// served them. ANY with a secondary: a span the primary fails to read for any reason but a
+/// missing object (which a repack may have moved: the blob-by-blob path looks it up again) is
+/// read from the secondary, and so is every later span of the stream (`primary_failed`): a
+/// primary region that is down costs one failed read per stream, not one per blob.
+async fn read_span(
+    stores: Stores<'_>,
+    region: pb::Region,
+    span: &Span<'_>,
+    primary_failed: &mut bool,
+) -> (Option<Bytes>, bool) {
+    let fallback = stores.secondary.filter(|_| region == pb::Region::Any);
+    match (region, stores.secondary) {
+        (pb::Region::Secondary, Some(s)) => return (get_span(s, span).await.ok(), true),
+        (pb::Region::Secondary, None) => return (None, true),
+        (pb::Region::Any, Some(s)) if *primary_failed => {
+            return (get_span(s, span).await.ok(), true);
+        }
+        _ => {}
+    }
+    match (get_span(stores.primary, span).await, fallback) {
+        (Ok(data), _) => (Some(data), false),
+        (Err(e), Some(s)) if !matches!(e, StoreError::NotFound { .. }) => {
+            tracing::warn!(key = span.pack_key, error = %e, "a read failed on the primary; this restore stream reads the rest of its blobs from the secondary");
+            *primary_failed = true;
+            (get_span(s, span).await.ok(), true)
+        }
+        _ => (None, false),
+    }
+}
+
+async fn get_span(store: &Store, span: &Span<'_>) -> Result<Bytes, StoreError> {
+    store.get_range(span.pack_key, span.start..span.end).await
+}
+
+/// Reads a window's spans, one GET each ([`read_span`]), and returns each entry's blob and
+/// whether the secondary served it, if its span was read and the blob matches its recorded
+/// hash (`check`; unchecked when the caller verifies every blob itself); `None` for the others
+/// (the caller reads those one by one, with relocation and failover).
 async fn read_window(
-    store: &Store,
+    stores: Stores<'_>,
+    region: pb::Region,
     entries: &[(ChunkId, ChunkLocation)],
     window: &Window<'_>,
     check: bool,
-) -> Vec<Option<Bytes>> {
+    primary_failed: &mut bool,
+) -> Vec<Option<(Bytes, bool)>> {
     let mut spans = Vec::with_capacity(window.spans.len());
     for span in &window.spans {
-        spans.push(
-            store
-                .get_range(span.pack_key, span.start..span.end)
-                .await
-                .ok(),
-        );
+        spans.push(read_span(stores, region, span, primary_failed).await);
     }
     entries
         .iter()
         .zip(&window.span_of)
         .map(|((_, loc), &s)| {
-            let data = spans[s].as_ref()?;
+            let (data, secondary) = &spans[s];
+            let data = data.as_ref()?;
             let from = usize::try_from(loc.offset - window.spans[s].start).ok()?;
             let blob = data.get(from..from.checked_add(loc.length as usize)?)?;
             let ok = !check || blake3::hash(blob).as_bytes() == &loc.blob_hash;
-            ok.then(|| data.slice(from..from + blob.len()))
+            ok.then(|| (data.slice(from..from + blob.len()), *secondary))
         })
         .collect()
 }
@@ -234,24 +277,21 @@ pub async fn stream(
         }),
         from_secondary,
     };
+    let stores = Stores {
+        primary: &state.store,
+        secondary: state.secondary.as_ref(),
+    };
+    let mut primary_failed = false;
     let mut rest = &plan[..];
     while !rest.is_empty() {
         let window = next_window(rest);
         let (entries, after) = rest.split_at(window.len);
         rest = after;
-        // The region's own store; ANY falls back blob by blob (below) when the primary fails.
-        let store = match region {
-            pb::Region::Any | pb::Region::Primary => Some(&state.store),
-            pb::Region::Secondary => state.secondary.as_ref(),
-        };
-        let read = match store {
-            Some(store) => read_window(store, entries, &window, check).await,
-            None => vec![None; entries.len()],
-        };
+        let read = read_window(stores, region, entries, &window, check, &mut primary_failed).await;
         let mut msgs = Vec::with_capacity(entries.len());
         for ((id, loc), blob) in entries.iter().zip(read) {
             let msg = match blob {
-                Some(data) => Ok(reply(id, data, region == pb::Region::Secondary)),
+                Some((data, secondary)) => Ok(reply(id, data, secondary)),
                 None => read_blob_any(&state, &group, id, loc, region)
                     .await
                     .map(|(data, secondary)| reply(id, data, secondary))
@@ -308,8 +348,10 @@ impl<T: Unpin> tokio_stream::Stream for Batches<T> {
 mod tests {
     use tokio_stream::StreamExt;
 
+    use std::sync::Arc;
+
     use super::*;
-    use crate::fault_store::{FaultStore, Op};
+    use crate::fault_store::{Fault, FaultStore, Op};
 
     fn blob(pack: &str, offset: u64, bytes: &[u8]) -> (ChunkId, ChunkLocation) {
         (
@@ -323,25 +365,56 @@ mod tests {
         )
     }
 
-    async fn read(store: &Store, plan: &[(ChunkId, ChunkLocation)]) -> Vec<Option<Vec<u8>>> {
+    /// What [`read_window`] served: each entry's bytes and whether the secondary served them.
+    type Served = Vec<Option<(Vec<u8>, bool)>>;
+
+    async fn read_in(
+        stores: Stores<'_>,
+        region: pb::Region,
+        plan: &[(ChunkId, ChunkLocation)],
+        check: bool,
+        primary_failed: &mut bool,
+    ) -> Served {
         let window = next_window(plan);
         assert_eq!(window.len, plan.len(), "one window");
-        let got = read_window(store, plan, &window, true).await;
-        got.into_iter().map(|b| b.map(|b| b.to_vec())).collect()
+        let got = read_window(stores, region, plan, &window, check, primary_failed).await;
+        got.into_iter()
+            .map(|b| b.map(|(b, secondary)| (b.to_vec(), secondary)))
+            .collect()
+    }
+
+    async fn read(store: &Store, plan: &[(ChunkId, ChunkLocation)], check: bool) -> Served {
+        let stores = Stores {
+            primary: store,
+            secondary: None,
+        };
+        read_in(stores, pb::Region::Any, plan, check, &mut false).await
+    }
+
+    fn served(blobs: &[&str], secondary: bool) -> Served {
+        blobs
+            .iter()
+            .map(|b| Some((b.as_bytes().to_vec(), secondary)))
+            .collect()
+    }
+
+    /// A store that counts its calls, holding `packs` (key, bytes).
+    async fn counting_store(packs: &[(&str, &'static [u8])]) -> (Arc<FaultStore>, Store) {
+        let faults = FaultStore::new(Store::memory().object_store().clone());
+        let store = Store::from_object_store(faults.clone());
+        for (key, bytes) in packs {
+            store
+                .put_new(key, Bytes::from_static(bytes))
+                .await
+                .expect("put");
+        }
+        (faults, store)
     }
 
     #[tokio::test]
     async fn a_window_reads_each_pack_once_and_refuses_only_the_blobs_that_fail() {
-        let faults = FaultStore::new(Store::memory().object_store().clone());
-        let store = Store::from_object_store(faults.clone());
-        store
-            .put_new("packs/a", Bytes::from_static(b"aaaabbbbcccc"))
-            .await
-            .expect("put");
-        store
-            .put_new("packs/b", Bytes::from_static(b"xxxxyyyy"))
-            .await
-            .expect("put");
+        let (faults, store) =
+            counting_store(&[("packs/a", b"aaaabbbbcccc"), ("packs/b", b"xxxxyyyy")]).await;
         // Old and new chunks of a changed file, interleaved as a restore asks for them.
         let mut plan = vec![
             blob("packs/a", 0, b"aaaa"),
@@ -351,13 +424,17 @@ mod tests {
             blob("packs/a", 8, b"cccc"),
         ];
         let before = faults.calls(Op::Get);
-        let all = ["aaaa", "xxxx", "bbbb", "yyyy", "cccc"].map(|b| Some(b.as_bytes().to_vec()));
-        assert_eq!(read(&store, &plan).await, all, "every blob, in plan order");
+        let all = served(&["aaaa", "xxxx", "bbbb", "yyyy", "cccc"], false);
+        assert_eq!(
+            read(&store, &plan, true).await,
+            all,
+            "every blob, in plan order"
+        );
         assert_eq!(faults.calls(Op::Get) - before, 2, "one GET per pack");
 
         plan[2].1.blob_hash = [9; 32];
         plan.push(blob("packs/gone", 0, b"zzzz"));
-        let got = read(&store, &plan).await;
+        let got = read(&store, &plan, true).await;
         assert_eq!(
             got[2], None,
             "a blob that fails its check is left to be read alone"
@@ -367,6 +444,63 @@ mod tests {
             [&got[..2], &got[3..5]].concat(),
             [&all[..2], &all[3..]].concat()
         );
+
+        // When the caller verifies every blob, one is served as read; a failed GET is still
+        // left to be read alone.
+        let got = read(&store, &plan, false).await;
+        assert_eq!(got[2], all[2], "served unchecked");
+        assert_eq!(got[5], None);
+    }
+
+    #[tokio::test]
+    async fn a_primary_that_fails_sends_the_rest_of_the_stream_to_the_secondary() {
+        let (faults, primary) = counting_store(&[("packs/a", b"aaaabbbb")]).await;
+        let secondary = Store::memory();
+        for key in ["packs/a", "packs/b"] {
+            let bytes: &'static [u8] = if key == "packs/a" {
+                b"aaaabbbb"
+            } else {
+                b"xxxx"
+            };
+            secondary
+                .put_new(key, Bytes::from_static(bytes))
+                .await
+                .expect("put");
+        }
+        let stores = Stores {
+            primary: &primary,
+            secondary: Some(&secondary),
+        };
+        let plan = vec![blob("packs/a", 0, b"aaaa"), blob("packs/a", 4, b"bbbb")];
+
+        // A pack missing from the primary (perhaps repacked) is left to the blob-by-blob path,
+        // which looks the chunk up again before any fallback.
+        let mut failed = false;
+        let missing = vec![blob("packs/b", 0, b"xxxx")];
+        let got = read_in(stores, pb::Region::Any, &missing, true, &mut failed).await;
+        assert_eq!(got, [None]);
+        assert!(!failed, "a missing object does not turn the stream away");
+
+        // Any other failure: the span comes from the secondary, and so does the rest.
+        faults.inject(Op::Get, "", Fault::FailAll);
+        let got = read_in(stores, pb::Region::Any, &plan, true, &mut failed).await;
+        assert_eq!(got, served(&["aaaa", "bbbb"], true));
+        assert!(failed);
+        let gets = faults.calls(Op::Get);
+        let got = read_in(stores, pb::Region::Any, &plan, true, &mut failed).await;
+        assert_eq!(got, served(&["aaaa", "bbbb"], true));
+        assert_eq!(
+            faults.calls(Op::Get),
+            gets,
+            "the primary is not asked again"
+        );
+
+        // PRIMARY never falls back; SECONDARY reads only the secondary.
+        let got = read_in(stores, pb::Region::Primary, &plan, true, &mut false).await;
+        assert_eq!(got, [None, None]);
+        faults.clear();
+        let got = read_in(stores, pb::Region::Secondary, &plan, true, &mut false).await;
+        assert_eq!(got, served(&["aaaa", "bbbb"], true));
     }
 
     #[tokio::test]
