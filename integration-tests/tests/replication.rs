@@ -74,6 +74,18 @@ impl Fleet {
     fn wait_caught_up(&self) -> serde_json::Value {
         self.ctl.wait_caught_up()
     }
+
+    /// A small site (a 3 MiB binary and a page) backed up by agent web-01 and replicated.
+    fn replicated_site(&self, seed: u64) -> (PathBuf, Agent) {
+        let www = self.path("www");
+        fs::create_dir(&www).unwrap();
+        write_data(&www.join("data.bin"), 3 << 20, seed, false);
+        write_data(&www.join("index.html"), 4_000, seed + 1, true);
+        let agent = self.agent("web-01", &www);
+        agent.backup("web");
+        self.wait_caught_up();
+        (www, agent)
+    }
 }
 
 /// Every object of the primary (packs, refs, snapshot records) is in the secondary with the
@@ -515,13 +527,7 @@ fn secondary_outage_grows_lag_then_catches_up() {
 #[test]
 fn a_failing_primary_turns_restore_streams_to_the_secondary() {
     let f = Fleet::new(&[]);
-    let www = f.path("www");
-    fs::create_dir(&www).unwrap();
-    write_data(&www.join("data.bin"), 3 << 20, 31, false);
-    write_data(&www.join("index.html"), 4_000, 32, true);
-    let agent = f.agent("web-01", &www);
-    agent.backup("web");
-    f.wait_caught_up();
+    let (www, agent) = f.replicated_site(31);
 
     let away = f.path("region-1.away");
     fs::rename(f.primary(), &away).unwrap();
@@ -566,13 +572,7 @@ fn flip_byte(path: &Path) -> Vec<u8> {
 #[test]
 fn region_flag_forces_a_region() {
     let f = Fleet::new(&[]);
-    let www = f.path("www");
-    fs::create_dir(&www).unwrap();
-    write_data(&www.join("data.bin"), 3 << 20, 21, false);
-    write_data(&www.join("index.html"), 4_000, 22, true);
-    let agent = f.agent("web-01", &www);
-    agent.backup("web");
-    f.wait_caught_up();
+    let (www, agent) = f.replicated_site(21);
 
     let to = f.path("from-secondary");
     let r = agent.restore(
