@@ -1,16 +1,16 @@
 //! The controller-wide bound on restore reads (`ReadChunks` streams) in progress.
 //!
 //! Each stream holds blob data while it is read and sent: one window of blobs being read (up to
-//! twice [`crate::service::reads::WINDOW_BLOB_BYTES`] with the gaps read through) plus one window
-//! queued for the client. One agent's restore keeps about eight streams open (four workers, a large file's
-//! batches fetched ahead), so a fleet-wide disaster restore (tens of agents at once) would hold
-//! hundreds of MiB with nothing to stop it. Every stream is therefore admitted against
-//! [`READ_BUDGET_BYTES`]: it weighs the bytes it will read, at most [`MAX_STREAM_WEIGHT`], and
-//! waits, first come first served (tokio's semaphore is fair), until that much of the budget is
-//! free. Waiting is not failing: the agent's call simply starts later, and its HTTP/2 keepalive
-//! keeps the connection alive meanwhile; a client that gives up leaves the queue at once. One
-//! agent alone is never held back (its streams weigh about 24 MiB at most: four workers, each a
-//! 4 MiB unit or a large file's 2 MiB batches).
+//! twice [`crate::service::reads::WINDOW_BLOB_BYTES`] with the gaps read through) plus one
+//! window queued for the client. One agent's restore keeps about eight streams open (four
+//! workers, a large file's batches fetched ahead), so a fleet-wide disaster restore (tens of
+//! agents at once) would hold hundreds of MiB with nothing to stop it. Every stream is therefore
+//! admitted against [`READ_BUDGET_BYTES`]: it weighs the bytes it will read, at most
+//! [`MAX_STREAM_WEIGHT`], and waits, first come first served (tokio's semaphore is fair), until
+//! that much of the budget is free. Waiting is not failing: the agent's call simply starts
+//! later, and its HTTP/2 keepalive keeps the connection alive meanwhile; a client that gives up
+//! leaves the queue at once. One agent alone is never held back (its streams weigh about 24 MiB
+//! at most: four workers, each a 4 MiB unit or a large file's 2 MiB batches).
 //!
 //! A stream keeps its weight until it ends. A client that stops reading would keep it forever,
 //! so a stream whose next window of blobs cannot be queued for [`STALL_TIMEOUT`] ends
