@@ -14,6 +14,17 @@ use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::pack::PackBuilder;
 use crate::refset;
 
+/// The first column of the rows `sql` selects with one text parameter bound (`?1`).
+pub fn column<T: rusqlite::types::FromSql>(
+    c: &rusqlite::Connection,
+    sql: &str,
+    param: &str,
+) -> rusqlite::Result<Vec<T>> {
+    let mut st = c.prepare(sql)?;
+    let rows = st.query_map(params![param], |r| r.get::<_, T>(0))?;
+    rows.collect()
+}
+
 pub(crate) fn id(n: u8) -> ChunkId {
     ChunkId(*blake3::hash(&[n]).as_bytes())
 }
@@ -155,11 +166,11 @@ impl World {
         let session = session.to_owned();
         self.cat
             .run_blocking(move |c| {
-                let mut st = c.prepare(
+                let ids: Vec<Vec<u8>> = column(
+                    c,
                     "SELECT chunk_id FROM session_pins WHERE session_id = ?1 ORDER BY chunk_id",
+                    &session,
                 )?;
-                let rows = st.query_map(params![session], |r| r.get::<_, Vec<u8>>(0))?;
-                let ids = rows.collect::<Result<Vec<_>, _>>()?;
                 Ok(ids
                     .iter()
                     .map(|b| ChunkId::try_from(&b[..]).expect("a 32-byte chunk id"))

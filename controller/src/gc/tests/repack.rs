@@ -224,17 +224,20 @@ fn commit(w: &World, name: &str, refs: &[u8], at: i64) -> String {
     key
 }
 
+/// The packs the record at `key` waits for, read in `c`.
+fn deps(c: &rusqlite::Connection, key: &str) -> rusqlite::Result<Vec<String>> {
+    column(
+        c,
+        "SELECT dep_key FROM replication_deps WHERE record_key = ?1 ORDER BY dep_key",
+        key,
+    )
+}
+
 /// The packs the record at `key` waits for.
 fn waits_for(w: &World, key: &str) -> Vec<String> {
     let key = key.to_owned();
     w.cat
-        .run_blocking(move |c| {
-            let mut st = c.prepare(
-                "SELECT dep_key FROM replication_deps WHERE record_key = ?1 ORDER BY dep_key",
-            )?;
-            let rows = st.query_map(params![key], |r| r.get::<_, String>(0))?;
-            Ok(rows.collect::<Result<Vec<String>, _>>()?)
-        })
+        .run_blocking(move |c| Ok(deps(c, &key)?))
         .expect("deps")
 }
 
@@ -245,11 +248,7 @@ fn packs_of(w: &World, name: &str) -> Vec<String> {
         .run_blocking(move |c| {
             let probe = format!("probe/{name}");
             crate::replication::queue::add_record_deps(c, &probe, &[], &name, "g")?;
-            let mut st = c.prepare(
-                "SELECT dep_key FROM replication_deps WHERE record_key = ?1 ORDER BY dep_key",
-            )?;
-            let rows = st.query_map(params![probe], |r| r.get::<_, String>(0))?;
-            let out = rows.collect::<Result<Vec<String>, _>>()?;
+            let out = deps(c, &probe)?;
             c.execute(
                 "DELETE FROM replication_deps WHERE record_key = ?1",
                 params![probe],
