@@ -529,8 +529,7 @@ fn a_failing_primary_turns_restore_streams_to_the_secondary() {
     let f = Fleet::new(&[]);
     let (www, agent) = f.replicated_site(31);
 
-    let away = f.path("region-1.away");
-    fs::rename(f.primary(), &away).unwrap();
+    fs::rename(f.primary(), f.path("region-1.away")).unwrap();
     fs::write(f.primary(), b"the primary region is down").unwrap();
     let to = f.path("restored");
     let r = agent.restore("web", &["--to", to.to_str().unwrap()]);
@@ -544,8 +543,6 @@ fn a_failing_primary_turns_restore_streams_to_the_secondary() {
         "the switch is logged: {}",
         f.ctl.log()
     );
-    fs::remove_file(f.primary()).unwrap();
-    fs::rename(&away, f.primary()).unwrap();
 }
 
 /// The largest pack file under `root/packs`: its path relative to `packs/`.
