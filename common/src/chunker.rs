@@ -1,17 +1,28 @@
 //! Streaming content-defined chunking (FastCDC 2020) with a keyed gear table.
 //!
-//! Memory is one buffer of `max` + [`READ_AHEAD`] bytes per chunker, whatever the input size.
+//! Memory is at most one chunk's worth of buffered input per chunker, whatever the input size.
 //! Boundaries depend only on the bytes and the seed, never on how reads split the input (tested
 //! below), so an unchanged region of a file yields the same chunks, and thus the same ids, in
 //! every backup.
 //!
-//! The cut search is fastcdc's (`cut_gear`, with the masks and keyed gear tables of its
-//! `StreamCDC`, so the boundaries are `StreamCDC`'s: tested below); only the buffering is ours.
-//! `StreamCDC` keeps a buffer of exactly `max` bytes and, after every chunk, moves the rest of
-//! it to the front and reads to refill it: for dump chunks (8 KiB average, 32 KiB max) that is
-//! ~24 KiB moved and a `read` call per 8 KiB chunk. Here a cut is made wherever `max` bytes (or
-//! the end of the input) lie ahead, and the buffer is compacted and refilled only when fewer
-//! remain: under `max` bytes moved per [`READ_AHEAD`] or more read.
+//! The cut search is fastcdc's `cut_gear` (with the masks and keyed gear tables of its
+//! `StreamCDC`, so the boundaries are `StreamCDC`'s: tested below); only the buffering is ours,
+//! in one of two modes chosen by the chunk sizes:
+//!
+//! - **Shared buffer** (small chunks: dumps, 8 KiB average). `StreamCDC` keeps a buffer of
+//!   exactly `max` bytes and, after every chunk, moves the rest of it to the front and reads to
+//!   refill it: ~24 KiB moved and a `read` call per 8 KiB chunk. Here a cut is made wherever
+//!   `max` bytes (or the end of the input) lie ahead, and the buffer is compacted and refilled
+//!   only when fewer remain: under `max` bytes moved per [`READ_AHEAD`] or more read. Each chunk
+//!   is copied out of the buffer.
+//! - **Own buffers** (chunks of at least [`OWN_STEP`]: file trees, 1 MiB average, 4 MiB max).
+//!   With a shared buffer every 1 MiB chunk cost a copy out and a move of the ~3 MiB behind it,
+//!   and the 4.25 MiB buffer stayed resident beside the chunks in flight. Instead each chunk is
+//!   read into a buffer of its own, [`OWN_STEP`] at a time, while a resumable copy of
+//!   `cut_gear`'s loop ([`Cut::advance`]) hashes each byte once as it arrives; at the cut that
+//!   buffer *is* the chunk, and only the bytes read past the cut (under [`OWN_STEP`]) are
+//!   copied to the next one. The buffer reserves `max + OWN_STEP` bytes of address space, but
+//!   only the pages read into are touched.
 //!
 //! The seed comes from the master key ([`crate::keys::DataKeys::chunker_seed`]), so chunk
 //! lengths differ between fleets. The parameters in use are recorded in each manifest, because a
@@ -85,20 +96,44 @@ impl ChunkerParams {
     }
 }
 
-/// Bytes read beyond `max` per refill (see the module docs): the buffer is `max + READ_AHEAD`.
-/// For dump chunks (32 KiB max) a refill reads ~256 KiB and moves under 32 KiB; for file
-/// chunks (4 MiB max) the buffer grows by 6% over `StreamCDC`'s.
+/// Bytes read beyond `max` per refill of the shared buffer (see the module docs): that buffer
+/// is `max + READ_AHEAD`. For dump chunks (32 KiB max) a refill reads ~256 KiB and moves under
+/// 32 KiB.
 pub const READ_AHEAD: usize = 256 << 10;
+
+/// Bytes read at a time into a chunk's own buffer, and the smallest `min` for which chunks get
+/// one (see the module docs): at most this much of each chunk's buffer is moved to the next.
+pub const OWN_STEP: usize = 128 << 10;
 
 /// Splits a reader into chunks. Yields owned chunk plaintexts.
 pub struct Chunker<R: Read> {
     reader: R,
-    buf: Vec<u8>,
-    /// Start of the bytes not yet cut.
-    pos: usize,
-    /// End of the bytes read.
-    len: usize,
     eof: bool,
+    cut: Cut,
+    mode: Mode,
+}
+
+/// How the bytes not yet cut are held.
+enum Mode {
+    /// Small chunks: one buffer of `max + READ_AHEAD`, each chunk copied out of it.
+    Shared {
+        buf: Vec<u8>,
+        /// Start of the bytes not yet cut.
+        pos: usize,
+        /// End of the bytes read.
+        len: usize,
+    },
+    /// Large chunks: the chunk being cut is read into its own buffer, which becomes the chunk;
+    /// only the bytes read past the cut (under `step`) are moved to the next one.
+    Own {
+        cur: Vec<u8>,
+        scan: Scan,
+        step: usize,
+    },
+}
+
+/// The cut search's parameters: fastcdc's masks and keyed gear tables.
+struct Cut {
     min: usize,
     avg: usize,
     max: usize,
@@ -107,50 +142,199 @@ pub struct Chunker<R: Read> {
     gear_ls: Cow<'static, [u64]>,
 }
 
+/// Where a resumable cut search over one chunk's bytes stands: `cut_gear`'s loop state (the
+/// index of the next pair of bytes and the rolling hash), so bytes are hashed once however the
+/// chunk's reads arrive.
+struct Scan {
+    index: usize,
+    hash: u64,
+}
+
 impl<R: Read> Chunker<R> {
     /// `params` must have passed [`ChunkerParams::validate`].
     pub fn new(reader: R, params: ChunkerParams, seed: u64) -> Self {
+        Self::with_step(reader, params, seed, OWN_STEP)
+    }
+
+    /// As [`Chunker::new`], with chunks of at least `step` bytes read `step` at a time into
+    /// their own buffers (tests use small steps to reach that mode with small inputs).
+    fn with_step(reader: R, params: ChunkerParams, seed: u64, step: usize) -> Self {
         let (gear, gear_ls) = get_gear_with_seed(seed);
-        let max = params.max as usize;
-        Chunker {
-            reader,
-            buf: Vec::new(),
-            pos: 0,
-            len: 0,
-            eof: false,
+        let cut = Cut {
             min: params.min as usize,
             avg: params.avg as usize,
-            max,
+            max: params.max as usize,
             masks: select_masks(params.avg as usize, Normalization::Level1),
             gear,
             gear_ls,
+        };
+        let mode = if cut.min >= step {
+            Mode::Own {
+                cur: Vec::new(),
+                scan: cut.scan(),
+                step,
+            }
+        } else {
+            Mode::Shared {
+                buf: Vec::new(),
+                pos: 0,
+                len: 0,
+            }
+        };
+        Chunker {
+            reader,
+            eof: false,
+            cut,
+            mode,
         }
     }
 
-    /// Makes `max` bytes available past `pos`, or everything up to the end of the input.
-    fn fill(&mut self) -> std::io::Result<()> {
-        if self.eof || self.len - self.pos >= self.max {
-            return Ok(());
-        }
-        if self.buf.is_empty() {
-            // Allocated on first use: a chunker for a stream shorter than a chunk is cheap.
-            self.buf = vec![0; self.max + READ_AHEAD];
-        }
-        self.buf.copy_within(self.pos..self.len, 0);
-        self.len -= self.pos;
-        self.pos = 0;
-        while self.len < self.buf.len() {
-            match self.reader.read(&mut self.buf[self.len..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
+    /// Shared mode: the next chunk, copied out of the buffer.
+    fn next_shared(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let Mode::Shared { buf, pos, len } = &mut self.mode else {
+            unreachable!("next_shared in shared mode only");
+        };
+        let max = self.cut.max;
+        // Make `max` bytes available past `pos`, or everything up to the end of the input.
+        if !self.eof && *len - *pos < max {
+            if buf.is_empty() {
+                // Allocated on first use: a chunker for a stream shorter than a chunk is cheap.
+                *buf = vec![0; max + READ_AHEAD];
+            }
+            buf.copy_within(*pos..*len, 0);
+            *len -= *pos;
+            *pos = 0;
+            while *len < buf.len() {
+                match read_some(&mut self.reader, &mut buf[*len..])? {
+                    0 => {
+                        self.eof = true;
+                        break;
+                    }
+                    n => *len += n,
                 }
-                Ok(n) => self.len += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
             }
         }
-        Ok(())
+        if *pos == *len {
+            return Ok(None);
+        }
+        let (mask_s, mask_l) = self.cut.masks;
+        let (_, count) = cut_gear(
+            &buf[*pos..*len],
+            self.cut.min,
+            self.cut.avg,
+            max,
+            mask_s,
+            mask_l,
+            mask_s << 1,
+            mask_l << 1,
+            &self.cut.gear,
+            &self.cut.gear_ls,
+        );
+        let chunk = buf[*pos..*pos + count].to_vec();
+        *pos += count;
+        Ok(Some(chunk))
+    }
+
+    /// Own mode: reads into the current chunk's buffer until its cut is known, then hands the
+    /// buffer out and starts the next one with the bytes read past the cut.
+    fn next_own(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let Mode::Own { cur, scan, step } = &mut self.mode else {
+            unreachable!("next_own in own mode only");
+        };
+        let (min, max) = (self.cut.min, self.cut.max);
+        loop {
+            let decided = self.eof || cur.len() >= max;
+            if let Some(n) = self.cut.advance(scan, cur, decided) {
+                if n == 0 {
+                    return Ok(None);
+                }
+                let mut next = Vec::with_capacity(max + *step);
+                next.extend_from_slice(&cur[n..]);
+                cur.truncate(n);
+                cur.shrink_to_fit();
+                *scan = self.cut.scan();
+                return Ok(Some(std::mem::replace(cur, next)));
+            }
+            if cur.capacity() == 0 {
+                cur.reserve_exact(max + *step);
+            }
+            // Read to `min` at once (no cut comes before it), then `step` at a time.
+            let target = (cur.len() + *step).max(min).min(max);
+            let start = cur.len();
+            cur.resize(target, 0);
+            let mut filled = start;
+            while filled < target {
+                match read_some(&mut self.reader, &mut cur[filled..target]) {
+                    Ok(0) => {
+                        self.eof = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) => {
+                        cur.truncate(filled);
+                        return Err(e);
+                    }
+                }
+            }
+            cur.truncate(filled);
+        }
+    }
+}
+
+/// One `read`, retried while interrupted.
+fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+impl Cut {
+    /// A search from the start of a chunk (no cut comes before `min`).
+    fn scan(&self) -> Scan {
+        Scan {
+            index: self.min / 2,
+            hash: 0,
+        }
+    }
+
+    /// Continues `scan` over `data`, the chunk's bytes read so far: the chunk's length if its
+    /// cut is known, `None` if more bytes are needed. `decided`: no more bytes will count (the
+    /// input ended, or `max` bytes are here). Exactly `cut_gear`'s loop over the same bytes,
+    /// split where the reads end: a pair of bytes is tested once both are here, with the strict
+    /// masks below `avg` and the relaxed ones after, so the cuts are `cut_gear`'s (tested
+    /// against `StreamCDC` below).
+    fn advance(&self, scan: &mut Scan, data: &[u8], decided: bool) -> Option<usize> {
+        let remaining = data.len().min(self.max);
+        if remaining <= self.min {
+            return decided.then_some(remaining);
+        }
+        let (mask_s, mask_l) = self.masks;
+        let (gear, gear_ls) = (&self.gear, &self.gear_ls);
+        let strict_below = self.avg / 2;
+        let limit = remaining / 2;
+        let (mut index, mut hash) = (scan.index, scan.hash);
+        while index < limit {
+            let (m, m_ls) = if index < strict_below {
+                (mask_s, mask_s << 1)
+            } else {
+                (mask_l, mask_l << 1)
+            };
+            let a = index * 2;
+            hash = (hash << 2).wrapping_add(gear_ls[data[a] as usize]);
+            if hash & m_ls == 0 {
+                return Some(a);
+            }
+            hash = hash.wrapping_add(gear[data[a + 1] as usize]);
+            if hash & m == 0 {
+                return Some(a + 1);
+            }
+            index += 1;
+        }
+        *scan = Scan { index, hash };
+        decided.then_some(remaining)
     }
 }
 
@@ -158,28 +342,11 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Err(e) = self.fill() {
-            return Some(Err(e));
-        }
-        if self.pos == self.len {
-            return None;
-        }
-        let (mask_s, mask_l) = self.masks;
-        let (_, count) = cut_gear(
-            &self.buf[self.pos..self.len],
-            self.min,
-            self.avg,
-            self.max,
-            mask_s,
-            mask_l,
-            mask_s << 1,
-            mask_l << 1,
-            &self.gear,
-            &self.gear_ls,
-        );
-        let chunk = self.buf[self.pos..self.pos + count].to_vec();
-        self.pos += count;
-        Some(Ok(chunk))
+        let next = match self.mode {
+            Mode::Shared { .. } => self.next_shared(),
+            Mode::Own { .. } => self.next_own(),
+        };
+        next.transpose()
     }
 }
 
@@ -245,6 +412,32 @@ mod tests {
             let ours: Vec<Vec<u8>> = Chunker::new(Dribble { data: &data, step }, p, seed).collect::<Result<_, _>>().expect("chunk");
             prop_assert_eq!(ours, stream_cdc(&data, p, seed));
         }
+
+        #[test]
+        fn chunks_read_into_their_own_buffers_have_stream_cdcs_boundaries(seed in any::<u64>(), len in 0usize..400_000, read in 1usize..100_000, own_step in 1usize..20_000, odd_tail in any::<bool>()) {
+            // FILES-shaped parameters scaled down, with a step at or under `min` so every chunk
+            // is read into its own buffer; zeros reach the cut at `max`, and an odd length the
+            // unpaired last byte.
+            let p = ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
+            let len = if odd_tail { len | 1 } else { len };
+            let mut data = pseudo_random(len, seed);
+            data[len / 3..len / 2].fill(0);
+            let step = own_step.min(p.min as usize);
+            let chunker = Chunker::with_step(Dribble { data: &data, step: read }, p, seed, step);
+            let own = matches!(chunker.mode, Mode::Own { .. });
+            prop_assert!(own, "own-buffer mode");
+            let ours: Vec<Vec<u8>> = chunker.collect::<Result<_, _>>().expect("chunk");
+            prop_assert_eq!(ours, stream_cdc(&data, p, seed));
+        }
+    }
+
+    #[test]
+    fn file_chunks_get_their_own_buffers_and_dump_chunks_share_one() {
+        let data = pseudo_random(10, 1);
+        let files = Chunker::new(&data[..], ChunkerParams::FILES, 1);
+        assert!(matches!(files.mode, Mode::Own { .. }));
+        let dumps = Chunker::new(&data[..], ChunkerParams::DUMPS, 1);
+        assert!(matches!(dumps.mode, Mode::Shared { .. }));
     }
 
     #[test]
@@ -292,6 +485,29 @@ mod tests {
         .collect::<Result<Vec<_>, _>>()
         .expect_err("a failing read ends the stream with its error");
         assert_eq!(err.to_string(), "disk gone");
+        let own = ChunkerParams {
+            min: 2048,
+            avg: 4096,
+            max: 16384,
+        };
+        let flaky = || Flaky {
+            data: &long,
+            calls: 0,
+        };
+        let err = Chunker::with_step(flaky(), own, 9, 1024)
+            .collect::<Result<Vec<_>, _>>()
+            .expect_err("a failing read ends an own-buffer stream with its error");
+        assert_eq!(err.to_string(), "disk gone");
+        let read: Vec<u8> = Chunker::with_step(flaky(), own, 9, 1024)
+            .map_while(Result::ok)
+            .flatten()
+            .collect();
+        assert_eq!(
+            read[..],
+            long[..read.len()],
+            "chunks before the error are whole and in order"
+        );
+        assert!(!read.is_empty());
     }
 
     proptest! {
