@@ -278,7 +278,7 @@ async fn run_pass<R: Remote>(
     let unreadable = results.unreadable.len() as u64;
     let manifest_ms = t0.elapsed().as_millis();
     let (outcome, stats) =
-        commit_snapshot(ctx, src, &mut up, &manifest, data_ids, started_ms, |u| {
+        commit_snapshot(ctx, src, &mut up, manifest, data_ids, started_ms, |u| {
             SnapshotStats {
                 new_chunks: u.new_chunks,
                 new_logical_bytes: u.new_logical_bytes,
@@ -518,19 +518,21 @@ pub(crate) async fn commit_snapshot<R: Remote>(
     ctx: &BackupContext<'_, R>,
     src: &SourceConfig,
     up: &mut Uploader<'_, R>,
-    manifest: &[u8],
+    manifest: Vec<u8>,
     mut references: Vec<ChunkId>,
     started_ms: i64,
     stats: impl FnOnce(UploadStats) -> SnapshotStats,
 ) -> Result<(CommitOutcome, SnapshotStats), AgentError> {
     let mut manifest_ids = Vec::new();
     let mut at = 0;
-    for (id, len) in chunk_bytes(&ctx.keys, src, manifest)? {
+    for (id, len) in chunk_bytes(&ctx.keys, src, &manifest)? {
         manifest_ids.push(id);
         references.push(id);
         up.add(id, manifest[at..at + len].to_vec()).await?;
         at += len;
     }
+    // Its chunks are copied into the uploader: not held through the flush and the commit.
+    drop(manifest);
     references.sort_unstable();
     references.dedup();
     up.flush().await?;

@@ -337,6 +337,33 @@ fn upload_messages(
     out
 }
 
+/// A commit's messages: the header, then the references in batches of `max_ids`. Each batch is
+/// made into a message only when the stream is polled: made all at once, every id in its own
+/// allocation (~80 bytes each, 170,000 at 2.5 GiB) was the agent's peak at the end of a backup.
+fn commit_messages(req: CommitRequest) -> impl Iterator<Item = pb::CommitSnapshotRequest> {
+    use pb::commit_snapshot_request::Part;
+    let header = pb::CommitSnapshotRequest {
+        part: Some(Part::Header(pb::CommitHeader {
+            session_id: req.session_id,
+            started_at_unix_ms: req.started_at_unix_ms,
+            finished_at_unix_ms: req.finished_at_unix_ms,
+            stats: Some(req.stats),
+            manifest_ids: req.manifest_ids.iter().map(id_bytes).collect(),
+            reference_count: req.references.len() as u64,
+        })),
+    };
+    let (refs, per) = (req.references, req.max_ids.max(1));
+    let batches = (0..refs.len().div_ceil(per)).map(move |i| {
+        let batch = &refs[i * per..refs.len().min((i + 1) * per)];
+        pb::CommitSnapshotRequest {
+            part: Some(Part::Refs(pb::RefBatch {
+                ids: batch.iter().map(id_bytes).collect(),
+            })),
+        }
+    });
+    std::iter::once(header).chain(batches)
+}
+
 impl Remote for GrpcRemote {
     async fn begin_session(&self, source: &str) -> Result<Session, RemoteError> {
         const OP: &str = "BeginSession";
@@ -410,27 +437,9 @@ impl Remote for GrpcRemote {
 
     async fn commit(&self, req: CommitRequest) -> Result<CommitOutcome, RemoteError> {
         const OP: &str = "CommitSnapshot";
-        use pb::commit_snapshot_request::Part;
-        let mut msgs = vec![pb::CommitSnapshotRequest {
-            part: Some(Part::Header(pb::CommitHeader {
-                session_id: req.session_id,
-                started_at_unix_ms: req.started_at_unix_ms,
-                finished_at_unix_ms: req.finished_at_unix_ms,
-                stats: Some(req.stats),
-                manifest_ids: req.manifest_ids.iter().map(id_bytes).collect(),
-                reference_count: req.references.len() as u64,
-            })),
-        }];
-        for batch in req.references.chunks(req.max_ids.max(1)) {
-            msgs.push(pb::CommitSnapshotRequest {
-                part: Some(Part::Refs(pb::RefBatch {
-                    ids: batch.iter().map(id_bytes).collect(),
-                })),
-            });
-        }
         let mut c = self.client.clone();
         let r = c
-            .commit_snapshot(tokio_stream::iter(msgs))
+            .commit_snapshot(tokio_stream::iter(commit_messages(req)))
             .await
             .map_err(status(OP))?
             .into_inner();
@@ -601,6 +610,36 @@ mod tests {
             status: tonic::Status::data_loss("pack damaged"),
         };
         assert_eq!(classify(&other), FailureClass::Other);
+    }
+
+    #[test]
+    fn commit_messages_are_the_header_then_every_reference_in_batches() {
+        use pb::commit_snapshot_request::Part;
+        let references: Vec<ChunkId> = (0..10u8).map(|i| ChunkId([i; 32])).collect();
+        let req = CommitRequest {
+            session_id: "s".into(),
+            started_at_unix_ms: 1,
+            finished_at_unix_ms: 2,
+            stats: Default::default(),
+            manifest_ids: vec![ChunkId([9; 32])],
+            references: references.clone(),
+            max_ids: 4,
+        };
+        let mut msgs = commit_messages(req).map(|m| m.part.expect("part"));
+        let Some(Part::Header(h)) = msgs.next() else {
+            panic!("the header comes first");
+        };
+        assert_eq!((h.reference_count, h.manifest_ids.len()), (10, 1));
+        let batches: Vec<Vec<bytes::Bytes>> = msgs
+            .map(|p| match p {
+                Part::Refs(r) => r.ids,
+                Part::Header(_) => panic!("one header"),
+            })
+            .collect();
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [4, 4, 2]);
+        let sent: Vec<bytes::Bytes> = batches.concat();
+        assert_eq!(sent, references.iter().map(id_bytes).collect::<Vec<_>>());
     }
 
     #[test]

@@ -349,7 +349,7 @@ async fn commit<R: Remote>(
     let data_chunks = refs.len() as u64;
     let files = entries.len() as u64;
     let (outcome, stats) =
-        super::commit_snapshot(ctx, src, &mut up, &w.finish(), refs, started_ms, |u| {
+        super::commit_snapshot(ctx, src, &mut up, w.finish(), refs, started_ms, |u| {
             SnapshotStats {
                 files,
                 logical_bytes: logical,
