@@ -350,7 +350,12 @@ async fn read_pass<R: Remote>(
             break;
         };
         match msg {
-            ReadMsg::Chunks(chunks) => {
+            ReadMsg::Chunks {
+                chunks,
+                presumed_bytes,
+            } => {
+                results.bytes_read += presumed_bytes;
+                up.count_presumed(presumed_bytes);
                 for (id, data) in chunks {
                     results.bytes_read += data.len() as u64;
                     up.add(id, data).await?;

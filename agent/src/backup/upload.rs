@@ -228,6 +228,15 @@ impl<'a, R: Remote> Uploader<'a, R> {
         &self.session
     }
 
+    /// Counts the bytes of chunks the reader presumed stored (a changed file's chunks its
+    /// previous version had: see `read`'s module docs). They are not asked about or uploaded;
+    /// the commit checks them.
+    pub fn count_presumed(&mut self, bytes: u64) {
+        if bytes > 0 {
+            self.advance(bytes);
+        }
+    }
+
     /// Adds a chunk read from a file or the manifest.
     pub async fn add(&mut self, id: ChunkId, data: Vec<u8>) -> Result<(), AgentError> {
         self.advance(data.len() as u64);

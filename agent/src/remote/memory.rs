@@ -30,6 +30,8 @@ pub struct MemoryRemote {
     pub failures: Mutex<Vec<FailureReport>>,
     /// How many ids each HaveChunks call asked about, in call order.
     pub have_calls: Mutex<Vec<usize>>,
+    /// Every id HaveChunks was asked about.
+    pub asked: Mutex<HashSet<ChunkId>>,
     /// HaveChunks calls in progress (each yields once before answering), and the most seen.
     have_running: AtomicU64,
     pub have_most_at_once: AtomicU64,
@@ -57,6 +59,7 @@ impl Remote for MemoryRemote {
         ids: &[ChunkId],
     ) -> Result<Vec<ChunkId>, RemoteError> {
         self.have_calls.lock().expect("lock").push(ids.len());
+        self.asked.lock().expect("lock").extend(ids);
         let running = self.have_running.fetch_add(1, Ordering::SeqCst) + 1;
         self.have_most_at_once.fetch_max(running, Ordering::SeqCst);
         // A real call is in the air for a while: let other flights start theirs.

@@ -271,6 +271,75 @@ async fn lost_chunks_are_uploaded_again_although_the_cache_has_the_file() {
     );
 }
 
+/// Writes `site/dump.sql` (200,000 bytes), backs up, rewrites it with 10 bytes changed in the
+/// middle, and returns its entry before the change and the new contents.
+async fn back_up_a_dump_then_change_it(f: &Fixture) -> (Entry, Vec<u8>) {
+    let path = f.root.join("site/dump.sql");
+    let mut data = pseudo_random(200_000, 9);
+    fs::write(&path, &data).expect("write");
+    backup(f, Arc::new(FsOpener)).await;
+    let old = latest_entry(f, b"site/dump.sql").await;
+    data[100_000..100_010].copy_from_slice(b"0123456789");
+    fs::write(&path, &data).expect("write");
+    (old, data)
+}
+
+#[tokio::test]
+async fn a_changed_files_chunks_from_its_previous_version_are_presumed_stored() {
+    let f = fixture();
+    let (old, data) = back_up_a_dump_then_change_it(&f).await;
+    f.remote.asked.lock().expect("lock").clear();
+    let uploaded_before = f.remote.uploaded_ids.lock().expect("lock").len();
+    let r = backup(&f, Arc::new(FsOpener)).await;
+    assert_eq!((r.files_read, r.bytes_read), (1, 200_000));
+    let new = latest_entry(&f, b"site/dump.sql").await;
+    let (kept, fresh): (Vec<_>, Vec<_>) = new.chunks.iter().partition(|id| old.chunks.contains(id));
+    assert!(
+        kept.len() > 30 && !fresh.is_empty(),
+        "{} kept, {} new",
+        kept.len(),
+        fresh.len()
+    );
+    let asked = f.remote.asked.lock().expect("lock").clone();
+    let uploaded = f.remote.uploaded_ids.lock().expect("lock")[uploaded_before..].to_vec();
+    for id in &kept {
+        assert!(
+            !asked.contains(id) && !uploaded.contains(id),
+            "a kept chunk was asked about or sent"
+        );
+    }
+    for id in &fresh {
+        assert!(
+            asked.contains(id) && uploaded.contains(id),
+            "a new chunk was not stored"
+        );
+    }
+    restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    assert_eq!(fs::read(restored(&f, "site/dump.sql")).expect("read"), data);
+}
+
+#[tokio::test]
+async fn a_presumed_chunk_the_controller_lost_is_stored_by_a_pass_without_the_cache() {
+    let f = fixture();
+    let (old, data) = back_up_a_dump_then_change_it(&f).await;
+    // The first chunk is before the change: presumed stored, but the controller lost it.
+    let lost = old.chunks[0];
+    f.remote.blobs.lock().expect("lock").remove(&lost);
+    let r = backup(&f, Arc::new(FsOpener)).await;
+    assert_eq!(
+        r.files_read, 4,
+        "the commit refused; every file was read again"
+    );
+    assert!(f.remote.blobs.lock().expect("lock").contains_key(&lost));
+    assert_eq!(latest_entry(&f, b"site/dump.sql").await.chunks[0], lost);
+    restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    assert_eq!(fs::read(restored(&f, "site/dump.sql")).expect("read"), data);
+}
+
 #[tokio::test]
 async fn damaged_chunk_fails_naming_the_file_and_leaves_no_damaged_file() {
     let f = fixture();
