@@ -355,7 +355,7 @@ async fn read_pass<R: Remote>(
                 presumed_bytes,
             } => {
                 results.bytes_read += presumed_bytes;
-                up.count_presumed(presumed_bytes);
+                up.count_presumed(presumed_bytes).await?;
                 for (id, data) in chunks {
                     results.bytes_read += data.len() as u64;
                     up.add(id, data).await?;

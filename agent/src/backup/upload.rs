@@ -133,7 +133,17 @@ pub struct Uploader<'a, R: Remote> {
     progress: Option<ProgressState>,
     /// Launched batches, oldest first.
     in_air: VecDeque<InAir<'a>>,
+    /// When the session last called the controller (a launch, or [`Uploader::count_presumed`]'s
+    /// keep-alive).
+    last_call: Instant,
+    /// [`KEEP_ALIVE`]; shorter in tests.
+    keep_alive: Duration,
 }
+
+/// Longest the uploader lets the session go without a call while the reader presumes chunks
+/// stored: each call renews the session's lease (one hour by default; `[gc] lease` may set it
+/// shorter), which protects what it was told it has from garbage collection.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Where progress goes and when it was last told.
 struct ProgressState {
@@ -167,6 +177,8 @@ impl<'a, R: Remote> Uploader<'a, R> {
             max_flights: MAX_FLIGHTS,
             progress: None,
             in_air: VecDeque::new(),
+            last_call: Instant::now(),
+            keep_alive: KEEP_ALIVE,
         }
     }
 
@@ -230,11 +242,18 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
     /// Counts the bytes of chunks the reader presumed stored (a changed file's chunks its
     /// previous version had: see `read`'s module docs). They are not asked about or uploaded;
-    /// the commit checks them.
-    pub fn count_presumed(&mut self, bytes: u64) {
+    /// the commit checks them. A long stretch of them (a large file changed in few places)
+    /// makes no calls, so once [`KEEP_ALIVE`] has passed without one this asks about no ids,
+    /// which renews the session's lease.
+    pub async fn count_presumed(&mut self, bytes: u64) -> Result<(), AgentError> {
         if bytes > 0 {
             self.advance(bytes);
         }
+        if self.in_air.is_empty() && self.last_call.elapsed() >= self.keep_alive {
+            self.remote.have_chunks(&self.session.id, &[]).await?;
+            self.last_call = Instant::now();
+        }
+        Ok(())
     }
 
     /// Adds a chunk read from a file or the manifest.
@@ -401,6 +420,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        self.last_call = Instant::now();
         let batch = std::mem::take(&mut self.batch);
         let known_missing = std::mem::take(&mut self.batch_missing);
         self.in_batch.clear();

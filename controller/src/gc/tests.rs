@@ -589,6 +589,33 @@ async fn a_fresh_lease_is_not_rewritten_on_every_call() {
     assert_eq!(lease_of(&w), 3_662_000, "renewed once the slack is used up");
 }
 
+/// An agent that presumes chunks stored makes no HaveChunks calls while it reads them, and asks
+/// about no ids from time to time to keep its session: that call renews a lease that is due.
+#[tokio::test]
+async fn asking_about_no_ids_renews_a_due_lease() {
+    let w = World::new();
+    let now = lifeboat_common::clock::now_unix_ms();
+    let hour = Duration::from_secs(3600);
+    w.open_session("s1", now - 600_000, now - 600_000, hour);
+    let lease_of = |w: &World| {
+        w.cat
+            .run_blocking(|c| {
+                Ok(c.query_row(
+                    "SELECT lease_until FROM sessions WHERE id = 's1'",
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .expect("lease")
+    };
+    let before = lease_of(&w);
+    let missing = pins::answer_have(&w.cat, &w.store, "s1", "g", Vec::new(), hour)
+        .await
+        .expect("have");
+    assert!(missing.is_empty());
+    assert!(lease_of(&w) >= now + 3_600_000 && lease_of(&w) > before, "renewed");
+}
+
 /// The chunks a session uploads carry no pin rows (the upload path records them with
 /// `record_pack_in` and pins only rows another upload won): the open session's start bounds the
 /// cutoff, so GC leaves them alone while its lease runs, and condemns them once it expired.

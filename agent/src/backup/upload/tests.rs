@@ -252,3 +252,23 @@ async fn more_flights_fly_only_while_they_hold_little() {
         "each flight uploads ~4 MB: no more than FLIGHTS at once"
     );
 }
+
+/// Chunks presumed stored make no calls: once the keep-alive interval has passed without one,
+/// counting them asks about no ids (renewing the session's lease), and not again before it
+/// passes anew.
+#[tokio::test]
+async fn a_long_presumed_stretch_keeps_the_session_alive() {
+    let remote = MemoryRemote::default();
+    let mut up = uploader(&remote).await;
+    up.count_presumed(1 << 20).await.expect("count");
+    assert!(
+        remote.have_calls.lock().expect("lock").is_empty(),
+        "not due yet"
+    );
+    up.keep_alive = Duration::ZERO;
+    up.count_presumed(1 << 20).await.expect("count");
+    assert_eq!(*remote.have_calls.lock().expect("lock"), [0]);
+    up.keep_alive = Duration::from_secs(3600);
+    up.count_presumed(1 << 20).await.expect("count");
+    assert_eq!(remote.have_calls.lock().expect("lock").len(), 1);
+}
