@@ -613,7 +613,10 @@ async fn asking_about_no_ids_renews_a_due_lease() {
         .await
         .expect("have");
     assert!(missing.is_empty());
-    assert!(lease_of(&w) >= now + 3_600_000 && lease_of(&w) > before, "renewed");
+    assert!(
+        lease_of(&w) >= now + 3_600_000 && lease_of(&w) > before,
+        "renewed"
+    );
 }
 
 /// The chunks a session uploads carry no pin rows (the upload path records them with
