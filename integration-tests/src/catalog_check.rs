@@ -182,7 +182,12 @@ fn hex(b: &[u8]) -> String {
 /// Checks the invariant for the controller in `dir` (objects under `dir/objects`); panics with
 /// every violation found, otherwise returns what the catalog holds.
 pub fn check(dir: &Path) -> CatalogState {
-    let c = open(dir);
+    let mut conn = open(dir);
+    // One read transaction, so the queries below see one state of the catalog: a controller
+    // may still be recording the pack of an upload whose agent died after sending it (the
+    // agent crash tests), and a pack recorded between the packs query and the chunks query
+    // would look like chunks naming an unknown pack.
+    let c = conn.transaction().expect("read transaction");
     let objects = dir.join("objects");
     let mut bad = Vec::new();
     let packs = packs(&c, &objects, &mut bad);
