@@ -284,6 +284,14 @@ async fn back_up_a_dump_then_change_it(f: &Fixture) -> (Entry, Vec<u8>) {
     (old, data)
 }
 
+/// Restores the latest snapshot and checks `site/dump.sql` came back as `data`.
+async fn assert_dump_restores(f: &Fixture, data: &[u8]) {
+    restore(&f.remote, &keys(), &opts(f, false, None))
+        .await
+        .expect("restore");
+    assert_eq!(fs::read(restored(f, "site/dump.sql")).expect("read"), data);
+}
+
 #[tokio::test]
 async fn a_changed_files_chunks_from_its_previous_version_are_presumed_stored() {
     let f = fixture();
@@ -314,10 +322,7 @@ async fn a_changed_files_chunks_from_its_previous_version_are_presumed_stored() 
             "a new chunk was not stored"
         );
     }
-    restore(&f.remote, &keys(), &opts(&f, false, None))
-        .await
-        .expect("restore");
-    assert_eq!(fs::read(restored(&f, "site/dump.sql")).expect("read"), data);
+    assert_dump_restores(&f, &data).await;
 }
 
 #[tokio::test]
@@ -334,10 +339,7 @@ async fn a_presumed_chunk_the_controller_lost_is_stored_by_a_pass_without_the_ca
     );
     assert!(f.remote.blobs.lock().expect("lock").contains_key(&lost));
     assert_eq!(latest_entry(&f, b"site/dump.sql").await.chunks[0], lost);
-    restore(&f.remote, &keys(), &opts(&f, false, None))
-        .await
-        .expect("restore");
-    assert_eq!(fs::read(restored(&f, "site/dump.sql")).expect("read"), data);
+    assert_dump_restores(&f, &data).await;
 }
 
 #[tokio::test]

@@ -181,6 +181,20 @@ impl World {
 
     /// Opens upload session `id` of agent `a` started at `started_at`, its lease renewed at
     /// `renewed` for `lease`.
+    /// The session's `lease_until`.
+    pub fn lease_of(&self, session: &str) -> i64 {
+        let id = session.to_owned();
+        self.cat
+            .run_blocking(move |c| {
+                Ok(c.query_row(
+                    "SELECT lease_until FROM sessions WHERE id = ?1",
+                    [&id],
+                    |r| r.get::<_, i64>(0),
+                )?)
+            })
+            .expect("lease")
+    }
+
     pub fn open_session(&self, id: &str, started_at: i64, renewed: i64, lease: Duration) {
         let id = id.to_owned();
         self.cat
@@ -559,34 +573,27 @@ mod repack;
 #[tokio::test]
 async fn a_fresh_lease_is_not_rewritten_on_every_call() {
     let w = World::new();
-    let lease_of = |w: &World| {
-        w.cat
-            .run_blocking(|c| {
-                Ok(c.query_row(
-                    "SELECT lease_until FROM sessions WHERE id = 's0'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )?)
-            })
-            .expect("lease")
-    };
     let hour = Duration::from_secs(3600);
     w.cat
         .run_blocking(move |c| pins::renew(c, "s0", 1_000, hour))
         .expect("renew");
-    assert_eq!(lease_of(&w), 3_601_000);
+    assert_eq!(w.lease_of("s0"), 3_601_000);
     w.cat
         .run_blocking(move |c| pins::renew(c, "s0", 30_000, hour))
         .expect("renew");
     assert_eq!(
-        lease_of(&w),
+        w.lease_of("s0"),
         3_601_000,
         "within the one-minute slack: unchanged"
     );
     w.cat
         .run_blocking(move |c| pins::renew(c, "s0", 62_000, hour))
         .expect("renew");
-    assert_eq!(lease_of(&w), 3_662_000, "renewed once the slack is used up");
+    assert_eq!(
+        w.lease_of("s0"),
+        3_662_000,
+        "renewed once the slack is used up"
+    );
 }
 
 /// An agent that presumes chunks stored makes no HaveChunks calls while it reads them, and asks
@@ -597,24 +604,13 @@ async fn asking_about_no_ids_renews_a_due_lease() {
     let now = lifeboat_common::clock::now_unix_ms();
     let hour = Duration::from_secs(3600);
     w.open_session("s1", now - 600_000, now - 600_000, hour);
-    let lease_of = |w: &World| {
-        w.cat
-            .run_blocking(|c| {
-                Ok(c.query_row(
-                    "SELECT lease_until FROM sessions WHERE id = 's1'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )?)
-            })
-            .expect("lease")
-    };
-    let before = lease_of(&w);
+    let before = w.lease_of("s1");
     let missing = pins::answer_have(&w.cat, &w.store, "s1", "g", Vec::new(), hour)
         .await
         .expect("have");
     assert!(missing.is_empty());
     assert!(
-        lease_of(&w) >= now + 3_600_000 && lease_of(&w) > before,
+        w.lease_of("s1") >= now + 3_600_000 && w.lease_of("s1") > before,
         "renewed"
     );
 }
