@@ -291,11 +291,9 @@ fn agent_crash_points() {
     assert!(kills >= 20 && restores > kills);
 }
 
-/// A catalog that lost the rows of a pack (restored from an older copy) while the agent's file
-/// cache still names those chunks: HaveChunks reports them missing, the agent reads the files
-/// again and re-sends them, the commit succeeds, and both snapshots restore exactly.
-#[test]
-fn chunks_missing_from_the_catalog_are_resent() {
+/// A rig that backed up a generation, with its controller stopped and the catalog rows of its
+/// largest pack deleted (the object left: a catalog restored from an older copy).
+fn backed_up_then_a_pack_forgotten() -> Rig {
     let (mut rig, mut ctl) = Rig::new();
     rig.next_generation(seed());
     let first = rig.agent.backup("web");
@@ -303,6 +301,15 @@ fn chunks_missing_from_the_catalog_are_resent() {
     ctl.stop();
     let forgotten = catalog_check::forget_largest_pack(&rig.dir);
     assert!(forgotten > 100, "forgot only {forgotten} chunk rows");
+    rig
+}
+
+/// A catalog that lost the rows of a pack (restored from an older copy) while the agent's file
+/// cache still names those chunks: HaveChunks reports them missing, the agent reads the files
+/// again and re-sends them, the commit succeeds, and both snapshots restore exactly.
+#[test]
+fn chunks_missing_from_the_catalog_are_resent() {
+    let mut rig = backed_up_then_a_pack_forgotten();
     let ctl = Controller::serve(&rig.dir);
     rig.use_controller(&ctl);
     let out = rig.agent.run(&["backup", "--source", "web", "--json"]);
@@ -325,13 +332,7 @@ fn chunks_missing_from_the_catalog_are_resent() {
 /// backs up again without its cache, and the snapshot restores exactly.
 #[test]
 fn presumed_chunks_the_catalog_lost_are_resent_after_a_refused_commit() {
-    let (mut rig, mut ctl) = Rig::new();
-    rig.next_generation(seed());
-    let first = rig.agent.backup("web");
-    rig.record(&first);
-    ctl.stop();
-    let forgotten = catalog_check::forget_largest_pack(&rig.dir);
-    assert!(forgotten > 100, "forgot only {forgotten} chunk rows");
+    let mut rig = backed_up_then_a_pack_forgotten();
     let changed = flip_a_middle_byte_of_every_file(&rig.www);
     assert!(changed > 5, "changed only {changed} files");
     let ctl = Controller::serve(&rig.dir);
