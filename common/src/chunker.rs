@@ -115,21 +115,25 @@ pub struct Chunker<R: Read> {
 
 /// How the bytes not yet cut are held.
 enum Mode {
-    /// Small chunks: one buffer of `max + READ_AHEAD`, each chunk copied out of it.
-    Shared {
-        buf: Vec<u8>,
-        /// Start of the bytes not yet cut.
-        pos: usize,
-        /// End of the bytes read.
-        len: usize,
-    },
-    /// Large chunks: the chunk being cut is read into its own buffer, which becomes the chunk;
-    /// only the bytes read past the cut (under `step`) are moved to the next one.
-    Own {
-        cur: Vec<u8>,
-        scan: Scan,
-        step: usize,
-    },
+    Shared(Shared),
+    Own(Own),
+}
+
+/// Small chunks: one buffer of `max + READ_AHEAD`, each chunk copied out of it.
+struct Shared {
+    buf: Vec<u8>,
+    /// Start of the bytes not yet cut.
+    pos: usize,
+    /// End of the bytes read.
+    len: usize,
+}
+
+/// Large chunks: the chunk being cut is read into its own buffer, which becomes the chunk; only
+/// the bytes read past the cut (under `step`) are moved to the next one.
+struct Own {
+    cur: Vec<u8>,
+    scan: Scan,
+    step: usize,
 }
 
 /// The cut search's parameters: fastcdc's masks and keyed gear tables.
@@ -169,17 +173,17 @@ impl<R: Read> Chunker<R> {
             gear_ls,
         };
         let mode = if cut.min >= step {
-            Mode::Own {
+            Mode::Own(Own {
                 cur: Vec::new(),
                 scan: cut.scan(),
                 step,
-            }
+            })
         } else {
-            Mode::Shared {
+            Mode::Shared(Shared {
                 buf: Vec::new(),
                 pos: 0,
                 len: 0,
-            }
+            })
         };
         Chunker {
             reader,
@@ -188,15 +192,20 @@ impl<R: Read> Chunker<R> {
             mode,
         }
     }
+}
 
-    /// Shared mode: the next chunk, copied out of the buffer.
-    fn next_shared(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        let Mode::Shared { buf, pos, len } = &mut self.mode else {
-            unreachable!("next_shared in shared mode only");
-        };
-        let max = self.cut.max;
+impl Shared {
+    /// The next chunk, copied out of the buffer.
+    fn next(
+        &mut self,
+        reader: &mut impl Read,
+        eof: &mut bool,
+        cut: &Cut,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let Shared { buf, pos, len } = self;
+        let max = cut.max;
         // Make `max` bytes available past `pos`, or everything up to the end of the input.
-        if !self.eof && *len - *pos < max {
+        if !*eof && *len - *pos < max {
             if buf.is_empty() {
                 // Allocated on first use: a chunker for a stream shorter than a chunk is cheap.
                 *buf = vec![0; max + READ_AHEAD];
@@ -205,9 +214,9 @@ impl<R: Read> Chunker<R> {
             *len -= *pos;
             *pos = 0;
             while *len < buf.len() {
-                match read_some(&mut self.reader, &mut buf[*len..])? {
+                match read_some(reader, &mut buf[*len..])? {
                     0 => {
-                        self.eof = true;
+                        *eof = true;
                         break;
                     }
                     n => *len += n,
@@ -217,34 +226,39 @@ impl<R: Read> Chunker<R> {
         if *pos == *len {
             return Ok(None);
         }
-        let (mask_s, mask_l) = self.cut.masks;
+        let (mask_s, mask_l) = cut.masks;
         let (_, count) = cut_gear(
             &buf[*pos..*len],
-            self.cut.min,
-            self.cut.avg,
+            cut.min,
+            cut.avg,
             max,
             mask_s,
             mask_l,
             mask_s << 1,
             mask_l << 1,
-            &self.cut.gear,
-            &self.cut.gear_ls,
+            &cut.gear,
+            &cut.gear_ls,
         );
         let chunk = buf[*pos..*pos + count].to_vec();
         *pos += count;
         Ok(Some(chunk))
     }
+}
 
-    /// Own mode: reads into the current chunk's buffer until its cut is known, then hands the
+impl Own {
+    /// Reads into the current chunk's buffer until its cut is known, then hands the
     /// buffer out and starts the next one with the bytes read past the cut.
-    fn next_own(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        let Mode::Own { cur, scan, step } = &mut self.mode else {
-            unreachable!("next_own in own mode only");
-        };
-        let (min, max) = (self.cut.min, self.cut.max);
+    fn next(
+        &mut self,
+        reader: &mut impl Read,
+        eof: &mut bool,
+        cut: &Cut,
+    ) -> std::io::Result<Option<Vec<u8>>> {
+        let Own { cur, scan, step } = self;
+        let (min, max) = (cut.min, cut.max);
         loop {
-            let decided = self.eof || cur.len() >= max;
-            if let Some(n) = self.cut.advance(scan, cur, decided) {
+            let decided = *eof || cur.len() >= max;
+            if let Some(n) = cut.advance(scan, cur, decided) {
                 if n == 0 {
                     return Ok(None);
                 }
@@ -252,7 +266,7 @@ impl<R: Read> Chunker<R> {
                 next.extend_from_slice(&cur[n..]);
                 cur.truncate(n);
                 cur.shrink_to_fit();
-                *scan = self.cut.scan();
+                *scan = cut.scan();
                 return Ok(Some(std::mem::replace(cur, next)));
             }
             if cur.capacity() == 0 {
@@ -264,9 +278,9 @@ impl<R: Read> Chunker<R> {
             cur.resize(target, 0);
             let mut filled = start;
             while filled < target {
-                match read_some(&mut self.reader, &mut cur[filled..target]) {
+                match read_some(reader, &mut cur[filled..target]) {
                     Ok(0) => {
-                        self.eof = true;
+                        *eof = true;
                         break;
                     }
                     Ok(n) => filled += n,
@@ -342,9 +356,9 @@ impl<R: Read> Iterator for Chunker<R> {
     type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let next = match self.mode {
-            Mode::Shared { .. } => self.next_shared(),
-            Mode::Own { .. } => self.next_own(),
+        let next = match &mut self.mode {
+            Mode::Shared(m) => m.next(&mut self.reader, &mut self.eof, &self.cut),
+            Mode::Own(m) => m.next(&mut self.reader, &mut self.eof, &self.cut),
         };
         next.transpose()
     }
@@ -424,7 +438,7 @@ mod tests {
             data[len / 3..len / 2].fill(0);
             let step = own_step.min(p.min as usize);
             let chunker = Chunker::with_step(Dribble { data: &data, step: read }, p, seed, step);
-            let own = matches!(chunker.mode, Mode::Own { .. });
+            let own = matches!(chunker.mode, Mode::Own(_));
             prop_assert!(own, "own-buffer mode");
             let ours: Vec<Vec<u8>> = chunker.collect::<Result<_, _>>().expect("chunk");
             prop_assert_eq!(ours, stream_cdc(&data, p, seed));
@@ -435,9 +449,9 @@ mod tests {
     fn file_chunks_get_their_own_buffers_and_dump_chunks_share_one() {
         let data = pseudo_random(10, 1);
         let files = Chunker::new(&data[..], ChunkerParams::FILES, 1);
-        assert!(matches!(files.mode, Mode::Own { .. }));
+        assert!(matches!(files.mode, Mode::Own(_)));
         let dumps = Chunker::new(&data[..], ChunkerParams::DUMPS, 1);
-        assert!(matches!(dumps.mode, Mode::Shared { .. }));
+        assert!(matches!(dumps.mode, Mode::Shared(_)));
     }
 
     #[test]
