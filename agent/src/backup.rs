@@ -349,13 +349,14 @@ async fn read_pass<R: Remote>(
         let Some(msg) = msg else {
             break;
         };
+        up.keep_alive().await?;
         match msg {
             ReadMsg::Chunks {
                 chunks,
                 presumed_bytes,
             } => {
                 results.bytes_read += presumed_bytes;
-                up.count_presumed(presumed_bytes).await?;
+                up.count_presumed(presumed_bytes);
                 for (id, data) in chunks {
                     results.bytes_read += data.len() as u64;
                     up.add(id, data).await?;

@@ -133,16 +133,15 @@ pub struct Uploader<'a, R: Remote> {
     progress: Option<ProgressState>,
     /// Launched batches, oldest first.
     in_air: VecDeque<InAir<'a>>,
-    /// When the session last called the controller (a launch, or [`Uploader::count_presumed`]'s
-    /// keep-alive).
+    /// When the session last called the controller (a launch, or [`Uploader::keep_alive`]).
     last_call: Instant,
     /// [`KEEP_ALIVE`]; shorter in tests.
-    keep_alive: Duration,
+    keep_alive_after: Duration,
 }
 
-/// Longest the uploader lets the session go without a call while the reader presumes chunks
-/// stored: each call renews the session's lease (one hour by default; `[gc] lease` may set it
-/// shorter), which protects what it was told it has from garbage collection.
+/// Longest the uploader lets the session go without a call ([`Uploader::keep_alive`]): each call
+/// renews the session's lease (one hour by default; `[gc] lease` may set it shorter), which
+/// protects what it was told it has from garbage collection.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Where progress goes and when it was last told.
@@ -178,7 +177,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
             progress: None,
             in_air: VecDeque::new(),
             last_call: Instant::now(),
-            keep_alive: KEEP_ALIVE,
+            keep_alive_after: KEEP_ALIVE,
         }
     }
 
@@ -242,14 +241,19 @@ impl<'a, R: Remote> Uploader<'a, R> {
 
     /// Counts the bytes of chunks the reader presumed stored (a changed file's chunks its
     /// previous version had: see `read`'s module docs). They are not asked about or uploaded;
-    /// the commit checks them. A long stretch of them (a large file changed in few places)
-    /// makes no calls, so once [`KEEP_ALIVE`] has passed without one this asks about no ids,
-    /// which renews the session's lease.
-    pub async fn count_presumed(&mut self, bytes: u64) -> Result<(), AgentError> {
+    /// the commit checks them.
+    pub fn count_presumed(&mut self, bytes: u64) {
         if bytes > 0 {
             self.advance(bytes);
         }
-        if self.in_air.is_empty() && self.last_call.elapsed() >= self.keep_alive {
+    }
+
+    /// Renews the session's lease if nothing has called the controller for [`KEEP_ALIVE`] and
+    /// no flight is in the air, by asking about no ids. Call as the backup goes on: a stretch
+    /// that launches no batch (a large file changed in few places, its chunks presumed stored,
+    /// or a slow read) makes no calls of its own.
+    pub async fn keep_alive(&mut self) -> Result<(), AgentError> {
+        if self.in_air.is_empty() && self.last_call.elapsed() >= self.keep_alive_after {
             self.remote.have_chunks(&self.session.id, &[]).await?;
             self.last_call = Instant::now();
         }

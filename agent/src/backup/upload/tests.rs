@@ -253,22 +253,23 @@ async fn more_flights_fly_only_while_they_hold_little() {
     );
 }
 
-/// Chunks presumed stored make no calls: once the keep-alive interval has passed without one,
-/// counting them asks about no ids (renewing the session's lease), and not again before it
-/// passes anew.
+/// A stretch that launches no batch (chunks presumed stored, a slow read) makes no calls: once
+/// the keep-alive interval has passed without one, the uploader asks about no ids (renewing the
+/// session's lease), and not again before it passes anew.
 #[tokio::test]
-async fn a_long_presumed_stretch_keeps_the_session_alive() {
+async fn a_session_without_calls_is_kept_alive() {
     let remote = MemoryRemote::default();
     let mut up = uploader(&remote).await;
-    up.count_presumed(1 << 20).await.expect("count");
+    up.count_presumed(1 << 20);
+    up.keep_alive().await.expect("keep alive");
     assert!(
         remote.have_calls.lock().expect("lock").is_empty(),
         "not due yet"
     );
-    up.keep_alive = Duration::ZERO;
-    up.count_presumed(1 << 20).await.expect("count");
+    up.keep_alive_after = Duration::ZERO;
+    up.keep_alive().await.expect("keep alive");
     assert_eq!(*remote.have_calls.lock().expect("lock"), [0]);
-    up.keep_alive = Duration::from_secs(3600);
-    up.count_presumed(1 << 20).await.expect("count");
+    up.keep_alive_after = Duration::from_secs(3600);
+    up.keep_alive().await.expect("keep alive");
     assert_eq!(remote.have_calls.lock().expect("lock").len(), 1);
 }
