@@ -107,10 +107,18 @@ pub const OWN_STEP: usize = 128 << 10;
 
 /// Splits a reader into chunks. Yields owned chunk plaintexts.
 pub struct Chunker<R: Read> {
-    reader: R,
-    eof: bool,
+    input: Input<R>,
     cut: Cut,
     mode: Mode,
+}
+
+/// A mode's next chunk (`None` at the end of the input).
+type NextChunk = std::io::Result<Option<Vec<u8>>>;
+
+/// The stream being cut, and whether it has ended.
+struct Input<R: Read> {
+    reader: R,
+    eof: bool,
 }
 
 /// How the bytes not yet cut are held.
@@ -186,8 +194,7 @@ impl<R: Read> Chunker<R> {
             })
         };
         Chunker {
-            reader,
-            eof: false,
+            input: Input { reader, eof: false },
             cut,
             mode,
         }
@@ -196,16 +203,11 @@ impl<R: Read> Chunker<R> {
 
 impl Shared {
     /// The next chunk, copied out of the buffer.
-    fn next(
-        &mut self,
-        reader: &mut impl Read,
-        eof: &mut bool,
-        cut: &Cut,
-    ) -> std::io::Result<Option<Vec<u8>>> {
+    fn next(&mut self, input: &mut Input<impl Read>, cut: &Cut) -> NextChunk {
         let Shared { buf, pos, len } = self;
         let max = cut.max;
         // Make `max` bytes available past `pos`, or everything up to the end of the input.
-        if !*eof && *len - *pos < max {
+        if !input.eof && *len - *pos < max {
             if buf.is_empty() {
                 // Allocated on first use: a chunker for a stream shorter than a chunk is cheap.
                 *buf = vec![0; max + READ_AHEAD];
@@ -214,11 +216,8 @@ impl Shared {
             *len -= *pos;
             *pos = 0;
             while *len < buf.len() {
-                match read_some(reader, &mut buf[*len..])? {
-                    0 => {
-                        *eof = true;
-                        break;
-                    }
+                match input.read(&mut buf[*len..])? {
+                    0 => break,
                     n => *len += n,
                 }
             }
@@ -248,16 +247,11 @@ impl Shared {
 impl Own {
     /// Reads into the current chunk's buffer until its cut is known, then hands the
     /// buffer out and starts the next one with the bytes read past the cut.
-    fn next(
-        &mut self,
-        reader: &mut impl Read,
-        eof: &mut bool,
-        cut: &Cut,
-    ) -> std::io::Result<Option<Vec<u8>>> {
+    fn next(&mut self, input: &mut Input<impl Read>, cut: &Cut) -> NextChunk {
         let Own { cur, scan, step } = self;
         let (min, max) = (cut.min, cut.max);
         loop {
-            let decided = *eof || cur.len() >= max;
+            let decided = input.eof || cur.len() >= max;
             if let Some(n) = cut.advance(scan, cur, decided) {
                 if n == 0 {
                     return Ok(None);
@@ -278,11 +272,8 @@ impl Own {
             cur.resize(target, 0);
             let mut filled = start;
             while filled < target {
-                match read_some(reader, &mut cur[filled..target]) {
-                    Ok(0) => {
-                        *eof = true;
-                        break;
-                    }
+                match input.read(&mut cur[filled..target]) {
+                    Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) => {
                         cur.truncate(filled);
@@ -295,12 +286,18 @@ impl Own {
     }
 }
 
-/// One `read`, retried while interrupted.
-fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
-    loop {
-        match reader.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            r => return r,
+impl<R: Read> Input<R> {
+    /// One `read`, retried while interrupted; 0 marks the end of the input.
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.reader.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(0);
+                }
+                r => return r,
+            }
         }
     }
 }
@@ -357,8 +354,8 @@ impl<R: Read> Iterator for Chunker<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         let next = match &mut self.mode {
-            Mode::Shared(m) => m.next(&mut self.reader, &mut self.eof, &self.cut),
-            Mode::Own(m) => m.next(&mut self.reader, &mut self.eof, &self.cut),
+            Mode::Shared(m) => m.next(&mut self.input, &self.cut),
+            Mode::Own(m) => m.next(&mut self.input, &self.cut),
         };
         next.transpose()
     }
