@@ -8,9 +8,10 @@
 //! same way and `CommitSnapshot` streams every referenced id. Failure modes:
 //! - an unreadable input is listed in the report and skipped; the snapshot still commits
 //!   (`partial`, exit code 3);
-//! - a cached id the controller does not have: those files are read again in the same pass;
-//! - a commit answered with `missing`: the whole pass runs again without the cache (all chunks
-//!   are offered again), at most [`MAX_ATTEMPTS`] times, then a clear error;
+//! - a commit answered with `missing` (the file cache named chunks the controller does not
+//!   have: they are presumed stored, never asked about, see [`read`]): the whole pass runs again
+//!   without the cache (all chunks are offered again), at most [`MAX_ATTEMPTS`] times, then a
+//!   clear error;
 //! - cancellation (dropping the future) stops before the commit: nothing partial is committed,
 //!   uploaded chunks are durable and found by the next run's `HaveChunks`.
 //!
@@ -254,21 +255,6 @@ async fn run_pass<R: Remote>(
     read_pass(ctx, src, &items, files, cache, &mut up, &mut results).await?;
     up.flush().await?;
     let read_ms = t0.elapsed().as_millis();
-    if !up.reread.is_empty() {
-        let again: Vec<usize> = std::mem::take(&mut up.reread).into_iter().collect();
-        warn!(source = %src.name, files = again.len(), "file cache named chunks the controller does not have; reading those files again");
-        read_pass(
-            ctx,
-            src,
-            &items,
-            again,
-            Arc::new(NoCache),
-            &mut up,
-            &mut results,
-        )
-        .await?;
-        up.flush().await?;
-    }
     // What the file pass learnt is not needed for the manifest's own chunks (they are asked
     // about like any others): free it before the manifest is built, the agent's peak.
     up.forget_durable();
@@ -362,15 +348,12 @@ async fn read_pass<R: Remote>(
                     up.add(id, data).await?;
                 }
             }
-            ReadMsg::FileDone(done) => {
-                if done.cached {
-                    up.add_cached(done.index, &done.ids).await?;
-                }
-                results.set(done);
-            }
+            ReadMsg::FileDone(done) => results.set(done),
+            // A cached file's chunks are presumed stored like a changed file's old ones: the
+            // commit checks them (`read`'s module docs).
             ReadMsg::Cached(hits) => {
                 for done in hits {
-                    up.add_cached(done.index, &done.ids).await?;
+                    up.count_presumed(done.size);
                     results.set(done);
                 }
             }

@@ -305,8 +305,9 @@ fn backed_up_then_a_pack_forgotten() -> Rig {
 }
 
 /// A catalog that lost the rows of a pack (restored from an older copy) while the agent's file
-/// cache still names those chunks: HaveChunks reports them missing, the agent reads the files
-/// again and re-sends them, the commit succeeds, and both snapshots restore exactly.
+/// cache still names those chunks: the agent presumes them stored, the controller refuses the
+/// commit, the agent backs up again without its cache and re-sends them, and every snapshot
+/// restores exactly.
 #[test]
 fn chunks_missing_from_the_catalog_are_resent() {
     let mut rig = backed_up_then_a_pack_forgotten();
@@ -314,6 +315,11 @@ fn chunks_missing_from_the_catalog_are_resent() {
     rig.use_controller(&ctl);
     let out = rig.agent.run(&["backup", "--source", "web", "--json"]);
     assert!(out.status.success(), "{}", describe(&out));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("backing up again without the file cache"),
+        "the commit must have been refused: {log}"
+    );
     let b = parse_json(&out);
     assert!(
         b["files_read"].as_u64().unwrap_or(0) >= 1,

@@ -1,7 +1,10 @@
 //! Reading files into chunks on a worker thread (the producer side of the backup pipeline).
 //!
 //! The thread takes files in walk order. A file whose stat matches the cache is answered from
-//! it (no read); any other file is opened, chunked and hashed, each chunk sent as it is made, so
+//! it: no read, and its chunks are *presumed stored* (below), so an unchanged tree costs the
+//! controller no lookups until the commit, which vouches for whole reference sets the parent
+//! snapshot already listed (2.5 GiB unchanged: ~128,000 `HaveChunks` lookups, ~1 CPU-s of the
+//! controller, were most of the backup's time). Any other file is opened, chunked and hashed, each chunk sent as it is made, so
 //! memory is bounded by the channel's capacity times the largest chunk, whatever the file sizes.
 //! A file that cannot be opened or read is reported as failed and skipped. A file whose size
 //! differs after reading (it changed meanwhile) is recorded with what was read, a warning is
@@ -15,7 +18,8 @@
 //! the cache's own (it records a file only after the snapshot that stored its chunks committed)
 //! and the commit checks it: the controller refuses a commit that references a chunk it does not
 //! have, and the backup then runs again without the cache (`backup_files`), so a wrong
-//! presumption (a controller that lost data) costs a second pass, never a snapshot with a hole.
+//! presumption (a controller that lost data, a catalog restored from an older copy, an agent
+//! moved to another dedup group) costs a second pass, never a snapshot with a hole.
 
 use std::fs::File;
 use std::io::{self, Read};

@@ -21,11 +21,10 @@
 //! batches: if that flight fails, the whole backup fails before any commit. [`Uploader::flush`]
 //! lands everything, so a commit after it references only acknowledged chunks.
 //!
-//! Ids from the file cache carry no plaintext. If the controller reports one of them missing,
-//! the cache lied (for example the controller lost data): the files that referenced it are
-//! listed in [`Uploader::reread`] so the backup reads them again.
+//! Ids from the file cache never come here: they are presumed stored (`read`'s module docs)
+//! and checked by the commit.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -76,8 +75,8 @@ pub struct UploadStats {
     pub uploaded_bytes: u64,
 }
 
-/// One batch's chunks: the id and, unless it came from the file cache, the plaintext.
-type Batch = Vec<(ChunkId, Option<Vec<u8>>)>;
+/// One batch's chunks: the id and the plaintext.
+type Batch = Vec<(ChunkId, Vec<u8>)>;
 
 /// A chunk waiting to be sealed, taken by the thread that seals it.
 type Slot = Mutex<Option<(ChunkId, Vec<u8>)>>;
@@ -100,9 +99,6 @@ struct Landed {
     durable: Vec<ChunkId>,
     /// Missing chunks not uploaded yet (less than [`CARRY_BELOW`]): the next flight's.
     carried: Vec<(ChunkId, Vec<u8>)>,
-    /// Cached ids (no plaintext) the controller does not have.
-    lost: HashSet<ChunkId>,
-    cached_files: Vec<(usize, Vec<ChunkId>)>,
     stats: UploadStats,
     throttle: Option<Throttle>,
 }
@@ -113,9 +109,8 @@ pub struct Uploader<'a, R: Remote> {
     keys: DataKeys,
     zstd_level: i32,
     batch: Batch,
-    in_batch: HashMap<ChunkId, usize>,
+    in_batch: HashSet<ChunkId>,
     batch_bytes: usize,
-    batch_cached: Vec<(usize, Vec<ChunkId>)>,
     /// Ids of the current batch known to be missing (carried back by a flight, with their
     /// plaintext): uploaded by the next flight without asking again. Their bytes are not
     /// counted against the batch limit (at most `FLIGHTS × CARRY_BELOW` more).
@@ -124,8 +119,6 @@ pub struct Uploader<'a, R: Remote> {
     /// [`DURABLE_CAP`]; smaller in tests.
     durable_cap: usize,
     pub stats: UploadStats,
-    /// Files whose cached ids turned out to be missing: read them again.
-    pub reread: BTreeSet<usize>,
     /// The policy's upload limit, if any ([`super::throttle`]); lent to the flying batch.
     throttle: Option<Throttle>,
     batch_limit: usize,
@@ -163,14 +156,12 @@ impl<'a, R: Remote> Uploader<'a, R> {
             keys,
             zstd_level,
             batch: Vec::new(),
-            in_batch: HashMap::new(),
+            in_batch: HashSet::new(),
             batch_bytes: 0,
-            batch_cached: Vec::new(),
             batch_missing: HashSet::new(),
             durable: HashSet::new(),
             durable_cap: DURABLE_CAP,
             stats: UploadStats::default(),
-            reread: BTreeSet::new(),
             throttle: None,
             batch_limit: BATCH_BYTES,
             max_flights: MAX_FLIGHTS,
@@ -266,66 +257,27 @@ impl<'a, R: Remote> Uploader<'a, R> {
         if self.known(&id) {
             return Ok(());
         }
-        match self.in_batch.get(&id) {
-            Some(&i) => {
-                if self.batch[i].1.is_none() {
-                    self.batch_bytes += data.len();
-                    self.batch[i].1 = Some(data);
-                }
-            }
-            None => {
-                // A chunk that would take the batch past its limit goes into the next one: a
-                // batch of large file chunks (up to 4 MiB each) otherwise reached twice the limit,
-                // and two flights plus the filling batch of those were the agent's peak.
-                if self.batch_bytes > 0 && self.batch_bytes + data.len() > self.batch_limit {
-                    self.launch(true).await?;
-                }
-                self.in_batch.insert(id, self.batch.len());
-                self.batch_bytes += data.len();
-                self.batch.push((id, Some(data)));
-            }
+        if self.in_batch.contains(&id) {
+            return Ok(());
         }
-        self.maybe_flush().await
-    }
-
-    /// Adds the ids of a file answered from the cache (no plaintext). A file with more ids
-    /// than a batch holds (a 1 GiB dump has ~130,000) is spread over several, launched as they
-    /// fill: each flight asks about at most `max_ids` ids, and several (they hold no plaintext:
-    /// [`MAX_FLIGHTS`]) are in the air at once, instead of one flight asking about the whole file
-    /// one request after another.
-    pub async fn add_cached(&mut self, file: usize, ids: &[ChunkId]) -> Result<(), AgentError> {
-        // This file's ids in the current batch: the flight reports the file if one is lost.
-        let mut part = Vec::new();
-        for id in ids {
-            if self.known(id) {
-                continue;
-            }
-            if !self.in_batch.contains_key(id) {
-                self.in_batch.insert(*id, self.batch.len());
-                self.batch.push((*id, None));
-            }
-            part.push(*id);
-            if self.batch.len() >= self.session.max_ids {
-                self.batch_cached.push((file, std::mem::take(&mut part)));
-                self.launch(true).await?;
-            }
+        // A chunk that would take the batch past its limit goes into the next one: a batch of
+        // large file chunks (up to 4 MiB each) otherwise reached twice the limit, and two
+        // flights plus the filling batch of those were the agent's peak.
+        if self.batch_bytes > 0 && self.batch_bytes + data.len() > self.batch_limit {
+            self.launch(true).await?;
         }
-        if !part.is_empty() {
-            self.batch_cached.push((file, part));
-        }
+        self.in_batch.insert(id);
+        self.batch_bytes += data.len();
+        self.batch.push((id, data));
         self.maybe_flush().await
     }
 
     /// Puts a chunk a flight found missing but did not upload into the current batch.
     fn take_back(&mut self, id: ChunkId, data: Vec<u8>) {
         self.batch_missing.insert(id);
-        match self.in_batch.get(&id) {
-            // Added again meanwhile: keep one copy of the plaintext.
-            Some(&i) => self.batch[i].1 = Some(data),
-            None => {
-                self.in_batch.insert(id, self.batch.len());
-                self.batch.push((id, Some(data)));
-            }
+        // Added again meanwhile: the batch holds its plaintext already.
+        if self.in_batch.insert(id) {
+            self.batch.push((id, data));
         }
     }
 
@@ -392,11 +344,6 @@ impl<'a, R: Remote> Uploader<'a, R> {
         for (id, data) in landed.carried {
             self.take_back(id, data);
         }
-        for (file, ids) in landed.cached_files {
-            if ids.iter().any(|id| landed.lost.contains(id)) {
-                self.reread.insert(file);
-            }
-        }
         self.stats.new_chunks += landed.stats.new_chunks;
         self.stats.new_logical_bytes += landed.stats.new_logical_bytes;
         self.stats.uploaded_bytes += landed.stats.uploaded_bytes;
@@ -429,11 +376,7 @@ impl<'a, R: Remote> Uploader<'a, R> {
         let known_missing = std::mem::take(&mut self.batch_missing);
         self.in_batch.clear();
         self.batch_bytes = 0;
-        let flying = batch
-            .iter()
-            .filter(|(_, d)| d.is_some())
-            .map(|(id, _)| *id)
-            .collect();
+        let flying = batch.iter().map(|(id, _)| *id).collect();
         let crew = Crew {
             remote: self.remote,
             session: self.session.id.clone(),
@@ -443,10 +386,9 @@ impl<'a, R: Remote> Uploader<'a, R> {
             throttle: self.throttle.take(),
             carry_below: if carry { CARRY_BELOW } else { 0 },
         };
-        let cached_files = std::mem::take(&mut self.batch_cached);
-        let held = Arc::new(AtomicUsize::new(plaintext_bytes(&batch)));
+        let held = Arc::new(AtomicUsize::new(bytes_of(&batch)));
         self.in_air.push_back(InAir {
-            flight: Box::pin(crew.fly(batch, known_missing, cached_files, Arc::clone(&held))),
+            flight: Box::pin(crew.fly(batch, known_missing, Arc::clone(&held))),
             done: None,
             flying,
             held,
@@ -489,7 +431,6 @@ impl<R: Remote> Crew<'_, R> {
         mut self,
         batch: Batch,
         known_missing: HashSet<ChunkId>,
-        cached_files: Vec<(usize, Vec<ChunkId>)>,
         held: Arc<AtomicUsize>,
     ) -> Result<Landed, AgentError> {
         let t0 = Instant::now();
@@ -498,21 +439,18 @@ impl<R: Remote> Crew<'_, R> {
             .map(|(id, _)| *id)
             .filter(|id| !known_missing.contains(id))
             .collect();
-        // A cached file's ids are added at once, so a batch can exceed max_ids: ask in slices.
+        // A batch holds at most max_ids ids, but ask in slices whatever the server's limit.
         let mut missing = known_missing;
         for part in ids.chunks(self.max_ids) {
             missing.extend(self.remote.have_chunks(&self.session, part).await?);
         }
         let mut durable = Vec::with_capacity(batch.len());
         let mut to_seal = Vec::new();
-        let mut lost = HashSet::new();
         for (id, data) in batch {
-            if !missing.contains(&id) {
-                durable.push(id);
-            } else if let Some(data) = data {
+            if missing.contains(&id) {
                 to_seal.push((id, data));
             } else {
-                lost.insert(id);
+                durable.push(id);
             }
         }
         let mut stats = UploadStats::default();
@@ -551,8 +489,6 @@ impl<R: Remote> Crew<'_, R> {
         Ok(Landed {
             durable,
             carried,
-            lost,
-            cached_files,
             stats,
             throttle: self.throttle,
         })
@@ -565,15 +501,6 @@ fn held(in_air: &VecDeque<InAir<'_>>) -> usize {
         .iter()
         .filter(|a| a.done.is_none())
         .map(|a| a.held.load(Ordering::Relaxed))
-        .sum()
-}
-
-/// Bytes of plaintext in `batch`.
-fn plaintext_bytes(batch: &Batch) -> usize {
-    batch
-        .iter()
-        .filter_map(|(_, d)| d.as_ref())
-        .map(Vec::len)
         .sum()
 }
 

@@ -159,6 +159,7 @@ async fn backup_then_restore_round_trips_and_the_cache_skips_reads() {
         "no id uploaded twice"
     );
 
+    f.remote.asked.lock().expect("lock").clear();
     let r2 = backup(&f, Arc::new(FsOpener)).await;
     // Only the manifest (it carries the snapshot's time) is new.
     assert_eq!(
@@ -166,6 +167,16 @@ async fn backup_then_restore_round_trips_and_the_cache_skips_reads() {
         (0, 0, 1),
         "second backup answered from the cache"
     );
+    // The cached files' chunks are presumed stored: not even asked about (the commit checks).
+    let asked = f.remote.asked.lock().expect("lock").clone();
+    for name in ["site/index.html", "site/big.bin", "site/copy.bin"] {
+        let e = latest_entry(&f, name.as_bytes()).await;
+        assert!(!e.chunks.is_empty(), "{name}");
+        assert!(
+            e.chunks.iter().all(|id| !asked.contains(id)),
+            "{name}: a cached chunk was asked about"
+        );
+    }
 
     let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
         .await
@@ -259,7 +270,7 @@ async fn lost_chunks_are_uploaded_again_although_the_cache_has_the_file() {
     let r = backup(&f, Arc::new(FsOpener)).await;
     assert_eq!(
         r.files_read, 3,
-        "cached ids reported missing make the files be read again"
+        "a commit refused for presumed chunks the controller lost makes a pass without the cache"
     );
     let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
         .await

@@ -1,5 +1,7 @@
 //! The uploader against the in-memory remote.
 
+use std::collections::HashMap;
+
 use super::*;
 use crate::remote::memory::MemoryRemote;
 use lifeboat_common::keys::{MasterKey, fill_random};
@@ -151,23 +153,6 @@ async fn a_batch_never_grows_past_its_limit_by_a_large_chunk() {
     assert!(all_stored(&remote, &big));
 }
 
-/// A cached id the controller lacks makes its file be read again; one it has does not.
-#[tokio::test]
-async fn cached_ids_the_controller_lacks_are_reread() {
-    let remote = MemoryRemote::default();
-    let mut up = uploader(&remote).await;
-    let k = keys();
-    let stored = chunk(1, false);
-    let stored_id = k.chunk_id(&stored);
-    up.add(stored_id, stored).await.expect("add");
-    up.flush().await.expect("flush");
-    let lost = k.chunk_id(b"never uploaded");
-    up.add_cached(7, &[stored_id]).await.expect("cached");
-    up.add_cached(9, &[lost, stored_id]).await.expect("cached");
-    up.flush().await.expect("flush");
-    assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![9]);
-}
-
 /// Stores `n` small chunks through `up`, then forgets they are durable and clears the
 /// remote's HaveChunks records, so the next backup asks about them again. Returns them.
 async fn store_small(
@@ -185,36 +170,6 @@ async fn store_small(
     remote.have_calls.lock().expect("lock").clear();
     remote.have_most_at_once.store(0, Ordering::SeqCst);
     small
-}
-
-/// A cached file with more ids than a batch holds is asked about in several flights of at
-/// most `max_ids` ids, several in the air at once (not in one flight asking about the whole file
-/// one request after another); an id lost in a later part makes that file, and only it, be
-/// read again.
-#[tokio::test]
-async fn a_large_cached_file_is_asked_about_in_concurrent_batches() {
-    let remote = MemoryRemote::default();
-    let mut up = uploader(&remote).await;
-    let k = keys();
-    let small = store_small(&remote, &mut up, 100).await;
-    let stored: Vec<ChunkId> = small.iter().map(|d| k.chunk_id(d)).collect();
-    let mut big = stored.clone();
-    big.insert(70, k.chunk_id(b"never uploaded"));
-    up.add_cached(5, &big).await.expect("cached");
-    up.add_cached(3, &stored[..10]).await.expect("cached");
-    up.flush().await.expect("flush");
-    assert_eq!(up.reread.iter().copied().collect::<Vec<_>>(), vec![5]);
-    let calls = remote.have_calls.lock().expect("lock").clone();
-    assert!(calls.iter().all(|&n| n <= 16), "{calls:?}");
-    assert_eq!(
-        calls.iter().sum::<usize>(),
-        101,
-        "each id asked once: {calls:?}"
-    );
-    assert_eq!(
-        remote.have_most_at_once.load(Ordering::SeqCst),
-        MAX_FLIGHTS as u64
-    );
 }
 
 /// Flights that hold little once answered (every chunk already stored) go up to
