@@ -25,6 +25,7 @@
 
 pub mod agents;
 pub mod alert_state;
+pub mod chunk_epoch;
 pub mod chunks;
 pub mod credentials;
 pub mod failures;
@@ -110,6 +111,7 @@ impl Catalog {
             true,
         )?;
         schema::migrate(&mut conn)?;
+        chunk_epoch::install(&conn)?;
         Ok(Catalog {
             conn: Arc::new(Mutex::new(conn)),
             readers: None,

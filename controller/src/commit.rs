@@ -44,6 +44,7 @@ use crate::catalog::chunks::{self, SessionRow};
 use crate::catalog::snapshots::SnapshotRow;
 use crate::deadline;
 use crate::error::ServiceError;
+use crate::gc::pins::Checked;
 use crate::ingest::owned_session;
 use crate::record::{RECORD_FORMAT, SnapshotRecord, record_key};
 use crate::refset;
@@ -124,19 +125,17 @@ pub async fn commit(
     all.sort_unstable();
     all.dedup();
     let group = agent.group.clone();
-    let (all, mut missing) = catalog
+    let (all, checked) = catalog
         .run(move |c| {
             // A read transaction: one lock for all the lookups, not one per id.
             let tx = c.transaction()?;
-            let mut missing = Vec::new();
-            for part in crate::catalog::refsets::unproven(&tx, &group, &all)? {
-                missing.extend(chunks::missing(&tx, &group, part)?);
-            }
+            let checked = Checked::new(&tx, &group, &all)?;
             tx.commit()?;
-            Ok((all, missing))
+            Ok((all, checked))
         })
         .await?;
-    if !missing.is_empty() {
+    if !checked.missing.is_empty() {
+        let mut missing = checked.missing;
         tracing::info!(agent = %agent.id, missing = missing.len(), "commit refused: chunks missing");
         missing.truncate(MAX_MISSING_REPORTED);
         return Ok(pb::CommitSnapshotResponse {
@@ -148,7 +147,16 @@ pub async fn commit(
         });
     }
     let check_ms = started.elapsed().as_millis();
-    match write_snapshot(catalog, (store, deadline), agent, &session, header, all).await? {
+    match write_snapshot(
+        catalog,
+        (store, deadline),
+        agent,
+        &session,
+        header,
+        (all, checked),
+    )
+    .await?
+    {
         Ok(id) => {
             tracing::debug!(agent = %agent.id, snapshot = %id, check_ms, total_ms = started.elapsed().as_millis(), "commit timings");
             Ok(pb::CommitSnapshotResponse {
@@ -176,7 +184,7 @@ async fn write_snapshot(
     agent: &AgentCtx,
     session: &SessionRow,
     header: CommitHeader,
-    all: Vec<ChunkId>,
+    (all, checked): (Vec<ChunkId>, Checked),
 ) -> Result<Result<SnapshotId, Vec<ChunkId>>, ServiceError> {
     let segments = refset::segments(&all);
     let now = now_unix_ms();
@@ -236,14 +244,16 @@ async fn write_snapshot(
     let group = agent.group.clone();
     // Re-validated in the same catalog closure as the insert (nothing else runs on the catalog
     // in between): a chunk GC swept since the first check is reported missing, condemned ones
-    // are revived; then the session's pins end (its references keep the chunks live).
+    // are revived (each id looked up again only if a chunk row was deleted or condemned since
+    // the first check: `Checked::revalidate`); then the session's pins end (its references keep
+    // the chunks live).
     let t = std::time::Instant::now();
     let missing = catalog
         .run(move |c| {
             // One transaction: the check, the insert and the end of the pins commit together
             // (and the per-id checks read one snapshot of the catalog, without a lock each).
             let tx = c.transaction()?;
-            let missing = crate::gc::pins::commit_check(&tx, &group, &all)?;
+            let missing = checked.revalidate(&tx, &group, &all)?;
             if missing.is_empty() {
                 queue::insert_snapshot_in(&tx, &row, &all, &group, &objects, now)?;
                 crate::gc::pins::release(&tx, &row.session_id)?;

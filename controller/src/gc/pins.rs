@@ -41,7 +41,7 @@ use lifeboat_common::ids::ChunkId;
 use rusqlite::{Connection, OptionalExtension, named_params, params};
 
 use crate::catalog::refsets::cover::{CoverCache, MEMBER};
-use crate::catalog::{Catalog, CatalogError, refsets, snapshots};
+use crate::catalog::{Catalog, CatalogError, chunk_epoch, refsets, snapshots};
 use crate::store::{Store, StoreError};
 
 fn millis(d: Duration) -> i64 {
@@ -407,6 +407,66 @@ pub fn commit_check(
         }
     }
     Ok(missing)
+}
+
+/// What CommitSnapshot's first, read-only check found ([`Checked::new`]), for the re-validation
+/// in the closure that inserts the snapshot ([`Checked::revalidate`]).
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Ids `group` does not have: the commit is refused with them.
+    pub missing: Vec<ChunkId>,
+    /// Ids present but condemned: the insert revives them.
+    condemned: Vec<ChunkId>,
+    /// The writer's [`chunk_epoch`] when the check ran.
+    epoch: i64,
+}
+
+impl Checked {
+    /// Looks up the ids of `refs` (sorted, distinct) that no live, complete snapshot of `group`
+    /// vouches for (as [`commit_check`], without writing). Run it on the writer connection.
+    pub fn new(conn: &Connection, group: &str, refs: &[ChunkId]) -> Result<Self, CatalogError> {
+        let mut out = Checked {
+            epoch: chunk_epoch::current(conn)?,
+            ..Checked::default()
+        };
+        let mut st = conn.prepare_cached(
+            "SELECT condemned_at IS NOT NULL FROM chunks WHERE dedup_group = ?1 AND id = ?2",
+        )?;
+        for part in refsets::unproven(conn, group, refs)? {
+            for id in part {
+                let condemned: Option<bool> = st
+                    .query_row(params![group, &id.0[..]], |r| r.get(0))
+                    .optional()?;
+                match condemned {
+                    None => out.missing.push(*id),
+                    Some(true) => out.condemned.push(*id),
+                    Some(false) => {}
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// CommitSnapshot's re-validation, in the closure that inserts the snapshot: the ids of
+    /// `refs` that `group` no longer has, condemned ones revived. If no chunk row was deleted
+    /// or condemned since [`Checked::new`] (the chunk epoch has not moved), what it found still
+    /// holds and only the condemned ids it saw are revived; otherwise every id is checked
+    /// again ([`commit_check`]). A 1% change of 2.5 GiB references ~128,000 ids in sets no
+    /// earlier snapshot has: the second look-up of each was ~250 ms of the commit.
+    pub fn revalidate(
+        &self,
+        conn: &Connection,
+        group: &str,
+        refs: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, CatalogError> {
+        if chunk_epoch::current(conn)? != self.epoch {
+            return commit_check(conn, group, refs);
+        }
+        for id in &self.condemned {
+            revive(conn, group, id)?;
+        }
+        Ok(self.missing.clone())
+    }
 }
 
 /// Ends `session`'s pins and lease (its snapshot is committed).

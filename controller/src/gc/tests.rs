@@ -330,6 +330,43 @@ async fn pins_and_references_revive_condemned_chunks() {
     assert_eq!(missing, vec![id(3)]);
 }
 
+/// CommitSnapshot's re-validation trusts its first check (reviving what it saw condemned) only
+/// while no chunk row was deleted or condemned since; a sweep in between makes it look every id
+/// up again and report the swept ones.
+#[tokio::test]
+async fn the_commit_revalidation_trusts_its_first_check_only_while_no_chunk_went() {
+    let w = World::new();
+    w.pack(&[1, 2, 3], 1000).await;
+    w.gc(10_000).await;
+    assert_eq!(w.chunk_state(1), Some(Some(10_000)));
+    let refs = [id(1), id(2), id(3)];
+    let first = w
+        .cat
+        .run_blocking(|c| pins::Checked::new(c, "g", &[id(1), id(2)]))
+        .expect("check");
+    assert!(first.missing.is_empty());
+    let missing = w
+        .cat
+        .run_blocking(|c| first.revalidate(c, "g", &[id(1), id(2)]))
+        .expect("revalidate");
+    assert!(missing.is_empty());
+    assert_eq!(w.chunk_state(1), Some(None), "revived");
+    assert_eq!(w.chunk_state(3), Some(Some(10_000)), "not referenced: left");
+
+    let first = w
+        .cat
+        .run_blocking(move |c| pins::Checked::new(c, "g", &refs))
+        .expect("check");
+    assert!(first.missing.is_empty());
+    w.gc(20_000).await;
+    assert_eq!(w.chunk_state(3), None, "swept after the first check");
+    let missing = w
+        .cat
+        .run_blocking(move |c| first.revalidate(c, "g", &refs))
+        .expect("revalidate");
+    assert_eq!(missing, vec![id(3)]);
+}
+
 /// An upload that skips a blob as already stored (UploadChunks, `pin_present`, probe and writes
 /// in one transaction) revives it if GC had condemned it, and pins it.
 #[tokio::test]
