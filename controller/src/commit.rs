@@ -28,6 +28,7 @@
 //! sent). Memory is bounded by the header's `reference_count`
 //! (≤ [`crate::MAX_REFERENCE_COUNT`]): more ids than announced is rejected as they arrive.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,9 +40,9 @@ use lifeboat_proto::v1::commit_snapshot_request::Part;
 use tonic::Streaming;
 
 use crate::auth::AgentCtx;
-use crate::catalog::Catalog;
 use crate::catalog::chunks::{self, SessionRow};
 use crate::catalog::snapshots::SnapshotRow;
+use crate::catalog::{Catalog, chunk_epoch};
 use crate::deadline;
 use crate::error::ServiceError;
 use crate::gc::pins::Checked;
@@ -125,15 +126,7 @@ pub async fn commit(
     all.sort_unstable();
     all.dedup();
     let group = agent.group.clone();
-    let (all, checked) = catalog
-        .run(move |c| {
-            // A read transaction: one lock for all the lookups, not one per id.
-            let tx = c.transaction()?;
-            let checked = Checked::new(&tx, &group, &all)?;
-            tx.commit()?;
-            Ok((all, checked))
-        })
-        .await?;
+    let (all, checked) = first_check(catalog, group, all).await?;
     if !checked.missing.is_empty() {
         let mut missing = checked.missing;
         tracing::info!(agent = %agent.id, missing = missing.len(), "commit refused: chunks missing");
@@ -176,6 +169,32 @@ pub async fn commit(
             })
         }
     }
+}
+
+/// The commit's first check ([`Checked`]): the epoch on the writer, then the lookups in two
+/// halves on the read-only connections side by side (the agent waits for the commit, so both
+/// cores are free: 2.5 GiB, ~128,000 ids, 235 → ~130 ms). Returns the references back.
+async fn first_check(
+    catalog: &Catalog,
+    group: String,
+    all: Vec<ChunkId>,
+) -> Result<(Vec<ChunkId>, Checked), ServiceError> {
+    let epoch = catalog.run(|c| chunk_epoch::current(c)).await?;
+    let all = Arc::new(all);
+    let half = |lo: usize, hi: usize| {
+        let (all, group) = (Arc::clone(&all), group.clone());
+        catalog.read(move |c| {
+            // A read transaction: one snapshot and one lock for all the lookups.
+            let tx = c.transaction()?;
+            let checked = Checked::look_up(&tx, &group, &all[lo..hi], epoch)?;
+            tx.commit()?;
+            Ok(checked)
+        })
+    };
+    let mid = all.len() / 2;
+    let (a, b) = tokio::try_join!(half(0, mid), half(mid, all.len()))?;
+    let all = Arc::try_unwrap(all).unwrap_or_else(|shared| shared.as_ref().clone());
+    Ok((all, a.and(b)))
 }
 
 async fn write_snapshot(

@@ -422,29 +422,53 @@ pub struct Checked {
 }
 
 impl Checked {
-    /// Looks up the ids of `refs` (sorted, distinct) that no live, complete snapshot of `group`
-    /// vouches for (as [`commit_check`], without writing). Run it on the writer connection.
+    /// Looks up every id of `refs` (sorted, distinct), without writing. Run it on the writer
+    /// connection. Every id, not only those of sets no live snapshot lists ([`commit_check`]'s
+    /// shortcut): agents ask nothing about the chunks they presume stored (the file cache's),
+    /// so this is their one check, and a catalog that lost chunk rows while snapshots still
+    /// reference them (damage the invariants rule out, so the shortcut would trust it) must
+    /// refuse the commit, which makes the agent send those chunks again.
     pub fn new(conn: &Connection, group: &str, refs: &[ChunkId]) -> Result<Self, CatalogError> {
+        Self::look_up(conn, group, refs, chunk_epoch::current(conn)?)
+    }
+
+    /// As [`Checked::new`], with the epoch the caller read on the writer connection *before*
+    /// `conn` began its read transaction (so a read-only connection can do the lookups, two of
+    /// them side by side): a chunk deleted or condemned before that read is seen by `conn`, one
+    /// deleted or condemned after it moved the epoch (in the same transaction), and
+    /// [`Checked::revalidate`] looks again.
+    pub fn look_up(
+        conn: &Connection,
+        group: &str,
+        refs: &[ChunkId],
+        epoch: i64,
+    ) -> Result<Self, CatalogError> {
         let mut out = Checked {
-            epoch: chunk_epoch::current(conn)?,
+            epoch,
             ..Checked::default()
         };
         let mut st = conn.prepare_cached(
             "SELECT condemned_at IS NOT NULL FROM chunks WHERE dedup_group = ?1 AND id = ?2",
         )?;
-        for part in refsets::unproven(conn, group, refs)? {
-            for id in part {
-                let condemned: Option<bool> = st
-                    .query_row(params![group, &id.0[..]], |r| r.get(0))
-                    .optional()?;
-                match condemned {
-                    None => out.missing.push(*id),
-                    Some(true) => out.condemned.push(*id),
-                    Some(false) => {}
-                }
+        for id in refs {
+            let condemned: Option<bool> = st
+                .query_row(params![group, &id.0[..]], |r| r.get(0))
+                .optional()?;
+            match condemned {
+                None => out.missing.push(*id),
+                Some(true) => out.condemned.push(*id),
+                Some(false) => {}
             }
         }
         Ok(out)
+    }
+
+    /// Both checks' findings (of two parts of the references, looked up with the same epoch).
+    pub fn and(mut self, other: Checked) -> Checked {
+        debug_assert_eq!(self.epoch, other.epoch);
+        self.missing.extend(other.missing);
+        self.condemned.extend(other.condemned);
+        self
     }
 
     /// CommitSnapshot's re-validation, in the closure that inserts the snapshot: the ids of

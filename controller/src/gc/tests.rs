@@ -367,6 +367,28 @@ async fn the_commit_revalidation_trusts_its_first_check_only_while_no_chunk_went
     assert_eq!(missing, vec![id(3)]);
 }
 
+/// The commit's first check looks up every id, even those of a set a live snapshot lists: a
+/// catalog that lost a chunk row while the snapshot still references it refuses the commit
+/// (agents presume their cached chunks stored and ask nothing), so the agent sends it again.
+#[tokio::test]
+async fn the_commit_check_finds_a_lost_row_in_a_set_a_live_snapshot_lists() {
+    let w = World::new();
+    w.pack(&[1, 2, 3], 1000).await;
+    w.snapshot("s1", &[1, 2, 3]).await;
+    w.cat
+        .run_blocking(|c| {
+            c.execute("DELETE FROM chunks WHERE id = ?1", params![&id(2).0[..]])?;
+            Ok(())
+        })
+        .expect("lose a row");
+    let refs = [id(1), id(2), id(3)];
+    let checked = w
+        .cat
+        .run_blocking(move |c| pins::Checked::new(c, "g", &refs))
+        .expect("check");
+    assert_eq!(checked.missing, vec![id(2)]);
+}
+
 /// An upload that skips a blob as already stored (UploadChunks, `pin_present`, probe and writes
 /// in one transaction) revives it if GC had condemned it, and pins it.
 #[tokio::test]
