@@ -21,8 +21,10 @@
 //! - a set listed by a live (not forgotten), complete (`missing_refs = 0`) snapshot of an agent
 //!   that is in the set's dedup group has every chunk present and not condemned: those chunks
 //!   were checked (and revived) when that snapshot committed, and GC never condemns a chunk a
-//!   live snapshot of its group references ([`crate::gc::mark`]). The commit checks only the
-//!   ids of the other sets ([`unproven`]).
+//!   live snapshot of its group references ([`crate::gc::mark`]). The commit's first check
+//!   still looks up every id (a catalog damaged by hand breaks this invariant, and agents ask
+//!   nothing about the chunks they presume stored: ADR 0012); its re-validation after a GC
+//!   run checks only the ids of the other sets ([`unproven`]).
 //!
 //! Every object-level reference segment ([`crate::refset`], cut when the leading u16 is a
 //! multiple of 4096, hence when the second byte is zero) ends at a set cut too.
