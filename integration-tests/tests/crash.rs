@@ -304,13 +304,10 @@ fn backed_up_then_a_pack_forgotten() -> Rig {
     rig
 }
 
-/// A catalog that lost the rows of a pack (restored from an older copy) while the agent's file
-/// cache still names those chunks: the agent presumes them stored, the controller refuses the
-/// commit, the agent backs up again without its cache and re-sends them, and every snapshot
-/// restores exactly.
-#[test]
-fn chunks_missing_from_the_catalog_are_resent() {
-    let mut rig = backed_up_then_a_pack_forgotten();
+/// Serves the rig's catalog and backs up `web`: the commit must be refused (chunks the catalog
+/// lost) and the agent back up again without its file cache. Returns the controller and the
+/// report of the backup.
+fn back_up_after_a_refused_commit(rig: &mut Rig) -> (Controller, serde_json::Value) {
     let ctl = Controller::serve(&rig.dir);
     rig.use_controller(&ctl);
     let out = rig.agent.run(&["backup", "--source", "web", "--json"]);
@@ -320,7 +317,17 @@ fn chunks_missing_from_the_catalog_are_resent() {
         log.contains("backing up again without the file cache"),
         "the commit must have been refused: {log}"
     );
-    let b = parse_json(&out);
+    (ctl, parse_json(&out))
+}
+
+/// A catalog that lost the rows of a pack (restored from an older copy) while the agent's file
+/// cache still names those chunks: the agent presumes them stored, the controller refuses the
+/// commit, the agent backs up again without its cache and re-sends them, and every snapshot
+/// restores exactly.
+#[test]
+fn chunks_missing_from_the_catalog_are_resent() {
+    let mut rig = backed_up_then_a_pack_forgotten();
+    let (ctl, b) = back_up_after_a_refused_commit(&mut rig);
     assert!(
         b["files_read"].as_u64().unwrap_or(0) >= 1,
         "files whose chunks the controller lost must be read again: {b}"
@@ -341,16 +348,7 @@ fn presumed_chunks_the_catalog_lost_are_resent_after_a_refused_commit() {
     let mut rig = backed_up_then_a_pack_forgotten();
     let changed = flip_a_middle_byte_of_every_file(&rig.www);
     assert!(changed > 5, "changed only {changed} files");
-    let ctl = Controller::serve(&rig.dir);
-    rig.use_controller(&ctl);
-    let out = rig.agent.run(&["backup", "--source", "web", "--json"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        log.contains("backing up again without the file cache"),
-        "the commit must have been refused: {log}"
-    );
-    let b = parse_json(&out);
+    let (ctl, b) = back_up_after_a_refused_commit(&mut rig);
     assert!(
         b["files_read"].as_u64().unwrap_or(0) >= changed,
         "the second pass reads every file: {b}"
