@@ -230,9 +230,9 @@ impl<'a, R: Remote> Uploader<'a, R> {
         &self.session
     }
 
-    /// Counts the bytes of chunks the reader presumed stored (a changed file's chunks its
-    /// previous version had: see `read`'s module docs). They are not asked about or uploaded;
-    /// the commit checks them.
+    /// Counts the bytes of chunks the reader presumed stored (a cached file's, and a changed
+    /// file's chunks its previous version had: see `read`'s module docs). They are not asked
+    /// about or uploaded; the commit checks them.
     pub fn count_presumed(&mut self, bytes: u64) {
         if bytes > 0 {
             self.advance(bytes);
@@ -439,7 +439,8 @@ impl<R: Remote> Crew<'_, R> {
             .map(|(id, _)| *id)
             .filter(|id| !known_missing.contains(id))
             .collect();
-        // A batch holds at most max_ids ids, but ask in slices whatever the server's limit.
+        // Chunks carried back are put into the batch without a launch, so it can hold more
+        // than max_ids ids: ask in slices.
         let mut missing = known_missing;
         for part in ids.chunks(self.max_ids) {
             missing.extend(self.remote.have_chunks(&self.session, part).await?);

@@ -409,8 +409,8 @@ pub fn commit_check(
     Ok(missing)
 }
 
-/// What CommitSnapshot's first, read-only check found ([`Checked::new`]), for the re-validation
-/// in the closure that inserts the snapshot ([`Checked::revalidate`]).
+/// What CommitSnapshot's first, read-only check found ([`Checked::look_up`]), for the
+/// re-validation in the closure that inserts the snapshot ([`Checked::revalidate`]).
 #[derive(Debug, Default)]
 pub struct Checked {
     /// Ids `group` does not have: the commit is refused with them.
@@ -422,21 +422,23 @@ pub struct Checked {
 }
 
 impl Checked {
-    /// Looks up every id of `refs` (sorted, distinct), without writing. Run it on the writer
-    /// connection. Every id, not only those of sets no live snapshot lists ([`commit_check`]'s
-    /// shortcut): agents ask nothing about the chunks they presume stored (the file cache's),
-    /// so this is their one check, and a catalog that lost chunk rows while snapshots still
-    /// reference them (damage the invariants rule out, so the shortcut would trust it) must
-    /// refuse the commit, which makes the agent send those chunks again.
+    /// [`Checked::look_up`] on the writer connection alone (tests).
+    #[cfg(test)]
     pub fn new(conn: &Connection, group: &str, refs: &[ChunkId]) -> Result<Self, CatalogError> {
         Self::look_up(conn, group, refs, chunk_epoch::current(conn)?)
     }
 
-    /// As [`Checked::new`], with the epoch the caller read on the writer connection *before*
-    /// `conn` began its read transaction (so a read-only connection can do the lookups, two of
-    /// them side by side): a chunk deleted or condemned before that read is seen by `conn`, one
-    /// deleted or condemned after it moved the epoch (in the same transaction), and
-    /// [`Checked::revalidate`] looks again.
+    /// Looks up every id of `refs` (sorted, distinct), without writing. Every id, not only
+    /// those of sets no live snapshot lists ([`commit_check`]'s shortcut): agents ask nothing
+    /// about the chunks they presume stored (the file cache's), so this is their one check, and
+    /// a catalog that lost chunk rows while snapshots still reference them (damage the
+    /// invariants rule out, so the shortcut would trust it) must refuse the commit, which makes
+    /// the agent send those chunks again.
+    ///
+    /// `epoch` is the writer's [`chunk_epoch`], read *before* `conn` began its read transaction
+    /// (so a read-only connection can do the lookups, two of them side by side): a chunk
+    /// deleted or condemned before that read is seen by `conn`, one deleted or condemned after
+    /// it moved the epoch (in the same transaction), and [`Checked::revalidate`] looks again.
     pub fn look_up(
         conn: &Connection,
         group: &str,
@@ -473,7 +475,7 @@ impl Checked {
 
     /// CommitSnapshot's re-validation, in the closure that inserts the snapshot: the ids of
     /// `refs` that `group` no longer has, condemned ones revived. If no chunk row was deleted
-    /// or condemned since [`Checked::new`] (the chunk epoch has not moved), what it found still
+    /// or condemned since the first check (the chunk epoch has not moved), what it found still
     /// holds and only the condemned ids it saw are revived; otherwise every id is checked
     /// again ([`commit_check`]). A 1% change of 2.5 GiB references ~128,000 ids in sets no
     /// earlier snapshot has: the second look-up of each was ~250 ms of the commit.

@@ -179,8 +179,6 @@ impl World {
             .expect("pins")
     }
 
-    /// Opens upload session `id` of agent `a` started at `started_at`, its lease renewed at
-    /// `renewed` for `lease`.
     /// The session's `lease_until`.
     pub fn lease_of(&self, session: &str) -> i64 {
         let id = session.to_owned();
@@ -195,6 +193,8 @@ impl World {
             .expect("lease")
     }
 
+    /// Opens upload session `id` of agent `a` started at `started_at`, its lease renewed at
+    /// `renewed` for `lease`.
     pub fn open_session(&self, id: &str, started_at: i64, renewed: i64, lease: Duration) {
         let id = id.to_owned();
         self.cat
