@@ -12,9 +12,11 @@ use lifeboat_common::keys::MasterKey;
 use lifeboat_common::manifest::{self, Entry, EntryKind, ManifestHeader, ManifestWriter};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    // The runtime value (cargo and nextest set it to this checkout): the compile-time one names
+    // whichever checkout built the binary, and a build cache shared by clones in other folders
+    // (CI) can hand back a binary whose checkout is gone.
+    let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+    PathBuf::from(dir).join("tests/fixtures").join(name)
 }
 
 fn key() -> MasterKey {
