@@ -32,6 +32,7 @@ use crate::chunker::ChunkerParams;
 use crate::ids::ChunkId;
 
 pub mod database;
+mod entry_codec;
 pub use database::{DatabaseDump, DatabaseMeta, TableInfo};
 
 /// Magic at the start of a manifest. Do not modify.
@@ -355,8 +356,9 @@ impl ManifestWriter {
         ManifestWriter { buf, entries: 0 }
     }
 
+    /// Appends an entry (without an allocation per chunk id: [`entry_codec`]).
     pub fn push(&mut self, entry: &Entry) {
-        let _ = EntryMsg::from(entry).encode_length_delimited(&mut self.buf);
+        entry_codec::encode_delimited(entry, &mut self.buf);
         self.entries += 1;
     }
 
@@ -435,8 +437,7 @@ pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
         if msg.is_empty() {
             break;
         }
-        let e = EntryMsg::decode(msg).map_err(|e| ManifestError::Corrupt(e.to_string()))?;
-        let e = Entry::try_from(e)?;
+        let e = entry_codec::decode(msg)?;
         e.validate(header.roots.len())?;
         if !seen.insert((e.root, e.path.clone())) {
             return Err(ManifestError::Duplicate {
