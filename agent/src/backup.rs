@@ -309,6 +309,7 @@ async fn read_pass<R: Remote>(
         items: items.clone(),
         todo,
         roots: root_bytes(src),
+        root_paths: src.paths.clone(),
         source: src.name.clone(),
         params: src.chunker,
         dump_files: src.dump_files.clone(),
@@ -358,7 +359,10 @@ async fn read_pass<R: Remote>(
                 }
             }
             ReadMsg::FileFailed { index, error } => {
-                let path = items.get(index).map(|i| i.abs.clone()).unwrap_or_default();
+                let path = items
+                    .get(index)
+                    .map(|i| i.abs(&src.paths))
+                    .unwrap_or_default();
                 warn!(path = %path.display(), error = %error, "cannot read file; it is left out of this snapshot");
                 results.clear(index);
                 results.unreadable.push(Unreadable::new(&path, error));
@@ -451,7 +455,7 @@ fn write_manifest(
                     continue;
                 };
                 e.size = done.size;
-                let params = src.chunker_for(&item.abs);
+                let params = src.chunker_for(&item.abs(&src.paths));
                 if params != src.chunker {
                     e.chunker = Some(params.into());
                 }

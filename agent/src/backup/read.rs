@@ -24,7 +24,7 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat_common::chunker::ChunkerParams;
@@ -126,6 +126,8 @@ pub struct ReadJob {
     pub items: Arc<Vec<WalkItem>>,
     pub todo: Vec<usize>,
     pub roots: Vec<Vec<u8>>,
+    /// The same roots as paths ([`WalkItem::abs`]).
+    pub root_paths: Vec<PathBuf>,
     pub source: String,
     pub params: ChunkerParams,
     /// Files chunked with [`ChunkerParams::DUMPS`] instead of `params`.
@@ -189,7 +191,7 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
             Ok((ids, sizes, size)) => {
                 let cacheable = size == item.stat.size;
                 if !cacheable {
-                    warn!(path = %item.abs.display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
+                    warn!(path = %item.abs(&job.root_paths).display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
                 }
                 ReadMsg::FileDone(FileDone {
                     index,
@@ -247,8 +249,9 @@ fn read_file(
     presumed: &Presumed,
     tx: &mpsc::Sender<ReadMsg>,
 ) -> Result<(Vec<ChunkId>, Vec<u32>, u64), ReadError> {
-    let reader = job.opener.open(&item.abs)?;
-    let params = if job.dump_files.matches(&item.abs) {
+    let abs = item.abs(&job.root_paths);
+    let reader = job.opener.open(&abs)?;
+    let params = if job.dump_files.matches(&abs) {
         ChunkerParams::DUMPS
     } else {
         job.params

@@ -73,16 +73,32 @@ impl Stat {
     }
 }
 
-/// One entry found by the walk.
+/// One entry found by the walk. Held for the whole backup, one per entry: no absolute path is
+/// kept (it was ~110 bytes per entry, 2.3 MB of the agent's peak at 20,000 files), [`Self::abs`]
+/// rebuilds it when a file is opened or named.
 #[derive(Clone, Debug)]
 pub struct WalkItem {
     pub root: u32,
     /// Relative to the root, `/`-separated; empty for the root itself.
     pub rel: Vec<u8>,
-    pub abs: PathBuf,
     pub kind: EntryKind,
     pub stat: Stat,
     pub symlink_target: Vec<u8>,
+}
+
+impl WalkItem {
+    /// The entry's absolute path, as the walk found it: root `self.root` of `roots` (the roots
+    /// the walk was given, in order) joined with `rel`.
+    pub fn abs(&self, roots: &[PathBuf]) -> PathBuf {
+        let root = roots
+            .get(self.root as usize)
+            .map_or(Path::new(""), PathBuf::as_path);
+        if self.rel.is_empty() {
+            root.to_owned()
+        } else {
+            root.join(OsStr::from_bytes(&self.rel))
+        }
+    }
 }
 
 /// What a walk found.
@@ -146,7 +162,6 @@ fn visit(
     out.items.push(WalkItem {
         root,
         rel: rel.clone(),
-        abs: abs.to_owned(),
         kind,
         stat,
         symlink_target,
@@ -227,6 +242,16 @@ mod tests {
             .map(|i| String::from_utf8_lossy(&i.rel).into_owned())
             .collect();
         assert_eq!(rels, ["", "a.txt", "b", "b/empty", "link"]);
+        let roots = [root.clone(), missing.clone()];
+        let abs: Vec<PathBuf> = r.items.iter().map(|i| i.abs(&roots)).collect();
+        assert_eq!(
+            abs,
+            ["", "a.txt", "b", "b/empty", "link"].map(|p| if p.is_empty() {
+                root.clone()
+            } else {
+                root.join(p)
+            })
+        );
         let link = r.items.iter().find(|i| i.rel == b"link").expect("link");
         assert_eq!(link.kind, EntryKind::Symlink);
         assert_eq!(link.symlink_target, b"/etc");
