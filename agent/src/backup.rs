@@ -421,9 +421,9 @@ fn cache_stamp(keys: &DataKeys, src: &SourceConfig) -> [u8; 8] {
 }
 
 /// The manifest (entries in walk order, unreadable files left out), the distinct data ids it
-/// references (sorted) and the snapshot's counts. Entries are encoded one at a time and dropped:
-/// a decoded entry holds each chunk id in its own allocation (~70 bytes per id), and holding
-/// them all was the agent's peak at 2.5 GiB (170,000 ids).
+/// references (sorted) and the snapshot's counts. Entries are encoded one at a time, each with
+/// its file's ids lent from `results` (which gets them back for the file cache): the manifest
+/// is the only other copy of the ids built here besides the reference list.
 fn write_manifest(
     src: &SourceConfig,
     created_ms: i64,
