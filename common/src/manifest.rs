@@ -174,21 +174,13 @@ pub struct EntryMsg {
 }
 
 impl From<&Entry> for EntryMsg {
+    /// The reference form: [`entry_codec`] writes the same bytes without building it.
     fn from(e: &Entry) -> Self {
         EntryMsg {
-            root: e.root,
-            path: e.path.clone(),
-            kind: e.kind,
-            mode: e.mode,
-            uid: e.uid,
-            gid: e.gid,
-            mtime_sec: e.mtime_sec,
-            mtime_nsec: e.mtime_nsec,
-            size: e.size,
-            symlink_target: e.symlink_target.clone(),
             chunks: e.chunks.iter().map(|id| id.as_bytes().to_vec()).collect(),
             chunk_sizes: e.chunk_sizes.clone(),
             chunker: e.chunker.clone(),
+            ..entry_codec::head(e)
         }
     }
 }

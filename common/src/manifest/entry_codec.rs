@@ -29,7 +29,7 @@ const CHUNKS_TAG: u32 = 11;
 const ID_FIELD_LEN: usize = 2 + CHUNK_ID_LEN;
 
 /// The entry's fields but its chunk ids, sizes and chunker, as `EntryMsg`.
-fn head(e: &Entry) -> EntryMsg {
+pub(super) fn head(e: &Entry) -> EntryMsg {
     EntryMsg {
         root: e.root,
         path: e.path.clone(),
