@@ -74,8 +74,8 @@ impl Stat {
 }
 
 /// One entry found by the walk. Held for the whole backup, one per entry: no absolute path is
-/// kept (it was ~110 bytes per entry, 2.3 MB of the agent's peak at 20,000 files), [`Self::abs`]
-/// rebuilds it when a file is opened or named.
+/// kept (~110 bytes per entry; dropping it took ~1 MiB off the agent's no-change peak at 20,000
+/// files), [`Self::abs`] rebuilds it when a file is opened or named.
 #[derive(Clone, Debug)]
 pub struct WalkItem {
     pub root: u32,
