@@ -308,8 +308,7 @@ async fn read_pass<R: Remote>(
     let job = ReadJob {
         items: items.clone(),
         todo,
-        roots: root_bytes(src),
-        root_paths: src.paths.clone(),
+        roots: src.paths.clone(),
         source: src.name.clone(),
         params: src.chunker,
         dump_files: src.dump_files.clone(),
@@ -381,13 +380,12 @@ fn cache_entries<R: Remote>(
     results: &FileResults,
 ) -> Vec<(usize, Vec<u8>, CachedFile)> {
     let stamp = cache_stamp(&ctx.keys, src);
-    let roots = root_bytes(src);
     items
         .iter()
         .enumerate()
         .filter(|(i, _)| results.get(*i).is_some_and(|d| d.cacheable))
         .map(|(i, item)| {
-            let key = read::item_cache_key(&stamp, &src.name, &roots, item);
+            let key = read::item_cache_key(&stamp, &src.name, &src.paths, item);
             (i, key, read::cache_stat(item))
         })
         .collect()

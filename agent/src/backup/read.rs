@@ -96,16 +96,17 @@ pub struct FileDone {
     pub cacheable: bool,
 }
 
-/// The file cache's key for `item` (`roots`: the source's roots as bytes, by index).
+/// The file cache's key for `item` (`roots`: the source's roots, by index, as the walk had them).
 pub fn item_cache_key(
     stamp: &[u8; 8],
     source: &str,
-    roots: &[Vec<u8>],
+    roots: &[PathBuf],
     item: &WalkItem,
 ) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
     let root = roots
         .get(item.root as usize)
-        .map_or(&[][..], |r| r.as_slice());
+        .map_or(&[][..], |r| r.as_os_str().as_bytes());
     cache_key(stamp, source, root, &item.rel)
 }
 
@@ -125,9 +126,8 @@ pub fn cache_stat(item: &WalkItem) -> CachedFile {
 pub struct ReadJob {
     pub items: Arc<Vec<WalkItem>>,
     pub todo: Vec<usize>,
-    pub roots: Vec<Vec<u8>>,
-    /// The same roots as paths ([`WalkItem::abs`]).
-    pub root_paths: Vec<PathBuf>,
+    /// The source's roots, as the walk was given them ([`WalkItem::abs`], cache keys).
+    pub roots: Vec<PathBuf>,
     pub source: String,
     pub params: ChunkerParams,
     /// Files chunked with [`ChunkerParams::DUMPS`] instead of `params`.
@@ -191,7 +191,7 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
             Ok((ids, sizes, size)) => {
                 let cacheable = size == item.stat.size;
                 if !cacheable {
-                    warn!(path = %item.abs(&job.root_paths).display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
+                    warn!(path = %item.abs(&job.roots).display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
                 }
                 ReadMsg::FileDone(FileDone {
                     index,
@@ -249,7 +249,7 @@ fn read_file(
     presumed: &Presumed,
     tx: &mpsc::Sender<ReadMsg>,
 ) -> Result<(Vec<ChunkId>, Vec<u32>, u64), ReadError> {
-    let abs = item.abs(&job.root_paths);
+    let abs = item.abs(&job.roots);
     let reader = job.opener.open(&abs)?;
     let params = if job.dump_files.matches(&abs) {
         ChunkerParams::DUMPS
