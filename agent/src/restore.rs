@@ -18,6 +18,7 @@
 pub mod ahead;
 pub mod database;
 pub mod delete;
+pub mod direct;
 pub mod fetch;
 pub mod files;
 pub mod target;

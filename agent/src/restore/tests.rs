@@ -639,12 +639,15 @@ async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
 }
 
 /// A file of more than two units' worth of chunks is fetched batch after batch, the next one
-/// while the current one is written: it restores byte for byte, and a damaged chunk in its last
-/// batch fails naming it and leaves neither the file nor a temporary one.
+/// while the current one is written (with `O_DIRECT` where the filesystem allows it, its length
+/// not a multiple of the direct writes' alignment): it restores byte for byte with its mtime,
+/// and a damaged chunk in its last batch fails naming it and leaves neither the file nor a
+/// temporary one.
 #[tokio::test]
 async fn a_file_of_many_units_restores_and_a_late_damaged_chunk_leaves_nothing() {
+    use std::os::unix::fs::MetadataExt;
     let f = fixture();
-    let data = pseudo_random(3 << 20, 9);
+    let data = pseudo_random((3 << 20) + 1_234, 9);
     fs::write(f.root.join("site/large.bin"), &data).expect("write");
     backup(&f, Arc::new(FsOpener)).await;
     let e = latest_entry(&f, b"site/large.bin").await;
@@ -660,6 +663,15 @@ async fn a_file_of_many_units_restores_and_a_late_damaged_chunk_leaves_nothing()
     assert_eq!(
         fs::read(restored(&f, "site/large.bin")).expect("read"),
         data
+    );
+    let (src, out) = (
+        fs::metadata(f.root.join("site/large.bin")).expect("stat source"),
+        fs::metadata(restored(&f, "site/large.bin")).expect("stat restored"),
+    );
+    assert_eq!(
+        (out.mtime(), out.mtime_nsec()),
+        (src.mtime(), src.mtime_nsec()),
+        "the mtime is set after the file is cut to its length"
     );
     fs::remove_dir_all(&f.out).expect("clean");
     f.remote.damaged.lock().expect("lock").insert(last);

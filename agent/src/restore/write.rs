@@ -1,7 +1,10 @@
 //! Writing one entry: files and symlinks go to a temporary name in the target directory and are
 //! renamed into place, so a crash or a damaged chunk never leaves a partial file under its real
 //! name. Metadata (owner, mode, mtime) is applied to the temporary name before the rename. Files
-//! are not `fsync`ed here: the caller syncs everything written once at the end.
+//! are not `fsync`ed here: the caller syncs everything written once at the end. A file larger
+//! than a restore unit is written with `O_DIRECT` where the filesystem allows it
+//! ([`super::direct`]); smaller files go through the page cache, their writeback started after
+//! each file or batch.
 //!
 //! Owner changes need root: `lchown` failing with EPERM while not running as root is ignored
 //! (debug log); any other failure is an error. An existing regular file with the same size and
@@ -23,6 +26,7 @@ use lifeboat_common::manifest::Entry;
 use tracing::debug;
 
 use super::ahead::{self, Ahead};
+use super::direct::LargeFile;
 use super::fetch::{batches_of, read_verified};
 use crate::chunking::for_each_chunk;
 use crate::error::AgentError;
@@ -157,7 +161,7 @@ async fn write_file_inner<R: Remote>(
     tmp: &Path,
     as_root: bool,
 ) -> Result<u64, AgentError> {
-    let mut file = create_temp(tmp)?;
+    let mut file = LargeFile::new(create_temp(tmp)?, e.size);
     let ids = &e.chunks;
     let what = format!("file {}", target.display());
     let mut written = 0u64;
@@ -176,6 +180,9 @@ async fn write_file_inner<R: Remote>(
         file = f;
         written += n;
     }
+    let file = file
+        .finish()
+        .map_err(|err| AgentError::io("cannot write", tmp, err))?;
     finish(file, written, e, tmp, target, as_root)
 }
 
@@ -245,19 +252,21 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 
 /// Writes one batch's chunks in order, from `offset`, on a blocking thread.
 async fn write_batch(
-    mut file: File,
+    mut file: LargeFile,
     offset: u64,
     ids: &[ChunkId],
     sizes: &[u32],
     plain: HashMap<ChunkId, Vec<u8>>,
     tmp: &Path,
-) -> Result<(File, u64), AgentError> {
+) -> Result<(LargeFile, u64), AgentError> {
     let ids = ids.to_vec();
     let sizes = sizes.to_vec();
     let tmp = tmp.to_owned();
     tokio::task::spawn_blocking(move || {
         let n = write_chunks(&mut file, &ids, &sizes, &plain, &tmp)?;
-        start_writeback(&file, offset, n);
+        if !file.is_direct() {
+            start_writeback(file.file(), offset, n);
+        }
         Ok((file, n))
     })
     .await
@@ -268,7 +277,7 @@ async fn write_batch(
 /// manifest's size for it is refused before it is written (a hostile manifest cannot make a file
 /// longer, or shorter, than it declares).
 fn write_chunks(
-    file: &mut File,
+    file: &mut impl Write,
     ids: &[ChunkId],
     sizes: &[u32],
     plain: &HashMap<ChunkId, Vec<u8>>,
