@@ -633,7 +633,10 @@ key = "agent.key"
 
     #[test]
     fn example_configs_in_deploy_parse() {
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        // The runtime value, as in common/tests/golden.rs.
+        let dir =
+            std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+        let deploy = Path::new(&dir).join("../deploy");
         for name in ["agent.example.toml", "nginx-preset.toml"] {
             let raw: RawConfig = load_toml(&deploy.join(name)).expect(name);
             assert!(!raw.source.is_empty(), "{name}");

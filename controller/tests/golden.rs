@@ -12,9 +12,13 @@ use lifeboat_controller::record::SnapshotRecord;
 use lifeboat_controller::refset;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    // The runtime value, as in common/tests/golden.rs: a build cache shared by clones in other
+    // folders can hand back a binary whose compile-time checkout is gone.
+    PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("tests/fixtures")
+    .join(name)
 }
 
 fn write_or_read(name: &str, fresh: &[u8]) -> Vec<u8> {
