@@ -109,6 +109,11 @@ impl LargeFile {
         self.stage.is_some()
     }
 
+    /// Bytes accepted so far: the file's length once finished.
+    pub fn written(&self) -> u64 {
+        self.len
+    }
+
     /// The file, for `fadvise` and metadata: not for writing.
     pub fn file(&self) -> &File {
         &self.file

@@ -164,7 +164,6 @@ async fn write_file_inner<R: Remote>(
     let mut file = LargeFile::new(create_temp(tmp)?, e.size);
     let ids = &e.chunks;
     let what = format!("file {}", target.display());
-    let mut written = 0u64;
     // Smaller batches than a unit, several fetched and verified ahead while the current one
     // is written ([`super::ahead`]).
     let ranges = batches_of(&e.chunk_sizes, ahead::BATCH_IDS, ahead::BATCH_BYTES);
@@ -175,11 +174,10 @@ async fn write_file_inner<R: Remote>(
     while let Some((range, plain)) = batches.next().await {
         let plain = plain?;
         let sizes = &e.chunk_sizes[range.clone()];
-        let write = write_batch(file, written, &ids[range], sizes, plain, tmp);
-        let (f, n) = batches.beside(write).await?;
-        file = f;
-        written += n;
+        let write = write_batch(file, &ids[range], sizes, plain, tmp);
+        file = batches.beside(write).await?;
     }
+    let written = file.written();
     let file = file
         .finish()
         .map_err(|err| AgentError::io("cannot write", tmp, err))?;
@@ -250,24 +248,24 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     }
 }
 
-/// Writes one batch's chunks in order, from `offset`, on a blocking thread.
+/// Writes one batch's chunks in order, after the file's bytes so far, on a blocking thread.
 async fn write_batch(
     mut file: LargeFile,
-    offset: u64,
     ids: &[ChunkId],
     sizes: &[u32],
     plain: HashMap<ChunkId, Vec<u8>>,
     tmp: &Path,
-) -> Result<(LargeFile, u64), AgentError> {
+) -> Result<LargeFile, AgentError> {
     let ids = ids.to_vec();
     let sizes = sizes.to_vec();
     let tmp = tmp.to_owned();
     tokio::task::spawn_blocking(move || {
+        let offset = file.written();
         let n = write_chunks(&mut file, &ids, &sizes, &plain, &tmp)?;
         if !file.is_direct() {
             start_writeback(file.file(), offset, n);
         }
-        Ok((file, n))
+        Ok(file)
     })
     .await
     .map_err(|e| AgentError::Worker(e.to_string()))?
