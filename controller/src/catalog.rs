@@ -15,6 +15,8 @@
 //! snapshot can be older than the writer's latest commit: code that acts on what it read must
 //! either be safe on a snapshot (module docs of the caller say why) or re-check in a write.
 //! An in-memory catalog (tests) has no readers: [`Catalog::read`] uses the one connection.
+//! WAL checkpoints run on a thread with a connection of its own ([`checkpointer`]), not inside
+//! the writer's commits.
 //!
 //! | operation        | runs concurrently with      | why it is safe                              |
 //! |------------------|-----------------------------|---------------------------------------------|
@@ -25,6 +27,7 @@
 
 pub mod agents;
 pub mod alert_state;
+pub mod checkpointer;
 pub mod chunk_epoch;
 pub mod chunks;
 pub mod credentials;
@@ -71,6 +74,8 @@ pub struct Catalog {
     readers: Option<Arc<readers::Readers>>,
     /// Recent parents' reference-set covers, for `HaveChunks` ([`refsets::cover`]).
     covers: Arc<refsets::cover::CoverCache>,
+    /// The WAL checkpoint thread; `None` for an in-memory catalog.
+    checkpointer: Option<Arc<checkpointer::Checkpointer>>,
 }
 
 impl Catalog {
@@ -82,6 +87,9 @@ impl Catalog {
         })?;
         let mut catalog = Self::setup(conn)?;
         catalog.readers = Some(Arc::new(readers::Readers::new(path)));
+        let ckpt = checkpointer::Checkpointer::start(path, checkpointer::CHECKPOINT_PAGES)?;
+        catalog.run_blocking(|c| Ok(c.wal_hook(Some(ckpt.hook()))?))?;
+        catalog.checkpointer = Some(Arc::new(ckpt));
         Ok(catalog)
     }
 
@@ -97,9 +105,8 @@ impl Catalog {
         // 32 MiB of page cache (SQLite's default is 2 MiB): a backup's lookups and inserts
         // touch pages all over the chunk index, and re-reading them costs a syscall each.
         conn.pragma_update(None, "cache_size", -32_768)?;
-        // Checkpoint the WAL every 8,192 pages (32 MiB) rather than 1,000: chunk-index pages
-        // hit by many uploads between two checkpoints are copied to the database once.
-        conn.pragma_update(None, "wal_autocheckpoint", 8_192)?;
+        // A file-backed catalog checkpoints its WAL on a thread of its own instead
+        // ([`checkpointer`], installed by [`Catalog::open`]).
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // Query-planner stability: plans never depend on the values bound. Without it, SQLite
         // (built with STAT4) marks statements such as the join through the reference sets'
@@ -116,7 +123,13 @@ impl Catalog {
             conn: Arc::new(Mutex::new(conn)),
             readers: None,
             covers: Arc::default(),
+            checkpointer: None,
         })
+    }
+
+    /// The checkpoint thread of a file-backed catalog (for tests and logs).
+    pub fn checkpointer(&self) -> Option<&checkpointer::Checkpointer> {
+        self.checkpointer.as_deref()
     }
 
     /// The cache of recent parents' covers (pass it into [`Catalog::run`] closures).
