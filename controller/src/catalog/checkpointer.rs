@@ -21,6 +21,7 @@
 
 use std::ffi::c_int;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -66,13 +67,22 @@ pub struct Done {
     pub copied_frames: c_int,
 }
 
-/// The checkpoint thread of one file-backed catalog. Dropping it stops and joins the thread.
+/// The checkpoint thread of one file-backed catalog. Dropping it stops and joins the thread
+/// (whether or not the writer's connection, whose hook can still wake it, is closed yet).
 #[derive(Debug)]
 pub struct Checkpointer {
-    wake: Option<SyncSender<()>>,
-    done: Arc<(Mutex<Done>, Condvar)>,
+    wake: SyncSender<()>,
+    shared: Arc<Shared>,
     wake_at: c_int,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What the thread and its handle share.
+#[derive(Debug, Default)]
+struct Shared {
+    done: Mutex<Done>,
+    finished: Condvar,
+    stop: AtomicBool,
 }
 
 impl Checkpointer {
@@ -88,17 +98,17 @@ impl Checkpointer {
         conn.pragma_update(None, "cache_size", -1024)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let (wake, rx) = mpsc::sync_channel(1);
-        let done = Arc::new((Mutex::new(Done::default()), Condvar::new()));
+        let shared = Arc::new(Shared::default());
         let thread = std::thread::Builder::new()
             .name("lifeboat-ckpt".into())
             .spawn({
-                let done = Arc::clone(&done);
-                move || run(conn, rx, &done)
+                let shared = Arc::clone(&shared);
+                move || run(conn, rx, &shared)
             })
             .map_err(|e| CatalogError::Task(format!("cannot start the checkpoint thread: {e}")))?;
         Ok(Checkpointer {
-            wake: Some(wake),
-            done,
+            wake,
+            shared,
             wake_at,
             thread: Some(thread),
         })
@@ -114,9 +124,7 @@ impl Checkpointer {
                 After::Nothing => {}
                 After::Wake => {
                     // Full: a wake-up is already pending. Disconnected: the catalog is closing.
-                    if let Some(Err(TrySendError::Disconnected(()))) =
-                        wake.as_ref().map(|w| w.try_send(()))
-                    {
+                    if let Err(TrySendError::Disconnected(())) = wake.try_send(()) {
                         tracing::debug!("catalog checkpoint thread gone; WAL left as is");
                     }
                 }
@@ -133,14 +141,15 @@ impl Checkpointer {
 
     /// What the thread has done so far.
     pub fn done(&self) -> Done {
-        *self.done.0.lock().unwrap_or_else(|p| p.into_inner())
+        *self.shared.done.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until the thread has finished more than `count` checkpoints, or `timeout`.
     pub fn wait_past(&self, count: u64, timeout: std::time::Duration) -> Done {
-        let (lock, cv) = &*self.done;
-        let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (guard, _) = cv
+        let guard = self.shared.done.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .shared
+            .finished
             .wait_timeout_while(guard, timeout, |d| d.count <= count)
             .unwrap_or_else(|p| p.into_inner());
         *guard
@@ -149,7 +158,9 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        self.wake = None;
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Full: the thread has a wake-up pending and sees `stop` after it. Disconnected: gone.
+        let _ = self.wake.try_send(());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -157,8 +168,8 @@ impl Drop for Checkpointer {
 }
 
 /// The thread: one `PASSIVE` checkpoint per wake-up until the catalog is dropped.
-fn run(conn: Connection, wake: Receiver<()>, done: &(Mutex<Done>, Condvar)) {
-    while wake.recv().is_ok() {
+fn run(conn: Connection, wake: Receiver<()>, shared: &Shared) {
+    while wake.recv().is_ok() && !shared.stop.load(Ordering::SeqCst) {
         let t = Instant::now();
         match conn.wal_checkpoint_v2(None::<&str>, CheckpointMode::PASSIVE) {
             Ok((log_frames, copied_frames)) => {
@@ -168,13 +179,13 @@ fn run(conn: Connection, wake: Receiver<()>, done: &(Mutex<Done>, Condvar)) {
                     ms = t.elapsed().as_millis(),
                     "catalog checkpoint"
                 );
-                let mut d = done.0.lock().unwrap_or_else(|p| p.into_inner());
+                let mut d = shared.done.lock().unwrap_or_else(|p| p.into_inner());
                 *d = Done {
                     count: d.count + 1,
                     log_frames,
                     copied_frames,
                 };
-                done.1.notify_all();
+                shared.finished.notify_all();
             }
             Err(e) => {
                 tracing::warn!(error = %e, "catalog checkpoint failed; retried after the next commit")
@@ -229,8 +240,9 @@ mod tests {
         let d = ckpt.wait_past(0, std::time::Duration::from_secs(30));
         assert!(d.count >= 1, "no checkpoint ran: {d:?}");
         assert!(d.log_frames >= 16 && d.copied_frames > 0, "{d:?}");
-        drop(writer);
+        // Stopped while the writer, whose hook can still wake it, is open.
         drop(ckpt);
+        drop(writer);
         let again = Connection::open(&path).expect("reopen");
         let n: i64 = again
             .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
