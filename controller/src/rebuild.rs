@@ -211,6 +211,8 @@ pub async fn run(cfg: &ControllerConfig, opts: &Options) -> Result<Report, Rebui
         ..Report::default()
     };
     build(&catalog, &source, other.as_ref(), opts.region, &mut report).await?;
+    // Busy (and left to the drop below) if the catalog's checkpoint thread is running one:
+    // the last connection to close, the thread's, checkpoints what is left and syncs it.
     catalog
         .run(|c| {
             c.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
