@@ -41,14 +41,14 @@ pub const INLINE_PAGES: c_int = 65_536;
 
 /// What the writer's hook does after a commit that left `pages` pages in the WAL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum After {
+enum After {
     Nothing,
     Wake,
     Inline,
 }
 
 /// See [`After`].
-pub fn after(pages: c_int, wake_at: c_int) -> After {
+fn after(pages: c_int, wake_at: c_int) -> After {
     if pages >= INLINE_PAGES.max(wake_at) {
         After::Inline
     } else if pages >= wake_at {
