@@ -127,11 +127,6 @@ impl Catalog {
         })
     }
 
-    /// The checkpoint thread of a file-backed catalog (for tests and logs).
-    pub fn checkpointer(&self) -> Option<&checkpointer::Checkpointer> {
-        self.checkpointer.as_deref()
-    }
-
     /// The cache of recent parents' covers (pass it into [`Catalog::run`] closures).
     pub fn covers(&self) -> Arc<refsets::cover::CoverCache> {
         Arc::clone(&self.covers)

@@ -256,13 +256,14 @@ mod tests {
         assert!(
             crate::catalog::Catalog::open_in_memory()
                 .expect("memory")
-                .checkpointer()
+                .checkpointer
                 .is_none()
         );
         let dir = tempfile::tempdir().expect("tempdir");
         let cat = crate::catalog::Catalog::open(&dir.path().join("c.db")).expect("open");
         let ckpt = cat
-            .checkpointer()
+            .checkpointer
+            .as_deref()
             .expect("a file catalog has a checkpoint thread");
         cat.run_blocking(|c| {
             c.execute_batch("CREATE TABLE filler (v BLOB NOT NULL)")?;
