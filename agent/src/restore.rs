@@ -80,7 +80,7 @@ pub async fn restore<R: Remote>(
 ) -> Result<RestoreReport, AgentError> {
     let started = Instant::now();
     let (info, manifest) = fetch::load_manifest(remote, keys, &opts.snapshot, &opts.source).await?;
-    let mut report = restore_manifest(remote, keys, &manifest, opts).await?;
+    let mut report = restore_manifest(remote, keys, manifest, opts).await?;
     report.snapshot_id = info.id;
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     info!(snapshot = %report.snapshot_id, files_written = report.files_written, files_unchanged = report.files_unchanged, deleted = report.deleted, "restore finished");
@@ -102,11 +102,13 @@ fn selected(orig: &Path, kind: EntryKind, filter: Option<&Path>) -> bool {
     filter.is_none_or(|p| orig.starts_with(p) || (kind == EntryKind::Dir && p.starts_with(orig)))
 }
 
-/// Restores the entries of an already verified manifest.
+/// Restores the entries of an already verified manifest. The manifest is consumed: each file's
+/// chunk lists move into its write job and are freed once it is written (a dump file's list
+/// alone is ~4 MB at 1 GB), so the restore's memory falls as it goes.
 pub async fn restore_manifest<R: Remote>(
     remote: &R,
     keys: &DataKeys,
-    m: &Manifest,
+    mut m: Manifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, AgentError> {
     if let Target::To(dir) = &opts.target {
@@ -124,12 +126,13 @@ pub async fn restore_manifest<R: Remote>(
     let ctx = files::Ctx {
         remote,
         keys,
-        params: chunker_params(m),
+        params: chunker_params(&m),
         as_root,
     };
     let mut report = RestoreReport::default();
     let mut created = Vec::new();
-    let mut dirs: Vec<(PathBuf, &Entry)> = Vec::new();
+    // Restored directories, with their entries' indices (metadata applied last).
+    let mut dirs: Vec<(PathBuf, usize)> = Vec::new();
     let mut refused = Vec::new();
     let mut pending = files::Pending::default();
     let mut written_in = HashSet::new();
@@ -138,8 +141,9 @@ pub async fn restore_manifest<R: Remote>(
     // by a flush, which forgets it, and so does any entry that is not a file: a symlink or
     // directory restored may replace a parent). Saves six `statx` per file of a deep tree.
     let mut checked: Option<PathBuf> = None;
-    for e in &m.entries {
-        let orig = original_path(m, e);
+    for i in 0..m.entries.len() {
+        let e = &m.entries[i];
+        let orig = original_path(&m, e);
         if !selected(&orig, e.entry_kind(), opts.path.as_deref()) {
             continue;
         }
@@ -169,12 +173,12 @@ pub async fn restore_manifest<R: Remote>(
             pending.push(files::FileJob {
                 dest,
                 orig,
-                entry: e,
+                entry: take_file(&mut m.entries[i]),
             });
             continue;
         }
         match restore_entry(e, &dest, as_root, &mut report) {
-            Ok(true) => dirs.push((dest, e)),
+            Ok(true) => dirs.push((dest, i)),
             Ok(false) => {}
             Err(AgentError::Refused(why)) => {
                 refused.extend(why.into_iter().map(|w| format!("{}: {w}", orig.display())))
@@ -190,15 +194,27 @@ pub async fn restore_manifest<R: Remote>(
     files::flush(&ctx, &mut pending, &mut report, &mut written_in).await?;
     // Deleting changes directory mtimes, so it runs before directory metadata is applied.
     if opts.delete && refused.is_empty() {
-        report.deleted = delete_phase(m, &roots, opts)?;
+        report.deleted = delete_phase(&m, &roots, opts)?;
     }
-    finish_dirs(&mut dirs, &created, as_root)?;
+    finish_dirs(&mut dirs, &m.entries, &created, as_root)?;
     let synced_dirs = dirs.iter().map(|(p, _)| p.clone()).chain(created).collect();
     files::sync_all(written_in, synced_dirs).await?;
     if !refused.is_empty() {
         return Err(AgentError::Refused(refused));
     }
     Ok(report)
+}
+
+/// A file's entry for its write job, its chunk lists moved out of the manifest's (which keeps
+/// the rest: `--delete` needs every path).
+fn take_file(e: &mut Entry) -> Entry {
+    let chunks = std::mem::take(&mut e.chunks);
+    let chunk_sizes = std::mem::take(&mut e.chunk_sizes);
+    Entry {
+        chunks,
+        chunk_sizes,
+        ..e.clone()
+    }
 }
 
 /// The manifest's chunker parameters (for the unchanged-file check), or the files' default.
@@ -259,7 +275,8 @@ fn still_real_dir(p: &Path) -> bool {
 /// Applies directory metadata deepest first; directories created only as parents get 0755.
 /// A path that is no longer a real directory is skipped (never followed).
 fn finish_dirs(
-    dirs: &mut [(PathBuf, &Entry)],
+    dirs: &mut [(PathBuf, usize)],
+    entries: &[Entry],
     created: &[PathBuf],
     as_root: bool,
 ) -> Result<(), AgentError> {
@@ -275,8 +292,8 @@ fn finish_dirs(
             .map_err(|e| AgentError::io("cannot set the mode of", p, e))?;
     }
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (p, e) in dirs.iter().filter(|(p, _)| still_real_dir(p)) {
-        write::apply_metadata(p, e, false, as_root)?;
+    for (p, i) in dirs.iter().filter(|(p, _)| still_real_dir(p)) {
+        write::apply_metadata(p, &entries[*i], false, as_root)?;
     }
     Ok(())
 }

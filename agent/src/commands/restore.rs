@@ -90,7 +90,7 @@ pub async fn execute(
             .await
             .map_err(fail)
     } else {
-        restore_files(cfg, &remote, keys, &manifest, args, &info.id, started).await
+        restore_files(cfg, &remote, keys, manifest, args, &info.id, started).await
     }
 }
 
@@ -168,7 +168,7 @@ async fn restore_files(
     cfg: &AgentConfig,
     remote: &GrpcRemote,
     keys: &DataKeys,
-    m: &Manifest,
+    m: Manifest,
     args: &RestoreArgs,
     snapshot: &str,
     started: Instant,
@@ -216,13 +216,13 @@ async fn restore_files(
         delete: args.delete,
         excludes,
     };
+    let has_nginx_conf =
+        (0..m.header.roots.len()).any(|i| m.root_path(i as u32).starts_with("/etc/nginx"));
     let mut report = restore_manifest(remote, keys, m, &opts)
         .await
         .map_err(|e: AgentError| Failure::new(&e, Some(cfg)))?;
     report.snapshot_id = snapshot.to_owned();
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let has_nginx_conf =
-        (0..m.header.roots.len()).any(|i| m.root_path(i as u32).starts_with("/etc/nginx"));
     let check = src.and_then(|s| s.nginx.clone()).or_else(|| {
         has_nginx_conf.then(|| NginxCheck {
             command: "nginx".into(),

@@ -28,7 +28,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use lifeboat_common::chunker::ChunkerParams;
 use lifeboat_common::ids::ChunkId;
@@ -50,23 +50,25 @@ pub const UNIT_BYTES: u64 = 4 << 20;
 /// Files queued before a flush.
 pub const MAX_PENDING: usize = 4096;
 
-/// A file to write: where, its original path (for errors) and its entry.
-pub struct FileJob<'m> {
+/// A file to write: where, its original path (for errors) and its entry. The entry is the job's
+/// own (its chunk lists moved out of the manifest, [`super::take_file`]): it is dropped, and a
+/// large file's list of ids freed, as soon as the file is written.
+pub struct FileJob {
     pub dest: PathBuf,
     pub orig: PathBuf,
-    pub entry: &'m Entry,
+    pub entry: Entry,
 }
 
 /// Files queued for the next flush, with their paths and ancestors for conflict checks.
 #[derive(Default)]
-pub struct Pending<'m> {
-    pub jobs: Vec<FileJob<'m>>,
+pub struct Pending {
+    pub jobs: Vec<FileJob>,
     paths: HashSet<PathBuf>,
     ancestors: HashSet<PathBuf>,
 }
 
-impl<'m> Pending<'m> {
-    pub fn push(&mut self, job: FileJob<'m>) {
+impl Pending {
+    pub fn push(&mut self, job: FileJob) {
         for a in job.dest.ancestors().skip(1) {
             if !self.ancestors.insert(a.to_owned()) {
                 break;
@@ -86,7 +88,7 @@ impl<'m> Pending<'m> {
         self.jobs.len() >= MAX_PENDING
     }
 
-    fn take(&mut self) -> Vec<FileJob<'m>> {
+    fn take(&mut self) -> Vec<FileJob> {
         self.paths.clear();
         self.ancestors.clear();
         std::mem::take(&mut self.jobs)
@@ -110,21 +112,23 @@ struct Tally {
     written: Vec<PathBuf>,
 }
 
-/// Groups jobs into units (index ranges of `jobs`) of bounded ids and bytes.
-fn units(jobs: &[FileJob<'_>]) -> Vec<std::ops::Range<usize>> {
+/// Groups jobs, in order, into units of bounded ids and bytes.
+fn units(jobs: Vec<FileJob>) -> Vec<Vec<FileJob>> {
     let mut out = Vec::new();
-    let (mut start, mut ids, mut bytes) = (0, 0usize, 0u64);
-    for (i, j) in jobs.iter().enumerate() {
+    let mut unit = Vec::new();
+    let (mut ids, mut bytes) = (0usize, 0u64);
+    for j in jobs {
         let (n, b) = (j.entry.chunk_sizes.len(), j.entry.size);
-        if i > start && (ids + n > UNIT_IDS || bytes + b > UNIT_BYTES) {
-            out.push(start..i);
-            (start, ids, bytes) = (i, 0, 0);
+        if !unit.is_empty() && (ids + n > UNIT_IDS || bytes + b > UNIT_BYTES) {
+            out.push(std::mem::take(&mut unit));
+            (ids, bytes) = (0, 0);
         }
         ids += n;
         bytes += b;
+        unit.push(j);
     }
-    if start < jobs.len() {
-        out.push(start..jobs.len());
+    if !unit.is_empty() {
+        out.push(unit);
     }
     out
 }
@@ -133,7 +137,7 @@ fn units(jobs: &[FileJob<'_>]) -> Vec<std::ops::Range<usize>> {
 /// to `written_in` (what the final `syncfs` needs: not every path, ~100 bytes per file).
 pub async fn flush<R: Remote>(
     ctx: &Ctx<'_, R>,
-    pending: &mut Pending<'_>,
+    pending: &mut Pending,
     report: &mut RestoreReport,
     written_in: &mut HashSet<PathBuf>,
 ) -> Result<(), AgentError> {
@@ -141,17 +145,18 @@ pub async fn flush<R: Remote>(
     if jobs.is_empty() {
         return Ok(());
     }
-    let units = units(&jobs);
-    let next = AtomicUsize::new(0);
+    // Each worker takes the next unit whole: its jobs, and their chunk lists, are freed as soon
+    // as it is written.
+    let units = Mutex::new(units(jobs).into_iter().enumerate());
     let stop = AtomicBool::new(false);
     let tally = Mutex::new(Tally::default());
     let first_err: Mutex<Option<(usize, AgentError)>> = Mutex::new(None);
     let worker = || async {
         while !stop.load(Ordering::Relaxed) {
-            let u = next.fetch_add(1, Ordering::Relaxed);
-            let Some(range) = units.get(u) else { break };
+            let next = units.lock().unwrap_or_else(|p| p.into_inner()).next();
+            let Some((u, unit)) = next else { break };
             let mut t = Tally::default();
-            let res = run_unit(ctx, &jobs[range.clone()], &mut t).await;
+            let res = run_unit(ctx, unit, &mut t).await;
             merge(&tally, t);
             if let Err(e) = res {
                 stop.store(true, Ordering::Relaxed);
@@ -186,7 +191,7 @@ fn merge(into: &Mutex<Tally>, t: Tally) {
     g.written.extend(t.written);
 }
 
-fn file_err(job: &FileJob<'_>, source: AgentError) -> AgentError {
+fn file_err(job: &FileJob, source: AgentError) -> AgentError {
     AgentError::RestoreFile {
         path: job.orig.display().to_string(),
         source: Box::new(source),
@@ -196,35 +201,33 @@ fn file_err(job: &FileJob<'_>, source: AgentError) -> AgentError {
 /// One unit: skip unchanged files, fetch the others' chunks in one call, write them.
 async fn run_unit<R: Remote>(
     ctx: &Ctx<'_, R>,
-    jobs: &[FileJob<'_>],
+    jobs: Vec<FileJob>,
     t: &mut Tally,
 ) -> Result<(), AgentError> {
-    let checks: Vec<(PathBuf, Entry)> = jobs
-        .iter()
-        .map(|j| (j.dest.clone(), j.entry.clone()))
-        .collect();
     let (keys, params) = (ctx.keys.clone(), ctx.params);
-    let unchanged: Vec<bool> = tokio::task::spawn_blocking(move || {
-        checks
+    let (jobs, unchanged) = tokio::task::spawn_blocking(move || {
+        let unchanged: Vec<bool> = jobs
             .iter()
-            .map(|(d, e)| {
+            .map(|j| {
                 // A file chunked with its own parameters (a dump file) is checked with them.
-                let p = e
+                let p = j
+                    .entry
                     .chunker
                     .as_ref()
                     .and_then(|c| c.params())
                     .unwrap_or(params);
-                write::is_unchanged(d, e, &keys, p)
+                write::is_unchanged(&j.dest, &j.entry, &keys, p)
             })
-            .collect()
+            .collect();
+        (jobs, unchanged)
     })
     .await
     .map_err(|e| AgentError::Worker(e.to_string()))?;
     let mut todo = Vec::new();
-    for (j, same) in jobs.iter().zip(unchanged) {
+    for (j, same) in jobs.into_iter().zip(unchanged) {
         if same {
-            write::apply_metadata(&j.dest, j.entry, false, ctx.as_root)
-                .map_err(|e| file_err(j, e))?;
+            write::apply_metadata(&j.dest, &j.entry, false, ctx.as_root)
+                .map_err(|e| file_err(&j, e))?;
             t.files_unchanged += 1;
         } else {
             todo.push(j);
@@ -246,17 +249,17 @@ async fn run_unit<R: Remote>(
             read_verified(ctx.remote, ctx.keys, &ids, &what).await
         };
         if let Ok(plain) = plain {
-            return write_unit(ctx, &todo, plain, t).await;
+            return write_unit(ctx, todo, plain, t).await;
         }
         // Retried one file at a time below, so the error names the damaged file.
     }
     for j in todo {
-        let n = write::write_file(ctx.remote, ctx.keys, j.entry, &j.dest, ctx.as_root)
+        let n = write::write_file(ctx.remote, ctx.keys, &j.entry, &j.dest, ctx.as_root)
             .await
-            .map_err(|e| file_err(j, e))?;
+            .map_err(|e| file_err(&j, e))?;
         t.files_written += 1;
         t.bytes_written += n;
-        t.written.push(j.dest.clone());
+        t.written.push(j.dest);
     }
     Ok(())
 }
@@ -264,29 +267,17 @@ async fn run_unit<R: Remote>(
 /// Writes a unit's files from its fetched plaintexts on a blocking thread.
 async fn write_unit<R>(
     ctx: &Ctx<'_, R>,
-    todo: &[&FileJob<'_>],
+    todo: Vec<FileJob>,
     plain: HashMap<ChunkId, Vec<u8>>,
     t: &mut Tally,
 ) -> Result<(), AgentError> {
-    let work: Vec<(PathBuf, PathBuf, Entry)> = todo
-        .iter()
-        .map(|j| (j.dest.clone(), j.orig.clone(), j.entry.clone()))
-        .collect();
     let as_root = ctx.as_root;
     let done = tokio::task::spawn_blocking(move || {
-        let mut done = Vec::with_capacity(work.len());
-        for (dest, orig, e) in work {
-            match write::write_file_from(&plain, &e, &dest, as_root) {
-                Ok(n) => done.push((dest, n)),
-                Err(source) => {
-                    return Err((
-                        done,
-                        AgentError::RestoreFile {
-                            path: orig.display().to_string(),
-                            source: Box::new(source),
-                        },
-                    ));
-                }
+        let mut done = Vec::with_capacity(todo.len());
+        for j in todo {
+            match write::write_file_from(&plain, &j.entry, &j.dest, as_root) {
+                Ok(n) => done.push((j.dest, n)),
+                Err(source) => return Err((done, file_err(&j, source))),
             }
         }
         Ok(done)
@@ -356,6 +347,14 @@ mod tests {
         }
     }
 
+    fn job(e: &Entry) -> FileJob {
+        FileJob {
+            dest: PathBuf::from("/t").join(e.rel_path()),
+            orig: PathBuf::from("/o"),
+            entry: e.clone(),
+        }
+    }
+
     #[test]
     fn units_pack_small_files_and_isolate_large_ones() {
         let es = [
@@ -364,25 +363,20 @@ mod tests {
             entry("big", &[8 << 20, 8 << 20]),
             entry("c", &[10]),
         ];
-        let jobs: Vec<FileJob<'_>> = es
-            .iter()
-            .map(|e| FileJob {
-                dest: PathBuf::from("/t").join(e.rel_path()),
-                orig: PathBuf::from("/o"),
-                entry: e,
-            })
+        let names = |us: Vec<Vec<FileJob>>| -> Vec<Vec<String>> {
+            us.iter()
+                .map(|u| u.iter().map(|j| j.entry.display_path()).collect())
+                .collect()
+        };
+        assert_eq!(
+            names(units(es.iter().map(job).collect())),
+            [vec!["a", "b"], vec!["big"], vec!["c"]]
+        );
+        let many: Vec<FileJob> = (0..300)
+            .map(|i| job(&entry(&format!("f{i}"), &[1])))
             .collect();
-        assert_eq!(units(&jobs), vec![0..2, 2..3, 3..4]);
-        let many: Vec<Entry> = (0..300).map(|i| entry(&format!("f{i}"), &[1])).collect();
-        let jobs: Vec<FileJob<'_>> = many
-            .iter()
-            .map(|e| FileJob {
-                dest: PathBuf::from("/t").join(e.rel_path()),
-                orig: PathBuf::from("/o"),
-                entry: e,
-            })
-            .collect();
-        assert_eq!(units(&jobs), vec![0..UNIT_IDS, UNIT_IDS..300]);
+        let lens: Vec<usize> = units(many).iter().map(Vec::len).collect();
+        assert_eq!(lens, [UNIT_IDS, 300 - UNIT_IDS]);
     }
 
     #[test]
@@ -393,7 +387,7 @@ mod tests {
         p.push(FileJob {
             dest: PathBuf::from("/t/a/b"),
             orig: PathBuf::from("/o"),
-            entry: &e,
+            entry: e,
         });
         assert!(p.conflicts(Path::new("/t/a/b")), "same path");
         assert!(p.conflicts(Path::new("/t/a")), "an ancestor");

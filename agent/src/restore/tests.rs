@@ -526,7 +526,7 @@ async fn crafted_symlink_escape_is_refused_and_nothing_is_written_outside() {
         delete: true,
         excludes: PathPatterns::default(),
     };
-    let err = restore_manifest(&remote, &keys(), &m, &o)
+    let err = restore_manifest(&remote, &keys(), m, &o)
         .await
         .expect_err("refused");
     assert!(
