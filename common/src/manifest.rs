@@ -19,7 +19,6 @@
 //! duplicates. A restore therefore only ever sees paths that stay inside their root; symlink
 //! escapes are the restore's job (it never follows a symlink it did not check).
 
-use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -32,8 +31,10 @@ use crate::chunker::ChunkerParams;
 use crate::ids::ChunkId;
 
 pub mod database;
+mod decoder;
 mod entry_codec;
 pub use database::{DatabaseDump, DatabaseMeta, TableInfo};
+pub use decoder::Decoder;
 
 /// Magic at the start of a manifest. Do not modify.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"LBMF";
@@ -386,66 +387,11 @@ impl Manifest {
     }
 }
 
-fn read_delimited<'a>(data: &mut &'a [u8]) -> Result<&'a [u8], ManifestError> {
-    let len =
-        prost::encoding::decode_varint(data).map_err(|e| ManifestError::Corrupt(e.to_string()))?;
-    let len = usize::try_from(len).map_err(|_| ManifestError::Corrupt("length overflow".into()))?;
-    if len > MAX_ENTRY_LEN {
-        return Err(ManifestError::Corrupt(format!(
-            "entry of {len} bytes exceeds the limit"
-        )));
-    }
-    if len > data.len() {
-        return Err(ManifestError::Corrupt("truncated entry".into()));
-    }
-    let (msg, rest) = data.split_at(len);
-    *data = rest;
-    Ok(msg)
-}
-
-/// Decodes and validates a manifest.
+/// Decodes and validates a manifest held whole (a restore feeds it in pieces: [`Decoder`]).
 pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-    if bytes.len() < 5 || bytes[..4] != MANIFEST_MAGIC {
-        return Err(ManifestError::BadMagic);
-    }
-    if bytes[4] != MANIFEST_VERSION {
-        return Err(ManifestError::UnsupportedVersion(bytes[4]));
-    }
-    let mut data = &bytes[5..];
-    let header = ManifestHeader::decode(read_delimited(&mut data)?)
-        .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
-    for r in &header.roots {
-        validate_root(r)?;
-    }
-    let mut entries = Vec::new();
-    let mut seen = HashSet::new();
-    loop {
-        if data.is_empty() {
-            return Err(ManifestError::Corrupt(
-                "no trailer: the manifest is truncated".into(),
-            ));
-        }
-        let msg = read_delimited(&mut data)?;
-        if msg.is_empty() {
-            break;
-        }
-        let e = entry_codec::decode(msg)?;
-        e.validate(header.roots.len())?;
-        if !seen.insert((e.root, e.path.clone())) {
-            return Err(ManifestError::Duplicate {
-                path: e.display_path(),
-            });
-        }
-        entries.push(e);
-    }
-    let trailer = Trailer::decode(read_delimited(&mut data)?)
-        .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
-    if trailer.entries != entries.len() as u64 || !data.is_empty() {
-        return Err(ManifestError::Corrupt(
-            "trailer does not match the entries".into(),
-        ));
-    }
-    Ok(Manifest { header, entries })
+    let mut d = Decoder::new();
+    d.feed(bytes)?;
+    d.finish()
 }
 
 #[cfg(test)]
@@ -466,7 +412,7 @@ mod tests {
         }
     }
 
-    fn file(path: &str, sizes: &[u32]) -> Entry {
+    pub(crate) fn file(path: &str, sizes: &[u32]) -> Entry {
         Entry {
             root: 0,
             path: path.as_bytes().to_vec(),

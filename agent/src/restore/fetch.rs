@@ -35,21 +35,28 @@ pub async fn load_manifest<R: Remote>(
             info.id, info.source, info.source
         )));
     }
-    let mut bytes = Vec::new();
-    for batch in info.manifest_ids.chunks(BATCH_IDS) {
-        let what = format!("the manifest of snapshot {}", info.id);
+    let bad = |source| AgentError::Manifest {
+        snapshot: info.id.clone(),
+        source,
+    };
+    let what = format!("the manifest of snapshot {}", info.id);
+    let mut decoder = manifest::Decoder::new();
+    let (mut at, mut n) = (0, 1);
+    while at < info.manifest_ids.len() {
+        let batch = &info.manifest_ids[at..info.manifest_ids.len().min(at + n)];
         let plain = read_verified(remote, keys, batch, &what).await?;
+        let mut bytes = 0;
         for id in batch {
             let chunk = plain.get(id).ok_or_else(|| {
                 AgentError::Invalid(format!("chunk {} of {what} was not returned", id.short()))
             })?;
-            bytes.extend_from_slice(chunk);
+            decoder.feed(chunk).map_err(bad)?;
+            bytes += chunk.len();
         }
+        at += batch.len();
+        n = manifest_batch(batch.len(), bytes);
     }
-    let m = manifest::decode(&bytes).map_err(|source| AgentError::Manifest {
-        snapshot: info.id.clone(),
-        source,
-    })?;
+    let m = decoder.finish().map_err(bad)?;
     if m.header.source != source {
         return Err(AgentError::Invalid(format!(
             "snapshot {}'s manifest is for source {:?}, not {source:?}",
@@ -57,6 +64,17 @@ pub async fn load_manifest<R: Remote>(
         )));
     }
     Ok((info, m))
+}
+
+/// Plaintext bytes of manifest chunks fetched at once: each chunk is decoded as it arrives
+/// ([`manifest::Decoder`]), so the manifest's encoded bytes are never held whole.
+const MANIFEST_BATCH_BYTES: usize = 4 << 20;
+
+/// How many manifest chunks to ask for next, from the last batch's size (the manifest is cut
+/// with the source's chunker: ~1 MiB chunks for files, ~8 KiB for a database source).
+fn manifest_batch(ids: usize, bytes: usize) -> usize {
+    let avg = (bytes / ids.max(1)).max(1);
+    (MANIFEST_BATCH_BYTES / avg).clamp(1, BATCH_IDS)
 }
 
 /// Reads `ids` (duplicates allowed) and returns each verified plaintext by id. `what` names the
@@ -162,5 +180,17 @@ mod tests {
         assert_eq!(b, vec![0..4, 4..8, 8..10]);
         let small = vec![10; 130];
         assert_eq!(batches(&small), vec![0..64, 64..128, 128..130]);
+    }
+
+    #[test]
+    fn manifest_batches_follow_the_chunk_size() {
+        assert_eq!(manifest_batch(1, 1 << 20), 4, "files: ~1 MiB chunks");
+        assert_eq!(
+            manifest_batch(4, 16 << 20),
+            1,
+            "4 MiB chunks, one at a time"
+        );
+        assert_eq!(manifest_batch(64, 64 << 13), BATCH_IDS, "8 KiB chunks");
+        assert_eq!(manifest_batch(0, 0), BATCH_IDS, "nothing learnt");
     }
 }
