@@ -18,6 +18,7 @@
 //! The file cache is updated only after a successful commit.
 
 pub mod database;
+pub mod manifest_upload;
 pub mod read;
 pub mod throttle;
 pub mod upload;
@@ -29,17 +30,17 @@ use std::time::Instant;
 use lifeboat_common::clock::now_unix_ms;
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::{Entry, EntryKind, ManifestHeader, ManifestWriter};
+use lifeboat_common::manifest::{Entry, EntryKind, ManifestHeader};
 use lifeboat_proto::v1::SnapshotStats;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::cache::{CachedFile, FileCache, NoCache};
-use crate::chunking::for_each_chunk;
 use crate::config::SourceConfig;
 use crate::error::AgentError;
 use crate::remote::{CommitOutcome, CommitRequest, Remote};
+use manifest_upload::{ManifestSink, upload_manifest};
 use read::{FileDone, Opener, ReadJob, ReadMsg};
 use upload::{UploadStats, Uploader};
 use walk::{Unreadable, WalkItem};
@@ -258,21 +259,27 @@ async fn run_pass<R: Remote>(
     // What the file pass learnt is not needed for the manifest's own chunks (they are asked
     // about like any others): free it before the manifest is built, the agent's peak.
     up.forget_durable();
-    let (manifest, data_ids, stats) = write_manifest(src, started_ms, &items, &mut results);
+    let header = manifest_header(src, started_ms, root_bytes(src));
+    let (writer_src, writer_items) = (src.clone(), items.clone());
+    let (manifest_ids, (mut results, data_ids, stats)) =
+        upload_manifest(&mut up, &ctx.keys, &header, move |sink| {
+            let (ids, stats) = write_manifest(&writer_src, &writer_items, &mut results, sink)?;
+            Ok((results, ids, stats))
+        })
+        .await?;
     let to_cache = cache_entries(ctx, src, &items, &results);
     drop(items);
     let unreadable = results.unreadable.len() as u64;
     let manifest_ms = t0.elapsed().as_millis();
-    let (outcome, stats) =
-        commit_snapshot(ctx, src, &mut up, manifest, data_ids, started_ms, |u| {
-            SnapshotStats {
-                new_chunks: u.new_chunks,
-                new_logical_bytes: u.new_logical_bytes,
-                unreadable,
-                ..stats
-            }
-        })
-        .await?;
+    let (outcome, stats) = commit_snapshot(ctx, &mut up, manifest_ids, data_ids, started_ms, |u| {
+        SnapshotStats {
+            new_chunks: u.new_chunks,
+            new_logical_bytes: u.new_logical_bytes,
+            unreadable,
+            ..stats
+        }
+    })
+    .await?;
     debug!(source = %src.name, walk_ms, read_ms, manifest_ms, commit_ms = t0.elapsed().as_millis(), "backup pass timings (since the pass began)");
     let report = make_report(src, &stats, up.stats, &mut results);
     // The ids and sizes are moved in now (one copy of them in memory, not two).
@@ -418,18 +425,17 @@ fn cache_stamp(keys: &DataKeys, src: &SourceConfig) -> [u8; 8] {
     stamp
 }
 
-/// The manifest (entries in walk order, unreadable files left out), the distinct data ids it
-/// references (sorted) and the snapshot's counts. Entries are encoded one at a time, each with
-/// its file's ids lent from `results` (which gets them back for the file cache): the manifest
-/// is the only other copy of the ids built here besides the reference list.
+/// Writes the manifest's entries to `sink` (walk order, unreadable files left out); returns the
+/// distinct data ids it references (sorted) and the snapshot's counts. Entries are encoded one
+/// at a time, each with its file's ids lent from `results` (which gets them back for the file
+/// cache), and uploaded as they are written ([`manifest_upload`]): besides the reference list,
+/// no other copy of the ids is built here.
 fn write_manifest(
     src: &SourceConfig,
-    created_ms: i64,
     items: &[WalkItem],
     results: &mut FileResults,
-) -> (Vec<u8>, Vec<ChunkId>, SnapshotStats) {
-    let roots = root_bytes(src);
-    let mut w = ManifestWriter::new(&manifest_header(src, created_ms, roots));
+    sink: &mut ManifestSink,
+) -> Result<(Vec<ChunkId>, SnapshotStats), AgentError> {
     let mut stats = SnapshotStats::default();
     // Sized once: grown by doubling, the list (32 bytes per reference, 170,000 at 2.5 GiB) was
     // held twice while it moved, at the backup's peak.
@@ -473,17 +479,18 @@ fn write_manifest(
             }
             EntryKind::Unspecified => continue,
         }
-        w.push(&e);
+        let pushed = sink.push(&e);
         if let Some(done) = results.done.get_mut(i).and_then(Option::as_mut) {
             done.ids = e.chunks;
             done.sizes = e.chunk_sizes;
         }
+        pushed?;
     }
     ids.sort_unstable();
     ids.dedup();
     ids.shrink_to_fit();
     stats.chunks = ids.len() as u64;
-    (w.finish(), ids, stats)
+    Ok((ids, stats))
 }
 
 /// The manifest header of a snapshot of `src` taken at `created_ms`, with the given roots and no
@@ -507,33 +514,23 @@ pub(crate) fn manifest_header(
     }
 }
 
-/// The last step of every backup, whatever the source kind: chunks, seals and uploads the
-/// manifest, flushes the uploader (everything is then durable), and streams the commit of every
-/// data id plus the manifest's ids. `stats` builds the snapshot's stats from the uploader's final
-/// totals. The caller handles a `Missing` outcome (its re-send policy differs per source).
+/// The last step of every backup, whatever the source kind, once the manifest's chunks are
+/// handed to the uploader ([`manifest_upload`]): flushes the uploader (everything is then
+/// durable), and streams the commit of every data id plus the manifest's ids. `stats` builds
+/// the snapshot's stats from the uploader's final totals. The caller handles a `Missing`
+/// outcome (its re-send policy differs per source).
 pub(crate) async fn commit_snapshot<R: Remote>(
     ctx: &BackupContext<'_, R>,
-    src: &SourceConfig,
     up: &mut Uploader<'_, R>,
-    manifest: Vec<u8>,
+    manifest_ids: Vec<ChunkId>,
     mut references: Vec<ChunkId>,
     started_ms: i64,
     stats: impl FnOnce(UploadStats) -> SnapshotStats,
 ) -> Result<(CommitOutcome, SnapshotStats), AgentError> {
-    let chunks = chunk_bytes(&ctx.keys, src, &manifest)?;
-    let mut manifest_ids = Vec::with_capacity(chunks.len());
     // Exactly: `references` comes sized to the data ids, and a doubling here held 8 MB for
     // 4 MB of ids at the no-change backup's peak (2.5 GiB, 130,000 ids).
-    references.reserve_exact(chunks.len());
-    let mut at = 0;
-    for (id, len) in chunks {
-        manifest_ids.push(id);
-        references.push(id);
-        up.add(id, manifest[at..at + len].to_vec()).await?;
-        at += len;
-    }
-    // Its chunks are copied into the uploader: not held through the flush and the commit.
-    drop(manifest);
+    references.reserve_exact(manifest_ids.len());
+    references.extend_from_slice(&manifest_ids);
     references.sort_unstable();
     references.dedup();
     up.flush().await?;
@@ -552,22 +549,6 @@ pub(crate) async fn commit_snapshot<R: Remote>(
         })
         .await?;
     Ok((outcome, stats))
-}
-
-/// Chunks an in-memory buffer (the manifest) the same way as files; returns each chunk's id
-/// and length, not a copy of its bytes (the caller slices the buffer).
-fn chunk_bytes(
-    keys: &DataKeys,
-    src: &SourceConfig,
-    bytes: &[u8],
-) -> Result<Vec<(ChunkId, usize)>, AgentError> {
-    let mut out = Vec::new();
-    for_each_chunk(bytes, src.chunker, keys.chunker_seed(), |c: Vec<u8>| {
-        out.push((keys.chunk_id(&c), c.len()));
-        Ok::<(), std::io::Error>(())
-    })
-    .map_err(|e| AgentError::Worker(format!("chunking the manifest failed: {e}")))?;
-    Ok(out)
 }
 
 fn make_report(

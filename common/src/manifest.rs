@@ -355,6 +355,20 @@ impl ManifestWriter {
         self.entries += 1;
     }
 
+    /// Appends an entry, then calls `flush` with the bytes written so far; a large entry's
+    /// ids are also flushed every thousand or so. `flush` may remove bytes from the front (a
+    /// writer that uploads the manifest as it goes cuts its chunks off there): what it leaves
+    /// is the start of the rest, and [`ManifestWriter::finish`] returns what was never taken.
+    pub fn push_with<E>(
+        &mut self,
+        entry: &Entry,
+        mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        entry_codec::encode_delimited_with(entry, &mut self.buf, &mut flush)?;
+        self.entries += 1;
+        flush(&mut self.buf)
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len()
     }
@@ -363,6 +377,7 @@ impl ManifestWriter {
         self.buf.is_empty()
     }
 
+    /// The end marker and trailer appended: the whole manifest, or what `flush` left of it.
     pub fn finish(mut self) -> Vec<u8> {
         self.buf.push(0);
         let _ = Trailer {

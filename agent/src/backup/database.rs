@@ -17,14 +17,13 @@ use std::time::Instant;
 
 use lifeboat_common::clock::now_unix_ms;
 use lifeboat_common::ids::ChunkId;
-use lifeboat_common::manifest::{
-    DatabaseDump, DatabaseMeta, Entry, EntryKind, ManifestWriter, TableInfo,
-};
+use lifeboat_common::manifest::{DatabaseDump, DatabaseMeta, Entry, EntryKind, TableInfo};
 use lifeboat_proto::v1::SnapshotStats;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use super::manifest_upload::upload_manifest;
 use super::upload::Uploader;
 use super::{BackupContext, BackupReport};
 use crate::config::{MysqlConfig, SourceConfig, Verify};
@@ -336,20 +335,21 @@ async fn commit<R: Remote>(
 ) -> Result<BackupReport, AgentError> {
     let mut header = super::manifest_header(src, started_ms, vec![b"/".to_vec()]);
     header.database = Some(meta);
-    let mut w = ManifestWriter::new(&header);
-    let mut refs: Vec<ChunkId> = Vec::new();
-    let mut logical = 0;
-    for e in &entries {
-        w.push(e);
-        refs.extend_from_slice(&e.chunks);
-        logical += e.size;
-    }
+    let mut refs: Vec<ChunkId> = entries
+        .iter()
+        .flat_map(|e| e.chunks.iter().copied())
+        .collect();
     refs.sort_unstable();
     refs.dedup();
+    let logical = entries.iter().map(|e| e.size).sum();
     let data_chunks = refs.len() as u64;
     let files = entries.len() as u64;
+    let (manifest_ids, ()) = upload_manifest(&mut up, &ctx.keys, &header, move |sink| {
+        entries.iter().try_for_each(|e| sink.push(e))
+    })
+    .await?;
     let (outcome, stats) =
-        super::commit_snapshot(ctx, src, &mut up, w.finish(), refs, started_ms, |u| {
+        super::commit_snapshot(ctx, &mut up, manifest_ids, refs, started_ms, |u| {
             SnapshotStats {
                 files,
                 logical_bytes: logical,

@@ -49,25 +49,52 @@ pub(super) fn head(e: &Entry) -> EntryMsg {
 
 /// Appends `e` length-delimited, as `EntryMsg::from(e).encode_length_delimited` would.
 pub(super) fn encode_delimited(e: &Entry, buf: &mut Vec<u8>) {
+    let len = encoded_len(e);
+    buf.reserve(len + encoding::encoded_len_varint(len as u64));
+    let no_flush = |_: &mut Vec<u8>| Ok::<(), std::convert::Infallible>(());
+    let Ok(()) = encode_delimited_with(e, buf, no_flush);
+}
+
+/// Ids encoded between two calls of [`encode_delimited_with`]'s `flush` (~34 KB).
+pub(super) const FLUSH_IDS: usize = 1024;
+
+/// As [`encode_delimited`], calling `flush` on `buf` after every [`FLUSH_IDS`] ids of a large
+/// entry: it may take bytes from the front (a streaming writer cuts chunks off), so `buf` never
+/// holds a whole 100,000-id entry (3.4 MB). The bytes appended overall are the same.
+pub(super) fn encode_delimited_with<E>(
+    e: &Entry,
+    buf: &mut Vec<u8>,
+    mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let len = encoded_len(e);
+    encoding::encode_varint(len as u64, buf);
+    head(e).encode_raw(buf);
+    for ids in e.chunks.chunks(FLUSH_IDS) {
+        for id in ids {
+            encoding::encode_key(CHUNKS_TAG, WireType::LengthDelimited, buf);
+            encoding::encode_varint(CHUNK_ID_LEN as u64, buf);
+            buf.extend_from_slice(id.as_bytes());
+        }
+        if ids.len() == FLUSH_IDS {
+            flush(buf)?;
+        }
+    }
+    encoding::uint32::encode_packed(12, &e.chunk_sizes, buf);
+    if let Some(c) = &e.chunker {
+        encoding::message::encode(13, c, buf);
+    }
+    Ok(())
+}
+
+/// The length of `e`'s message, without its length prefix.
+fn encoded_len(e: &Entry) -> usize {
     let head = head(e);
     let sizes_len = encoding::uint32::encoded_len_packed(12, &e.chunk_sizes);
     let chunker_len = e
         .chunker
         .as_ref()
         .map_or(0, |c| encoding::message::encoded_len(13, c));
-    let len = head.encoded_len() + e.chunks.len() * ID_FIELD_LEN + sizes_len + chunker_len;
-    buf.reserve(len + encoding::encoded_len_varint(len as u64));
-    encoding::encode_varint(len as u64, buf);
-    head.encode_raw(buf);
-    for id in &e.chunks {
-        encoding::encode_key(CHUNKS_TAG, WireType::LengthDelimited, buf);
-        encoding::encode_varint(CHUNK_ID_LEN as u64, buf);
-        buf.extend_from_slice(id.as_bytes());
-    }
-    encoding::uint32::encode_packed(12, &e.chunk_sizes, buf);
-    if let Some(c) = &e.chunker {
-        encoding::message::encode(13, c, buf);
-    }
+    head.encoded_len() + e.chunks.len() * ID_FIELD_LEN + sizes_len + chunker_len
 }
 
 /// Decodes one entry's message (without its length prefix), as `EntryMsg::decode` followed by
@@ -196,6 +223,29 @@ mod tests {
                 (ours, theirs) => prop_assert!(false, "ours {:?}, prost {:?}", ours, theirs),
             }
         }
+    }
+
+    #[test]
+    fn a_flushed_large_entry_is_the_same_bytes_taken_in_pieces() {
+        let e = entry(
+            5 * FLUSH_IDS + 7,
+            vec![100; 5 * FLUSH_IDS + 7],
+            true,
+            "dump.sql",
+        );
+        let (mut buf, mut taken, mut most, mut flushes) = (vec![9], Vec::new(), 0, 0);
+        encode_delimited_with(&e, &mut buf, |b: &mut Vec<u8>| {
+            most = most.max(b.len());
+            flushes += 1;
+            taken.append(b);
+            Ok::<(), ()>(())
+        })
+        .expect("encode");
+        taken.append(&mut buf);
+        assert_eq!(flushes, 5);
+        assert_eq!(taken[1..], by_prost(&e)[..]);
+        assert_eq!(taken[0], 9, "what the buffer held is kept in front");
+        assert!(most < 2 * FLUSH_IDS * ID_FIELD_LEN, "held {most} bytes");
     }
 
     #[test]
