@@ -76,14 +76,15 @@ impl ChunkerParams {
 
     /// A snapshot's manifest, whatever the source: it is cut as it is written and each chunk
     /// uploaded at once (`max` is what the writer holds, not the whole manifest), and a changed
-    /// entry re-stores ~64 KiB of it rather than the ~1 MiB a file-tree chunk was (a no-change
-    /// backup of 20,000 files stored 1.7 MB of manifest). Only the writer uses these: the
-    /// restore concatenates whatever chunks a snapshot lists, so changing them changes no
-    /// format.
+    /// entry re-stores ~256 KiB of it rather than the ~1 MiB a file-tree chunk was (a no-change
+    /// backup of 20,000 files stored 1.7 MB of manifest). Not smaller: a commit lists at most
+    /// 4,096 manifest chunks, ~1 GiB of manifest at this average (docs/limits.md). Only the
+    /// writer uses these: the restore concatenates whatever chunks a snapshot lists, so changing
+    /// them changes no format.
     pub const MANIFEST: ChunkerParams = ChunkerParams {
-        min: 16 << 10,
-        avg: 64 << 10,
-        max: 256 << 10,
+        min: 64 << 10,
+        avg: 256 << 10,
+        max: 1 << 20,
     };
 
     pub fn validate(&self) -> Result<(), ChunkerParamsError> {
@@ -493,7 +494,7 @@ mod tests {
     proptest! {
         #[test]
         fn a_cutter_over_a_growing_buffer_cuts_as_the_chunker_reads(seed in any::<u64>(), len in 0usize..700_000, step in 1usize..300_000) {
-            let p = ChunkerParams::MANIFEST;
+            let p = ChunkerParams { min: 16 << 10, avg: 64 << 10, max: 256 << 10 };
             let data = pseudo_random(len, seed);
             let cutter = Cutter::new(p, seed);
             let (mut held, mut most, mut got) = (Vec::new(), 0, Vec::new());

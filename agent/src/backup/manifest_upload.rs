@@ -3,7 +3,7 @@
 //! The manifest is written entry by entry on a blocking thread (a [`ManifestSink`]), cut with
 //! [`ChunkerParams::MANIFEST`] as soon as each cut is known ([`Cutter`]), and every chunk goes
 //! over a channel of [`CHANNEL`] chunks to the uploader on the async side. The writer holds at
-//! most a chunk's `max` (256 KiB) plus the ids encoded since its last cut
+//! most a chunk's `max` (1 MiB) plus the ids encoded since its last cut
 //! ([`ManifestWriter::push_with`]), whatever the size of the tree. Held whole, the manifest was
 //! the largest thing growing with the source at the no-change backup's peak: ~6.5 MB for the
 //! bench's 2.5 GiB (130,000 ids), before its chunks were copied into the uploader.
