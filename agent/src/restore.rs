@@ -16,6 +16,7 @@
 //! original path; its temporary file is removed, so no damaged file is left under its real name.
 
 pub mod ahead;
+pub mod budget;
 pub mod database;
 pub mod delete;
 pub mod direct;
@@ -128,6 +129,7 @@ pub async fn restore_manifest<R: Remote>(
         keys,
         params: chunker_params(&m),
         as_root,
+        budget: budget::Budget::new(budget::BUDGET_BYTES),
     };
     let mut report = RestoreReport::default();
     let mut created = Vec::new();

@@ -5,19 +5,18 @@
 //! and verify): the 1 GiB dump restored at ~240 MB/s with the agent mostly waiting. [`Ahead`]
 //! keeps several smaller batches in flight, as many as fit in [`AHEAD_BYTES`] of plaintext, and
 //! drives them while the current batch is written. Memory: `AHEAD_BYTES` in flight plus the
-//! batch being written (at most [`BATCH_BYTES`]), within the two units per worker that
-//! [`super::files`] budgets.
+//! batch being written (at most [`BATCH_BYTES`]) for one file, and what every batch holds is
+//! also taken from the restore's budget shared by all workers ([`super::budget`]), so several
+//! large files at once share it instead of each holding its own.
 //!
 //! Results come back in batch order; the first error is returned when its batch is reached
 //! (the caller then stops: the batches still in flight are dropped with the queue).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
 use std::task::Poll;
-
-use lifeboat_common::ids::ChunkId;
 
 use super::files::UNIT_BYTES;
 use crate::error::AgentError;
@@ -29,30 +28,30 @@ pub const BATCH_BYTES: u64 = UNIT_BYTES / 2;
 /// Most chunk ids in one batch of a large file.
 pub const BATCH_IDS: usize = 128;
 
-type Plain = HashMap<ChunkId, Vec<u8>>;
-type Fetch<'a> = Pin<Box<dyn Future<Output = Result<Plain, AgentError>> + Send + 'a>>;
+/// A batch's fetch, yielding its plaintexts (and whatever the caller keeps with them).
+pub type Fetch<'a, T> = Pin<Box<dyn Future<Output = Result<T, AgentError>> + Send + 'a>>;
 
-struct InFlight<'a> {
+struct InFlight<'a, T> {
     range: Range<usize>,
-    fetch: Fetch<'a>,
-    done: Option<Result<Plain, AgentError>>,
+    fetch: Fetch<'a, T>,
+    done: Option<Result<T, AgentError>>,
     bytes: u64,
 }
 
 /// Batches of one file (index ranges into its chunk list), fetched ahead in order.
-pub struct Ahead<'a, F> {
+pub struct Ahead<'a, F, T> {
     ranges: Vec<Range<usize>>,
     sizes: &'a [u32],
     /// Starts the fetch of a batch.
     start: F,
     next: usize,
     bytes: u64,
-    queue: VecDeque<InFlight<'a>>,
+    queue: VecDeque<InFlight<'a, T>>,
 }
 
-impl<'a, F> Ahead<'a, F>
+impl<'a, F, T> Ahead<'a, F, T>
 where
-    F: FnMut(Range<usize>) -> Fetch<'a>,
+    F: FnMut(Range<usize>) -> Fetch<'a, T>,
 {
     pub fn new(ranges: Vec<Range<usize>>, sizes: &'a [u32], start: F) -> Self {
         Ahead {
@@ -83,7 +82,7 @@ where
         }
     }
 
-    fn poll_all(queue: &mut VecDeque<InFlight<'a>>, cx: &mut std::task::Context<'_>) {
+    fn poll_all(queue: &mut VecDeque<InFlight<'a, T>>, cx: &mut std::task::Context<'_>) {
         for f in queue.iter_mut() {
             if f.done.is_none()
                 && let Poll::Ready(r) = f.fetch.as_mut().poll(cx)
@@ -94,7 +93,7 @@ where
     }
 
     /// The next batch's range and plaintexts, in order; `None` after the last.
-    pub async fn next(&mut self) -> Option<(Range<usize>, Result<Plain, AgentError>)> {
+    pub async fn next(&mut self) -> Option<(Range<usize>, Result<T, AgentError>)> {
         self.top_up();
         let queue = &mut self.queue;
         std::future::poll_fn(|cx| {
@@ -130,6 +129,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lifeboat_common::ids::ChunkId;
+    use std::collections::HashMap;
 
     /// Batches come back in order whatever order their fetches finish in, with at most
     /// AHEAD_BYTES in flight, and an error is returned at its own batch.
@@ -156,7 +157,7 @@ mod tests {
                 let mut m = HashMap::new();
                 m.insert(ChunkId([r.start as u8; 32]), vec![]);
                 Ok(m)
-            }) as Fetch<'_>
+            }) as Fetch<'_, HashMap<ChunkId, Vec<u8>>>
         });
         let mut seen = Vec::new();
         while let Some((range, plain)) = ahead.next().await {

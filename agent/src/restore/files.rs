@@ -10,8 +10,9 @@
 //! batch (half-unit batches, up to a unit of them fetched ahead while the current one is
 //! written, [`super::ahead`]: at most one and a half units in memory for such a file).
 //! [`WORKERS`] units are in flight at once: fetch, then decrypt + verify and write on blocking
-//! threads, so memory is bounded by `2 × WORKERS × UNIT_BYTES` of plaintext (plus the same of
-//! ciphertext) whatever the data size.
+//! threads. Each fetch first takes its plaintext's bytes from the restore's budget
+//! ([`super::budget`]), so together they hold at most `BUDGET_BYTES` of plaintext (plus the
+//! ciphertext being opened) whatever the data size.
 //!
 //! Failure modes: when a multi-file unit cannot be fetched or verified, its files are retried one
 //! by one, so the error names the file whose chunks are damaged and the others are written. The
@@ -36,6 +37,7 @@ use lifeboat_common::keys::DataKeys;
 use lifeboat_common::manifest::Entry;
 
 use super::RestoreReport;
+use super::budget::Budget;
 use super::fetch::read_verified;
 use super::write;
 use crate::error::AgentError;
@@ -101,6 +103,8 @@ pub struct Ctx<'a, R> {
     pub keys: &'a DataKeys,
     pub params: ChunkerParams,
     pub as_root: bool,
+    /// Plaintext fetched and not yet written, all workers together.
+    pub budget: Budget,
 }
 
 /// Totals of a flush, merged into the report.
@@ -242,6 +246,10 @@ async fn run_unit<R: Remote>(
             .iter()
             .flat_map(|j| j.entry.chunks.iter().copied())
             .collect();
+        let held = ctx
+            .budget
+            .take(todo.iter().map(|j| j.entry.size).sum())
+            .await?;
         let plain = if ids.is_empty() {
             Ok(HashMap::new())
         } else {
@@ -249,14 +257,25 @@ async fn run_unit<R: Remote>(
             read_verified(ctx.remote, ctx.keys, &ids, &what).await
         };
         if let Ok(plain) = plain {
-            return write_unit(ctx, todo, plain, t).await;
+            let res = write_unit(ctx, todo, plain, t).await;
+            drop(held);
+            return res;
         }
-        // Retried one file at a time below, so the error names the damaged file.
+        // Retried one file at a time below, so the error names the damaged file (the bytes
+        // given back first: each file's fetches take their own).
+        drop(held);
     }
     for j in todo {
-        let n = write::write_file(ctx.remote, ctx.keys, &j.entry, &j.dest, ctx.as_root)
-            .await
-            .map_err(|e| file_err(&j, e))?;
+        let n = write::write_file(
+            ctx.remote,
+            ctx.keys,
+            &ctx.budget,
+            &j.entry,
+            &j.dest,
+            ctx.as_root,
+        )
+        .await
+        .map_err(|e| file_err(&j, e))?;
         t.files_written += 1;
         t.bytes_written += n;
         t.written.push(j.dest);

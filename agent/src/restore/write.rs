@@ -26,6 +26,7 @@ use lifeboat_common::manifest::Entry;
 use tracing::debug;
 
 use super::ahead::{self, Ahead};
+use super::budget::Budget;
 use super::direct::LargeFile;
 use super::fetch::{batches_of, read_verified};
 use crate::chunking::for_each_chunk;
@@ -141,12 +142,13 @@ pub fn clear_dir_in_the_way(target: &Path) -> Result<(), AgentError> {
 pub async fn write_file<R: Remote>(
     remote: &R,
     keys: &DataKeys,
+    budget: &Budget,
     e: &Entry,
     target: &Path,
     as_root: bool,
 ) -> Result<u64, AgentError> {
     let tmp = temp_path(target);
-    let res = write_file_inner(remote, keys, e, target, &tmp, as_root).await;
+    let res = write_file_inner(remote, keys, budget, e, target, &tmp, as_root).await;
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -156,6 +158,7 @@ pub async fn write_file<R: Remote>(
 async fn write_file_inner<R: Remote>(
     remote: &R,
     keys: &DataKeys,
+    budget: &Budget,
     e: &Entry,
     target: &Path,
     tmp: &Path,
@@ -165,17 +168,24 @@ async fn write_file_inner<R: Remote>(
     let ids = &e.chunks;
     let what = format!("file {}", target.display());
     // Smaller batches than a unit, several fetched and verified ahead while the current one
-    // is written ([`super::ahead`]).
+    // is written ([`super::ahead`]), each holding its bytes of the restore's budget until it is
+    // written ([`super::budget`]).
     let ranges = batches_of(&e.chunk_sizes, ahead::BATCH_IDS, ahead::BATCH_BYTES);
     let (ids_ref, what_ref) = (&ids, &what);
     let mut batches = Ahead::new(ranges, &e.chunk_sizes, move |r: Range<usize>| {
-        Box::pin(read_verified(remote, keys, &ids_ref[r], what_ref)) as _
+        let bytes = e.chunk_sizes[r.clone()].iter().map(|&s| u64::from(s)).sum();
+        Box::pin(async move {
+            let held = budget.take(bytes).await?;
+            let plain = read_verified(remote, keys, &ids_ref[r], what_ref).await?;
+            Ok((plain, held))
+        }) as _
     });
-    while let Some((range, plain)) = batches.next().await {
-        let plain = plain?;
+    while let Some((range, fetched)) = batches.next().await {
+        let (plain, held) = fetched?;
         let sizes = &e.chunk_sizes[range.clone()];
         let write = write_batch(file, &ids[range], sizes, plain, tmp);
         file = batches.beside(write).await?;
+        drop(held);
     }
     let written = file.written();
     let file = file
