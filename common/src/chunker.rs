@@ -24,6 +24,9 @@
 //!   copied to the next one. The buffer reserves `max + OWN_STEP` bytes of address space, but
 //!   only the pages read into are touched.
 //!
+//! A stream written in memory rather than read (the manifest) is cut by a [`Cutter`]: the same
+//! `cut_gear` over the writer's own buffer, once `max` bytes lie ahead or the stream has ended.
+//!
 //! The seed comes from the master key ([`crate::keys::DataKeys::chunker_seed`]), so chunk
 //! lengths differ between fleets. The parameters in use are recorded in each manifest, because a
 //! restore that skips unchanged files must re-chunk them the same way.

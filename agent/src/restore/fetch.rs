@@ -70,8 +70,9 @@ pub async fn load_manifest<R: Remote>(
 /// ([`manifest::Decoder`]), so the manifest's encoded bytes are never held whole.
 const MANIFEST_BATCH_BYTES: usize = 4 << 20;
 
-/// How many manifest chunks to ask for next, from the last batch's size (the manifest is cut
-/// with the source's chunker: ~1 MiB chunks for files, ~8 KiB for a database source).
+/// How many manifest chunks to ask for next, from the last batch's size (~256 KiB chunks since
+/// `ChunkerParams::MANIFEST`; an older snapshot's were cut with its source's parameters: ~1 MiB
+/// for files, ~8 KiB for a database source).
 fn manifest_batch(ids: usize, bytes: usize) -> usize {
     let avg = (bytes / ids.max(1)).max(1);
     (MANIFEST_BATCH_BYTES / avg).clamp(1, BATCH_IDS)

@@ -49,10 +49,8 @@ pub(super) fn head(e: &Entry) -> EntryMsg {
 
 /// Appends `e` length-delimited, as `EntryMsg::from(e).encode_length_delimited` would.
 pub(super) fn encode_delimited(e: &Entry, buf: &mut Vec<u8>) {
-    let len = encoded_len(e);
-    buf.reserve(len + encoding::encoded_len_varint(len as u64));
     let no_flush = |_: &mut Vec<u8>| Ok::<(), std::convert::Infallible>(());
-    let Ok(()) = encode_delimited_with(e, buf, no_flush);
+    let Ok(()) = encode(e, buf, true, no_flush);
 }
 
 /// Ids encoded between two calls of [`encode_delimited_with`]'s `flush` (~34 KB).
@@ -64,11 +62,30 @@ pub(super) const FLUSH_IDS: usize = 1024;
 pub(super) fn encode_delimited_with<E>(
     e: &Entry,
     buf: &mut Vec<u8>,
+    flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    encode(e, buf, false, flush)
+}
+
+/// Both of the above: `reserve` sizes `buf` for the whole entry first (not when it is flushed).
+fn encode<E>(
+    e: &Entry,
+    buf: &mut Vec<u8>,
+    reserve: bool,
     mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
 ) -> Result<(), E> {
-    let len = encoded_len(e);
+    let head = head(e);
+    let sizes_len = encoding::uint32::encoded_len_packed(12, &e.chunk_sizes);
+    let chunker_len = e
+        .chunker
+        .as_ref()
+        .map_or(0, |c| encoding::message::encoded_len(13, c));
+    let len = head.encoded_len() + e.chunks.len() * ID_FIELD_LEN + sizes_len + chunker_len;
+    if reserve {
+        buf.reserve(len + encoding::encoded_len_varint(len as u64));
+    }
     encoding::encode_varint(len as u64, buf);
-    head(e).encode_raw(buf);
+    head.encode_raw(buf);
     for ids in e.chunks.chunks(FLUSH_IDS) {
         for id in ids {
             encoding::encode_key(CHUNKS_TAG, WireType::LengthDelimited, buf);
@@ -84,17 +101,6 @@ pub(super) fn encode_delimited_with<E>(
         encoding::message::encode(13, c, buf);
     }
     Ok(())
-}
-
-/// The length of `e`'s message, without its length prefix.
-fn encoded_len(e: &Entry) -> usize {
-    let head = head(e);
-    let sizes_len = encoding::uint32::encoded_len_packed(12, &e.chunk_sizes);
-    let chunker_len = e
-        .chunker
-        .as_ref()
-        .map_or(0, |c| encoding::message::encoded_len(13, c));
-    head.encoded_len() + e.chunks.len() * ID_FIELD_LEN + sizes_len + chunker_len
 }
 
 /// Decodes one entry's message (without its length prefix), as `EntryMsg::decode` followed by
