@@ -109,3 +109,87 @@ where
         .map_err(|e| AgentError::Worker(e.to_string()))??;
     Ok((ids, out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chunking::for_each_chunk;
+    use crate::remote::memory::MemoryRemote;
+    use lifeboat_common::blob;
+    use lifeboat_common::keys::MasterKey;
+    use lifeboat_common::manifest::{self, EntryKind};
+
+    fn file(path: &str, ids: usize, seed: u8) -> Entry {
+        Entry {
+            path: path.as_bytes().to_vec(),
+            kind: EntryKind::File as i32,
+            mode: 0o644,
+            size: ids as u64 * 100,
+            chunks: (0..ids as u64)
+                .map(|i| {
+                    let mut id = [seed; 32];
+                    id[..8].copy_from_slice(&i.to_le_bytes());
+                    ChunkId(id)
+                })
+                .collect(),
+            chunk_sizes: vec![100; ids],
+            ..Entry::default()
+        }
+    }
+
+    /// A dump-sized entry among small ones: the chunks uploaded as the manifest was written
+    /// are the cuts of the whole manifest, each stored, and together the manifest's bytes.
+    #[tokio::test]
+    async fn the_chunks_uploaded_while_writing_are_the_whole_manifests_cuts() {
+        let remote = MemoryRemote::default();
+        let keys = MasterKey::from_bytes([5; 32]).data_keys();
+        let session = remote.begin_session("t").await.expect("session");
+        let mut up = Uploader::new(&remote, session, keys.clone(), 3);
+        let header = ManifestHeader {
+            source: "t".into(),
+            kind: "files".into(),
+            roots: vec![b"/srv".to_vec()],
+            ..ManifestHeader::default()
+        };
+        let mut entries: Vec<Entry> = (0..300).map(|i| file(&format!("a{i}"), 3, 1)).collect();
+        entries.push(file("dump.sql", 90_000, 2));
+        entries.extend((0..300).map(|i| file(&format!("z{i}"), 3, 3)));
+        let mut whole = manifest::ManifestWriter::new(&header);
+        entries.iter().for_each(|e| whole.push(e));
+        let whole = whole.finish();
+        let mut cuts = Vec::new();
+        for_each_chunk::<_, _, std::io::Error>(
+            &whole[..],
+            ChunkerParams::MANIFEST,
+            keys.chunker_seed(),
+            |c| {
+                cuts.push(keys.chunk_id(&c));
+                Ok(())
+            },
+        )
+        .expect("cut");
+        let (ids, n) = upload_manifest(&mut up, &keys, &header, move |sink| {
+            entries.iter().try_for_each(|e| sink.push(e))?;
+            Ok(entries.len())
+        })
+        .await
+        .expect("upload");
+        up.flush().await.expect("flush");
+        assert_eq!(n, 601);
+        assert!(
+            ids.len() > 3,
+            "{} chunks for {} bytes",
+            ids.len(),
+            whole.len()
+        );
+        assert_eq!(ids, cuts);
+        let blobs = remote.blobs.lock().expect("lock");
+        let mut read = Vec::new();
+        for id in &ids {
+            let plain = blob::open(&keys, id, &blobs[id]).expect("stored and sound");
+            assert!(plain.len() <= ChunkerParams::MANIFEST.max as usize);
+            read.extend_from_slice(&plain);
+        }
+        assert_eq!(read, whole);
+    }
+}

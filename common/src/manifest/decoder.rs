@@ -38,7 +38,6 @@ pub struct Decoder {
     stage: Stage,
     header: ManifestHeader,
     entries: Vec<Entry>,
-    trailer_entries: u64,
 }
 
 impl Default for Decoder {
@@ -54,7 +53,6 @@ impl Decoder {
             stage: Stage::Magic,
             header: ManifestHeader::default(),
             entries: Vec::new(),
-            trailer_entries: 0,
         }
     }
 
@@ -118,7 +116,6 @@ impl Decoder {
                 if t.entries != self.entries.len() as u64 {
                     return Err(trailer_mismatch());
                 }
-                self.trailer_entries = t.entries;
                 self.stage = Stage::Done;
             }
             Stage::Done => return Err(trailer_mismatch()),
@@ -141,7 +138,6 @@ impl Decoder {
                 ));
             }
         }
-        debug_assert_eq!(self.trailer_entries, self.entries.len() as u64);
         check_duplicates(&self.entries)?;
         // The list grew by doubling; a restore keeps it to the end.
         self.entries.shrink_to_fit();
