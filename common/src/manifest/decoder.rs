@@ -57,24 +57,32 @@ impl Decoder {
     }
 
     /// Decodes what `piece` completes; the first error is final (the manifest is refused).
+    /// Decoded straight from `piece` when nothing is pending, so only the message a piece ends
+    /// in the middle of is copied (and gathered whole if it spans pieces), not every byte fed.
     pub fn feed(&mut self, piece: &[u8]) -> Result<(), ManifestError> {
+        if self.pending.is_empty() {
+            let used = self.decode_complete(piece)?;
+            self.pending.extend_from_slice(&piece[used..]);
+            return Ok(());
+        }
         self.pending.extend_from_slice(piece);
-        let mut data = std::mem::take(&mut self.pending);
-        let res = self.decode_complete(&mut data);
+        let data = std::mem::take(&mut self.pending);
+        let res = self.decode_complete(&data);
         self.pending = data;
-        res
+        self.pending.drain(..res?);
+        Ok(())
     }
 
-    /// Decodes every complete message at the start of `data` and removes it from there.
-    fn decode_complete(&mut self, data: &mut Vec<u8>) -> Result<(), ManifestError> {
-        let mut rest = &data[..];
+    /// Decodes every complete message at the start of `data`; returns how many bytes it used.
+    fn decode_complete(&mut self, data: &[u8]) -> Result<usize, ManifestError> {
+        let mut rest = data;
         if self.stage == Stage::Magic {
             if rest.len() >= MANIFEST_MAGIC.len() && rest[..MANIFEST_MAGIC.len()] != MANIFEST_MAGIC
             {
                 return Err(ManifestError::BadMagic);
             }
             if rest.len() <= MANIFEST_MAGIC.len() {
-                return Ok(());
+                return Ok(0);
             }
             if rest[4] != MANIFEST_VERSION {
                 return Err(ManifestError::UnsupportedVersion(rest[4]));
@@ -88,9 +96,7 @@ impl Decoder {
         if self.stage == Stage::Done && !rest.is_empty() {
             return Err(trailer_mismatch());
         }
-        let used = data.len() - rest.len();
-        data.drain(..used);
-        Ok(())
+        Ok(data.len() - rest.len())
     }
 
     /// One complete message, by stage.
