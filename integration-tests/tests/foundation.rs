@@ -147,6 +147,45 @@ fn dedup_second_backup_and_small_change() {
     assert_eq!(snaps.as_array().map(Vec::len), Some(3), "{snaps}");
 }
 
+/// A tree of 7,000 files with long names: its manifest (~1.2 MB, more than one chunk's 1 MiB maximum) is cut
+/// and uploaded while the agent writes it, the restore decodes it chunk by chunk and writes the
+/// tree byte for byte, and a no-change backup stores only the manifest chunks that changed (its
+/// header's time), not the whole manifest again.
+#[test]
+fn a_manifest_of_several_chunks_round_trips_and_is_stored_once() {
+    let f = Fleet::new();
+    let www = f.path("www");
+    for d in 0..7 {
+        let dir = www.join(format!("section-{d:02}"));
+        fs::create_dir_all(&dir).unwrap();
+        for i in 0..1000 {
+            let name = format!(
+                "article-{d:02}-{i:04}-{}.html",
+                "with-a-long-descriptive-slug-".repeat(3)
+            );
+            fs::write(dir.join(name), format!("<p>article {d} {i}</p>\n")).unwrap();
+        }
+    }
+    let agent = f.agent("web-01", None, &[&www]);
+    let first = agent.backup("web");
+    assert_eq!(u(&first, "files"), 7_000, "{first}");
+    let id = first["snapshot_id"].as_str().unwrap();
+    let shown = f.ctl.ctl_json(&["snapshots", "show", id, "--json"]);
+    let manifest_chunks = u(&shown, "manifest_chunks");
+    assert!(manifest_chunks >= 2, "{shown}");
+
+    let second = agent.backup("web");
+    assert!(
+        u(&second, "new_chunks") < manifest_chunks,
+        "a no-change backup stored the whole manifest again: {second}"
+    );
+
+    let to = f.path("restored");
+    let r = agent.restore("web", &["--to", to.to_str().unwrap()]);
+    assert_eq!(u(&r, "files_written"), 7_000, "{r}");
+    assert_same_tree(&www, &restored_root(&to, &www));
+}
+
 /// Agents in one dedup group store a shared tree once; agents in different groups never share.
 #[test]
 fn dedup_groups() {
