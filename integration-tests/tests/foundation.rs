@@ -147,10 +147,12 @@ fn dedup_second_backup_and_small_change() {
     assert_eq!(snaps.as_array().map(Vec::len), Some(3), "{snaps}");
 }
 
-/// A tree of 7,000 files with long names: its manifest (~1.2 MB, more than one chunk's 1 MiB maximum) is cut
-/// and uploaded while the agent writes it, the restore decodes it chunk by chunk and writes the
-/// tree byte for byte, and a no-change backup stores only the manifest chunks that changed (its
-/// header's time), not the whole manifest again.
+/// A tree of 7,000 files with long names: its manifest (~1.3 MB, more than one manifest chunk's
+/// 1 MiB maximum) is cut and uploaded while the agent writes it, the restore decodes it chunk by
+/// chunk (entries spanning chunk boundaries) and writes the tree byte for byte, and a no-change
+/// backup stores only the manifest chunks that changed (its header's time), not the whole
+/// manifest again. The manifest's chunk size itself is the unit tests' (`chunker`,
+/// `manifest_upload`): this test also passes with the file tree's larger chunks.
 #[test]
 fn a_manifest_of_several_chunks_round_trips_and_is_stored_once() {
     let f = Fleet::new();
