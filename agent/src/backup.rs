@@ -20,10 +20,13 @@
 pub mod database;
 pub mod manifest_upload;
 pub mod read;
+pub mod refs;
+pub mod spill;
 pub mod throttle;
 pub mod upload;
 pub mod walk;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,9 +42,11 @@ use tracing::{debug, info, warn};
 use crate::cache::{CachedFile, FileCache, NoCache};
 use crate::config::SourceConfig;
 use crate::error::AgentError;
-use crate::remote::{CommitOutcome, CommitRequest, Remote};
+use crate::remote::{CommitOutcome, CommitRequest, RefStream, Remote};
 use manifest_upload::{ManifestSink, upload_manifest};
 use read::{FileDone, Opener, ReadJob, ReadMsg};
+use refs::{RefSorter, References};
+use spill::{ChunkLists, ListWriter, Span};
 use upload::{UploadStats, Uploader};
 use walk::{Unreadable, WalkItem};
 
@@ -64,6 +69,8 @@ pub struct BackupContext<'a, R: Remote> {
     pub bandwidth: Bandwidth,
     /// Told how a backup advances, at most about once a second ([`upload::Uploader`]).
     pub progress: Progress,
+    /// Where a pass keeps its scratch files ([`spill`], [`refs`]): the agent's state directory.
+    pub scratch_dir: PathBuf,
 }
 
 /// How far one backup is: plaintext bytes chunked so far (files read, dump streamed), the
@@ -120,7 +127,9 @@ pub struct BackupReport {
 struct Pass {
     outcome: CommitOutcome,
     report: BackupReport,
-    cache_entries: Vec<(Vec<u8>, CachedFile)>,
+    /// Each file to record in the file cache: its key, its stat, and where its chunk list is.
+    cache_entries: Vec<(Vec<u8>, CachedFile, Span)>,
+    lists: ChunkLists,
 }
 
 /// Backs up one source now. A backup that fails for a reason other than the controller being
@@ -168,7 +177,7 @@ async fn backup_files<R: Remote>(
         let pass = run_pass(ctx, src, attempt == 1, started_ms).await?;
         match pass.outcome {
             CommitOutcome::Committed { snapshot_id } => {
-                ctx.cache.put_all(&pass.cache_entries);
+                update_cache(ctx.cache.clone(), pass.cache_entries, pass.lists).await;
                 let mut report = pass.report;
                 report.snapshot_id = snapshot_id;
                 report.duration_ms =
@@ -187,6 +196,35 @@ async fn backup_files<R: Remote>(
         missing: last_missing,
         attempts: MAX_ATTEMPTS,
     })
+}
+
+/// Records the committed pass's files in the file cache, each with its chunk list read back
+/// from the scratch file (on a blocking thread: sled and the file both block). A list that
+/// cannot be read is left out with a warning: the cache is only a cache.
+async fn update_cache(
+    cache: Arc<dyn FileCache>,
+    entries: Vec<(Vec<u8>, CachedFile, Span)>,
+    lists: ChunkLists,
+) {
+    let put = tokio::task::spawn_blocking(move || {
+        let mut failed = None;
+        let mut files = entries
+            .into_iter()
+            .map_while(|(key, stat, span)| match lists.read(span) {
+                Ok((ids, sizes)) => Some((key, CachedFile { ids, sizes, ..stat })),
+                Err(e) => {
+                    failed = Some(e);
+                    None
+                }
+            });
+        cache.put_all(&mut files);
+        if let Some(e) = failed {
+            warn!(error = %e, "cannot read a chunk list back from the backup's scratch file; the file cache misses the rest of this backup's files, which the next backup reads again");
+        }
+    });
+    if let Err(e) = put.await {
+        warn!(error = %e, "the file cache update stopped; the next backup reads these files again");
+    }
 }
 
 /// Files read in one pass: results by walk index (`None` for entries that are not files or
@@ -253,25 +291,32 @@ async fn run_pass<R: Remote>(
     } else {
         Arc::new(NoCache)
     };
-    read_pass(ctx, src, &items, files, cache, &mut up, &mut results).await?;
+    let lists = read_pass(ctx, src, &items, files, cache, &mut up, &mut results).await?;
     up.flush().await?;
     let read_ms = t0.elapsed().as_millis();
     // What the file pass learnt is not needed for the manifest's own chunks (they are asked
-    // about like any others): free it before the manifest is built, the agent's peak.
+    // about like any others): free it before the manifest is built.
     up.forget_durable();
     let header = manifest_header(src, started_ms, root_bytes(src));
     let (writer_src, writer_items) = (src.clone(), items.clone());
-    let (manifest_ids, (mut results, data_ids, stats)) =
+    let scratch = ctx.scratch_dir.clone();
+    let (manifest_ids, (results, lists, refs, stats)) =
         upload_manifest(&mut up, &ctx.keys, &header, move |sink| {
-            let (ids, stats) = write_manifest(&writer_src, &writer_items, &mut results, sink)?;
-            Ok((results, ids, stats))
+            let files = FilesForManifest {
+                items: &writer_items,
+                results: &results,
+                lists: &lists,
+                scratch: &scratch,
+            };
+            let (refs, stats) = write_manifest(&writer_src, &files, sink)?;
+            Ok((results, lists, refs, stats))
         })
         .await?;
     let to_cache = cache_entries(ctx, src, &items, &results);
     drop(items);
     let unreadable = results.unreadable.len() as u64;
     let manifest_ms = t0.elapsed().as_millis();
-    let (outcome, stats) = commit_snapshot(ctx, &mut up, manifest_ids, data_ids, started_ms, |u| {
+    let (outcome, stats) = commit_snapshot(ctx, &mut up, manifest_ids, refs, started_ms, |u| {
         SnapshotStats {
             new_chunks: u.new_chunks,
             new_logical_bytes: u.new_logical_bytes,
@@ -281,28 +326,18 @@ async fn run_pass<R: Remote>(
     })
     .await?;
     debug!(source = %src.name, walk_ms, read_ms, manifest_ms, commit_ms = t0.elapsed().as_millis(), "backup pass timings (since the pass began)");
+    let mut results = results;
     let report = make_report(src, &stats, up.stats, &mut results);
-    // The ids and sizes are moved in now (one copy of them in memory, not two).
-    let cache_entries = to_cache
-        .into_iter()
-        .filter_map(|(index, key, stat)| {
-            let d = results.done.get_mut(index)?.take()?;
-            let file = CachedFile {
-                ids: d.ids,
-                sizes: d.sizes,
-                ..stat
-            };
-            Some((key, file))
-        })
-        .collect();
     Ok(Pass {
         outcome,
         report,
-        cache_entries,
+        cache_entries: to_cache,
+        lists,
     })
 }
 
-/// Reads the files `todo` (walk indices) on a thread and feeds their chunks to the uploader.
+/// Reads the files `todo` (walk indices) on a thread and feeds their chunks to the uploader;
+/// returns their chunk lists (by `results`' spans).
 async fn read_pass<R: Remote>(
     ctx: &BackupContext<'_, R>,
     src: &SourceConfig,
@@ -311,7 +346,9 @@ async fn read_pass<R: Remote>(
     cache: Arc<dyn FileCache>,
     up: &mut Uploader<'_, R>,
     results: &mut FileResults,
-) -> Result<(), AgentError> {
+) -> Result<ChunkLists, AgentError> {
+    let lists =
+        ListWriter::create(&ctx.scratch_dir).map_err(|e| scratch_error(&ctx.scratch_dir, e))?;
     let job = ReadJob {
         items: items.clone(),
         todo,
@@ -327,7 +364,7 @@ async fn read_pass<R: Remote>(
     let (tx, mut rx) = mpsc::channel(READ_CHANNEL);
     std::thread::Builder::new()
         .name("lifeboat-read".into())
-        .spawn(move || read::run(job, tx))
+        .spawn(move || read::run(job, lists, tx))
         .map_err(|e| AgentError::Worker(format!("cannot start the file reader thread: {e}")))?;
     loop {
         // While waiting for the reader, drive the flying batch (upload overlaps reading).
@@ -340,7 +377,9 @@ async fn read_pass<R: Remote>(
             msg = rx.recv() => msg,
         };
         let Some(msg) = msg else {
-            break;
+            return Err(AgentError::Worker(
+                "the file reader thread stopped before the end".into(),
+            ));
         };
         up.keep_alive().await?;
         match msg {
@@ -373,27 +412,38 @@ async fn read_pass<R: Remote>(
                 results.clear(index);
                 results.unreadable.push(Unreadable::new(&path, error));
             }
+            ReadMsg::Finished(lists) => {
+                return lists.map_err(|e| scratch_error(&ctx.scratch_dir, e));
+            }
         }
     }
-    Ok(())
+}
+
+/// A scratch file in the state directory `dir` could not be written or read back.
+pub(crate) fn scratch_error(dir: &Path, e: std::io::Error) -> AgentError {
+    AgentError::io(
+        "cannot use the backup's scratch file (check free space) in",
+        dir,
+        e,
+    )
 }
 
 /// The file cache's key and stat for every file read whole in this backup (`FileDone::cacheable`),
-/// by walk index; the ids and sizes are added once the snapshot is committed.
+/// with its chunk list's span: the ids and sizes are read back once the snapshot is committed.
 fn cache_entries<R: Remote>(
     ctx: &BackupContext<'_, R>,
     src: &SourceConfig,
     items: &[WalkItem],
     results: &FileResults,
-) -> Vec<(usize, Vec<u8>, CachedFile)> {
+) -> Vec<(Vec<u8>, CachedFile, Span)> {
     let stamp = cache_stamp(&ctx.keys, src);
     items
         .iter()
         .enumerate()
-        .filter(|(i, _)| results.get(*i).is_some_and(|d| d.cacheable))
-        .map(|(i, item)| {
+        .filter_map(|(i, item)| {
+            let done = results.get(i).filter(|d| d.cacheable)?;
             let key = read::item_cache_key(&stamp, &src.name, &src.paths, item);
-            (i, key, read::cache_stat(item))
+            Some((key, read::cache_stat(item), done.span))
         })
         .collect()
 }
@@ -425,23 +475,29 @@ fn cache_stamp(keys: &DataKeys, src: &SourceConfig) -> [u8; 8] {
     stamp
 }
 
+/// What the manifest is written from: the walk, what the pass recorded per file, and the
+/// files' chunk lists.
+struct FilesForManifest<'a> {
+    items: &'a [WalkItem],
+    results: &'a FileResults,
+    lists: &'a ChunkLists,
+    scratch: &'a Path,
+}
+
 /// Writes the manifest's entries to `sink` (walk order, unreadable files left out); returns the
-/// distinct data ids it references (sorted) and the snapshot's counts. Entries are encoded one
-/// at a time, each with its file's ids lent from `results` (which gets them back for the file
-/// cache), and uploaded as they are written ([`manifest_upload`]): besides the reference list,
-/// no other copy of the ids is built here.
+/// distinct data ids it references (sorted; `stats.chunks` counts them) and the snapshot's
+/// counts. Entries are encoded one at a time, each with its file's chunk list read back from
+/// the scratch file and dropped once encoded, and uploaded as they are written
+/// ([`manifest_upload`]): the largest list in memory is one file's.
 fn write_manifest(
     src: &SourceConfig,
-    items: &[WalkItem],
-    results: &mut FileResults,
+    files: &FilesForManifest<'_>,
     sink: &mut ManifestSink,
-) -> Result<(Vec<ChunkId>, SnapshotStats), AgentError> {
+) -> Result<(References, SnapshotStats), AgentError> {
+    let scratch_err = |e| scratch_error(files.scratch, e);
     let mut stats = SnapshotStats::default();
-    // Sized once: grown by doubling, the list (32 bytes per reference, 170,000 at 2.5 GiB) was
-    // held twice while it moved, at the backup's peak.
-    let refs: usize = results.done.iter().flatten().map(|d| d.ids.len()).sum();
-    let mut ids: Vec<ChunkId> = Vec::with_capacity(refs);
-    for (i, item) in items.iter().enumerate() {
+    let mut refs = RefSorter::new(files.scratch);
+    for (i, item) in files.items.iter().enumerate() {
         let mut e = Entry {
             root: item.root,
             path: item.rel.clone(),
@@ -455,7 +511,7 @@ fn write_manifest(
         };
         match item.kind {
             EntryKind::File => {
-                let Some(done) = results.done.get_mut(i).and_then(Option::as_mut) else {
+                let Some(done) = files.results.get(i) else {
                     continue;
                 };
                 e.size = done.size;
@@ -463,14 +519,11 @@ fn write_manifest(
                 if params != src.chunker {
                     e.chunker = Some(params.into());
                 }
-                ids.extend_from_slice(&done.ids);
+                (e.chunks, e.chunk_sizes) = files.lists.read(done.span).map_err(scratch_err)?;
+                refs.extend(&e.chunks).map_err(scratch_err)?;
                 stats.files += 1;
                 stats.logical_bytes += done.size;
                 stats.files_read += u64::from(!done.cached);
-                // Lent to the entry for its encoding and given back below, not copied: a copy
-                // of the 1 GiB dump's ids and sizes (4 MB) was part of the backup's peak.
-                e.chunks = std::mem::take(&mut done.ids);
-                e.chunk_sizes = std::mem::take(&mut done.sizes);
             }
             EntryKind::Dir => stats.dirs += 1,
             EntryKind::Symlink => {
@@ -479,18 +532,11 @@ fn write_manifest(
             }
             EntryKind::Unspecified => continue,
         }
-        let pushed = sink.push(&e);
-        if let Some(done) = results.done.get_mut(i).and_then(Option::as_mut) {
-            done.ids = e.chunks;
-            done.sizes = e.chunk_sizes;
-        }
-        pushed?;
+        sink.push(&e)?;
     }
-    ids.sort_unstable();
-    ids.dedup();
-    ids.shrink_to_fit();
-    stats.chunks = ids.len() as u64;
-    Ok((ids, stats))
+    let refs = refs.finish().map_err(scratch_err)?;
+    stats.chunks = refs.len();
+    Ok((refs, stats))
 }
 
 /// The manifest header of a snapshot of `src` taken at `created_ms`, with the given roots and no
@@ -516,26 +562,34 @@ pub(crate) fn manifest_header(
 
 /// The last step of every backup, whatever the source kind, once the manifest's chunks are
 /// handed to the uploader ([`manifest_upload`]): flushes the uploader (everything is then
-/// durable), and streams the commit of every data id plus the manifest's ids. `stats` builds
-/// the snapshot's stats from the uploader's final totals. The caller handles a `Missing`
-/// outcome (its re-send policy differs per source).
+/// durable), and streams the commit of every data id (`references`) plus the manifest's ids,
+/// read back on a blocking thread as the stream is sent. `stats` builds the snapshot's stats
+/// from the uploader's final totals. The caller handles a `Missing` outcome (its re-send policy
+/// differs per source).
 pub(crate) async fn commit_snapshot<R: Remote>(
     ctx: &BackupContext<'_, R>,
     up: &mut Uploader<'_, R>,
     manifest_ids: Vec<ChunkId>,
-    mut references: Vec<ChunkId>,
+    references: References,
     started_ms: i64,
     stats: impl FnOnce(UploadStats) -> SnapshotStats,
 ) -> Result<(CommitOutcome, SnapshotStats), AgentError> {
-    // Exactly: `references` comes sized to the data ids, and a doubling here held 8 MB for
-    // 4 MB of ids at the no-change backup's peak (2.5 GiB, 130,000 ids).
-    references.reserve_exact(manifest_ids.len());
-    references.extend_from_slice(&manifest_ids);
-    references.sort_unstable();
-    references.dedup();
     up.flush().await?;
     let stats = stats(up.stats);
     lifeboat_common::failpoint::hit("agent.before_commit");
+    let per = up.session().max_ids;
+    let (tx, rx) = mpsc::channel(2);
+    let added = manifest_ids.clone();
+    let references = tokio::task::spawn_blocking(move || {
+        let mut references = references;
+        references.add(&added)?;
+        Ok::<_, std::io::Error>(references)
+    })
+    .await
+    .map_err(|e| AgentError::Worker(e.to_string()))?
+    .map_err(|e| scratch_error(&ctx.scratch_dir, e))?;
+    let count = references.len();
+    let sender = tokio::task::spawn_blocking(move || references.send(per, &tx));
     let outcome = ctx
         .remote
         .commit(CommitRequest {
@@ -544,11 +598,16 @@ pub(crate) async fn commit_snapshot<R: Remote>(
             finished_at_unix_ms: now_unix_ms(),
             stats,
             manifest_ids,
-            references,
-            max_ids: up.session().max_ids,
+            references: RefStream { count, batches: rx },
         })
-        .await?;
-    Ok((outcome, stats))
+        .await;
+    // A scratch file that failed mid-stream cut the stream short (the controller refused the
+    // commit for its count): that is the error to report.
+    sender
+        .await
+        .map_err(|e| AgentError::Worker(e.to_string()))?
+        .map_err(|e| scratch_error(&ctx.scratch_dir, e))?;
+    Ok((outcome?, stats))
 }
 
 fn make_report(

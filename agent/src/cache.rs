@@ -111,8 +111,9 @@ pub fn cache_key(stamp: &[u8; 8], source: &str, root: &[u8], rel: &[u8]) -> Vec<
 /// A store of [`CachedFile`]s (sled in production; swappable).
 pub trait FileCache: Send + Sync {
     fn get(&self, key: &[u8]) -> Option<CachedFile>;
-    /// Records entries after a successful commit. Failures are logged, never fatal.
-    fn put_all(&self, entries: &[(Vec<u8>, CachedFile)]);
+    /// Records entries after a successful commit, as the iterator yields them. Failures are
+    /// logged, never fatal.
+    fn put_all(&self, entries: &mut dyn Iterator<Item = (Vec<u8>, CachedFile)>);
 }
 
 /// A cache that never hits (used when the real one is unavailable, and for `--no-cache` passes).
@@ -122,7 +123,7 @@ impl FileCache for NoCache {
     fn get(&self, _key: &[u8]) -> Option<CachedFile> {
         None
     }
-    fn put_all(&self, _entries: &[(Vec<u8>, CachedFile)]) {}
+    fn put_all(&self, _entries: &mut dyn Iterator<Item = (Vec<u8>, CachedFile)>) {}
 }
 
 /// The sled-backed cache in `STATE_DIR/cache`.
@@ -230,23 +231,26 @@ impl FileCache for SledCache {
         decoded
     }
 
-    fn put_all(&self, entries: &[(Vec<u8>, CachedFile)]) {
+    fn put_all(&self, entries: &mut dyn Iterator<Item = (Vec<u8>, CachedFile)>) {
         let Ok(slot) = self.db.lock() else { return };
         let Some(db) = slot.as_ref() else { return };
         // In slices: one sled batch holds all its values in memory until applied, so a single
         // batch of a whole data set's entries grew the agent with the number of files. Entries
         // are independent (each one right on its own), so a crash between slices only leaves
         // fewer of them.
-        let res = entries
-            .chunks(PUT_SLICE)
-            .try_for_each(|slice| {
-                let mut batch = sled::Batch::default();
-                for (k, v) in slice {
-                    batch.insert(k.as_slice(), v.encode());
-                }
-                db.apply_batch(batch)
-            })
-            .and_then(|()| db.flush().map(|_| ()));
+        let mut put_slices = || loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            for (k, v) in (&mut *entries).take(PUT_SLICE) {
+                batch.insert(k.as_slice(), v.encode());
+                n += 1;
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            db.apply_batch(batch)?;
+        };
+        let res = put_slices().and_then(|()| db.flush().map(|_| ()));
         if let Err(e) = res {
             warn!(cache = %self.dir.display(), error = %e, "cannot update the file cache; the next backup reads these files again");
         }
@@ -310,7 +314,7 @@ mod tests {
         {
             let c = SledCache::open(&p);
             assert_eq!(c.get(&key), None);
-            c.put_all(&[(key.clone(), sample(7))]);
+            c.put_all(&mut [(key.clone(), sample(7))].into_iter());
             assert_eq!(c.get(&key), Some(sample(7)));
         }
         let c = open_when_free(&p);
@@ -350,7 +354,7 @@ mod tests {
             1,
             "the broken cache is kept aside for inspection"
         );
-        c.put_all(&[(b"k2".to_vec(), sample(3))]);
+        c.put_all(&mut [(b"k2".to_vec(), sample(3))].into_iter());
         assert_eq!(c.get(b"k2"), Some(sample(3)), "a fresh cache works");
     }
 
@@ -360,7 +364,7 @@ mod tests {
         let p = dir.path().join("cache");
         std::fs::write(&p, b"not a directory").expect("write");
         let c = SledCache::open(&p);
-        c.put_all(&[(b"k".to_vec(), sample(3))]);
+        c.put_all(&mut [(b"k".to_vec(), sample(3))].into_iter());
         assert_eq!(c.get(b"k"), Some(sample(3)));
         assert!(p.is_dir());
     }

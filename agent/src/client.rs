@@ -340,10 +340,13 @@ fn upload_messages(
     out
 }
 
-/// A commit's messages: the header, then the references in batches of `max_ids`. Each batch is
-/// made into a message only when the stream is polled: made all at once, every id in its own
-/// allocation (~80 bytes each, 170,000 at 2.5 GiB) was the agent's peak at the end of a backup.
-fn commit_messages(req: CommitRequest) -> impl Iterator<Item = pb::CommitSnapshotRequest> {
+/// A commit's messages: the header, then the references' batches as they arrive (read back from
+/// the backup's scratch file on a blocking thread). Each batch is made into a message only when
+/// the stream is polled: made all at once, every id in its own allocation (~80 bytes each,
+/// 170,000 at 2.5 GiB) was the agent's peak at the end of a backup.
+fn commit_messages(
+    req: CommitRequest,
+) -> impl tokio_stream::Stream<Item = pb::CommitSnapshotRequest> {
     use pb::commit_snapshot_request::Part;
     let header = pb::CommitSnapshotRequest {
         part: Some(Part::Header(pb::CommitHeader {
@@ -352,19 +355,16 @@ fn commit_messages(req: CommitRequest) -> impl Iterator<Item = pb::CommitSnapsho
             finished_at_unix_ms: req.finished_at_unix_ms,
             stats: Some(req.stats),
             manifest_ids: req.manifest_ids.iter().map(id_bytes).collect(),
-            reference_count: req.references.len() as u64,
+            reference_count: req.references.count,
         })),
     };
-    let (refs, per) = (req.references, req.max_ids.max(1));
-    let batches = (0..refs.len().div_ceil(per)).map(move |i| {
-        let batch = &refs[i * per..refs.len().min((i + 1) * per)];
-        pb::CommitSnapshotRequest {
-            part: Some(Part::Refs(pb::RefBatch {
-                ids: batch.iter().map(id_bytes).collect(),
-            })),
-        }
+    let batches = tokio_stream::wrappers::ReceiverStream::new(req.references.batches);
+    let refs = tokio_stream::StreamExt::map(batches, |batch| pb::CommitSnapshotRequest {
+        part: Some(Part::Refs(pb::RefBatch {
+            ids: batch.iter().map(id_bytes).collect(),
+        })),
     });
-    std::iter::once(header).chain(batches)
+    tokio_stream::StreamExt::chain(tokio_stream::once(header), refs)
 }
 
 impl Remote for GrpcRemote {
@@ -442,7 +442,7 @@ impl Remote for GrpcRemote {
         const OP: &str = "CommitSnapshot";
         let mut c = self.client.clone();
         let r = c
-            .commit_snapshot(tokio_stream::iter(commit_messages(req)))
+            .commit_snapshot(commit_messages(req))
             .await
             .map_err(status(OP))?
             .into_inner();
@@ -615,9 +615,10 @@ mod tests {
         assert_eq!(classify(&other), FailureClass::Other);
     }
 
-    #[test]
-    fn commit_messages_are_the_header_then_every_reference_in_batches() {
+    #[tokio::test]
+    async fn commit_messages_are_the_header_then_every_reference_in_batches() {
         use pb::commit_snapshot_request::Part;
+        use tokio_stream::StreamExt;
         let references: Vec<ChunkId> = (0..10u8).map(|i| ChunkId([i; 32])).collect();
         let req = CommitRequest {
             session_id: "s".into(),
@@ -625,11 +626,10 @@ mod tests {
             finished_at_unix_ms: 2,
             stats: Default::default(),
             manifest_ids: vec![ChunkId([9; 32])],
-            references: references.clone(),
-            max_ids: 4,
+            references: crate::remote::RefStream::from_ids(&references, 4),
         };
         let mut msgs = commit_messages(req).map(|m| m.part.expect("part"));
-        let Some(Part::Header(h)) = msgs.next() else {
+        let Some(Part::Header(h)) = msgs.next().await else {
             panic!("the header comes first");
         };
         assert_eq!((h.reference_count, h.manifest_ids.len()), (10, 1));
@@ -638,7 +638,8 @@ mod tests {
                 Part::Refs(r) => r.ids,
                 Part::Header(_) => panic!("one header"),
             })
-            .collect();
+            .collect()
+            .await;
         let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
         assert_eq!(sizes, [4, 4, 2]);
         let sent: Vec<bytes::Bytes> = batches.concat();

@@ -79,8 +79,8 @@ pub struct UploadReceipt {
     pub already_present: u64,
 }
 
-/// The commit header (everything but the reference batches).
-#[derive(Clone, Debug)]
+/// A commit: its header, and the references to stream after it.
+#[derive(Debug)]
 pub struct CommitRequest {
     pub session_id: String,
     pub started_at_unix_ms: i64,
@@ -88,8 +88,31 @@ pub struct CommitRequest {
     pub stats: SnapshotStats,
     pub manifest_ids: Vec<ChunkId>,
     /// Every distinct id the snapshot references (file and manifest chunks).
-    pub references: Vec<ChunkId>,
-    pub max_ids: usize,
+    pub references: RefStream,
+}
+
+/// A commit's references as they are read back: `count` distinct ids, in batches of at most
+/// the session's `max_ids`. A stream that ends early carries fewer ids than the header
+/// announces, and the controller refuses the commit (the producer reports why).
+#[derive(Debug)]
+pub struct RefStream {
+    pub count: u64,
+    pub batches: tokio::sync::mpsc::Receiver<Vec<ChunkId>>,
+}
+
+impl RefStream {
+    /// Ids already in memory (tests; distinct), in batches of `per`.
+    pub fn from_ids(ids: &[ChunkId], per: usize) -> Self {
+        let batches: Vec<&[ChunkId]> = ids.chunks(per.max(1)).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));
+        for b in batches {
+            tx.try_send(b.to_vec()).expect("capacity for every batch");
+        }
+        RefStream {
+            count: ids.len() as u64,
+            batches: rx,
+        }
+    }
 }
 
 /// What a commit answered.

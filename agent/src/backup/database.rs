@@ -16,7 +16,6 @@
 use std::time::Instant;
 
 use lifeboat_common::clock::now_unix_ms;
-use lifeboat_common::ids::ChunkId;
 use lifeboat_common::manifest::{DatabaseDump, DatabaseMeta, Entry, EntryKind, TableInfo};
 use lifeboat_proto::v1::SnapshotStats;
 use serde::Serialize;
@@ -24,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::manifest_upload::upload_manifest;
+use super::refs::RefSorter;
 use super::upload::Uploader;
 use super::{BackupContext, BackupReport};
 use crate::config::{MysqlConfig, SourceConfig, Verify};
@@ -335,19 +335,21 @@ async fn commit<R: Remote>(
 ) -> Result<BackupReport, AgentError> {
     let mut header = super::manifest_header(src, started_ms, vec![b"/".to_vec()]);
     header.database = Some(meta);
-    let mut refs: Vec<ChunkId> = entries
-        .iter()
-        .flat_map(|e| e.chunks.iter().copied())
-        .collect();
-    refs.sort_unstable();
-    refs.dedup();
     let logical = entries.iter().map(|e| e.size).sum();
-    let data_chunks = refs.len() as u64;
     let files = entries.len() as u64;
-    let (manifest_ids, ()) = upload_manifest(&mut up, &ctx.keys, &header, move |sink| {
-        entries.iter().try_for_each(|e| sink.push(e))
+    let scratch = ctx.scratch_dir.clone();
+    let (manifest_ids, refs) = upload_manifest(&mut up, &ctx.keys, &header, move |sink| {
+        let mut refs = RefSorter::new(&scratch);
+        for e in &entries {
+            refs.extend(&e.chunks)
+                .map_err(|err| super::scratch_error(&scratch, err))?;
+            sink.push(e)?;
+        }
+        refs.finish()
+            .map_err(|err| super::scratch_error(&scratch, err))
     })
     .await?;
+    let data_chunks = refs.len();
     let (outcome, stats) =
         super::commit_snapshot(ctx, &mut up, manifest_ids, refs, started_ms, |u| {
             SnapshotStats {

@@ -33,6 +33,7 @@ use lifeboat_common::keys::DataKeys;
 use tokio::sync::mpsc;
 use tracing::warn;
 
+use super::spill::{ChunkLists, ListWriter, Span};
 use super::walk::WalkItem;
 use crate::cache::{CachedFile, FileCache, cache_key};
 use crate::chunking::for_each_chunk;
@@ -64,7 +65,8 @@ pub const PRESUMED_HANDOFF_BYTES: u64 = 16 << 20;
 /// Cache hits sent in one message at most.
 pub const CACHED_PER_MESSAGE: usize = 256;
 
-/// What the reader thread sends. A file's chunks, in order, come before its `FileDone`.
+/// What the reader thread sends. A file's chunks, in order, come before its `FileDone`;
+/// `Finished` comes last, unless the receiver went away.
 pub enum ReadMsg {
     /// Chunks to store (with their plaintext), and the bytes read since the last message in
     /// chunks presumed stored (see the module docs).
@@ -81,13 +83,15 @@ pub enum ReadMsg {
         index: usize,
         error: String,
     },
+    /// Every file is done: their chunk lists, to read back by span. An error writing them
+    /// (the state directory's filesystem full or failing) ends the pass.
+    Finished(io::Result<ChunkLists>),
 }
 
-/// A file's contents as chunk ids.
+/// A file's contents as chunk ids (in the pass's scratch file, [`super::spill`]).
 pub struct FileDone {
     pub index: usize,
-    pub ids: Vec<ChunkId>,
-    pub sizes: Vec<u32>,
+    pub span: Span,
     pub size: u64,
     /// The ids came from the cache (their chunks were not sent).
     pub cached: bool,
@@ -148,18 +152,39 @@ impl From<io::Error> for ReadError {
 }
 
 enum ReadError {
+    /// Reading the file failed: it is skipped.
     Io(io::Error),
+    /// Writing its chunk list failed: the pass ends.
+    Spill(io::Error),
     Stopped(Stopped),
 }
 
-/// Runs the job, sending results to `tx`. Meant for a dedicated thread.
-pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
+/// Runs the job, sending results to `tx` and each file's chunk list to `lists`. Meant for a
+/// dedicated thread.
+pub fn run(job: ReadJob, mut lists: ListWriter, tx: mpsc::Sender<ReadMsg>) {
+    match read_all(&job, &mut lists, &tx) {
+        Ok(()) => {
+            let _ = tx.blocking_send(ReadMsg::Finished(lists.finish()));
+        }
+        Err(ReadError::Spill(e)) => {
+            let _ = tx.blocking_send(ReadMsg::Finished(Err(e)));
+        }
+        Err(ReadError::Io(_) | ReadError::Stopped(Stopped)) => {}
+    }
+}
+
+fn read_all(
+    job: &ReadJob,
+    lists: &mut ListWriter,
+    tx: &mpsc::Sender<ReadMsg>,
+) -> Result<(), ReadError> {
     let mut hits: Vec<FileDone> = Vec::new();
     let send_hits = |hits: &mut Vec<FileDone>| {
-        hits.is_empty()
-            || tx
-                .blocking_send(ReadMsg::Cached(std::mem::take(hits)))
-                .is_ok()
+        if hits.is_empty() {
+            return Ok(());
+        }
+        (tx.blocking_send(ReadMsg::Cached(std::mem::take(hits))))
+            .map_err(|_| ReadError::Stopped(Stopped))
     };
     for &index in &job.todo {
         let Some(item) = job.items.get(index) else {
@@ -168,35 +193,36 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
         let key = item_cache_key(&job.cache_stamp, &job.source, &job.roots, item);
         let previous = match job.cache.get(&key) {
             Some(hit) if hit.matches(&cache_stat(item)) => {
+                let mark = lists.mark();
+                for (id, size) in hit.ids.iter().zip(&hit.sizes) {
+                    lists.push(id, *size).map_err(ReadError::Spill)?;
+                }
                 hits.push(FileDone {
                     index,
                     size: hit.size,
-                    ids: hit.ids,
-                    sizes: hit.sizes,
+                    span: lists.span_since(mark),
                     cached: true,
                     cacheable: false,
                 });
-                if hits.len() >= CACHED_PER_MESSAGE && !send_hits(&mut hits) {
-                    return;
+                if hits.len() >= CACHED_PER_MESSAGE {
+                    send_hits(&mut hits)?;
                 }
                 continue;
             }
             Some(changed) => Presumed::new(changed.ids),
             None => Presumed::default(),
         };
-        if !send_hits(&mut hits) {
-            return;
-        }
-        let msg = match read_file(&job, item, &previous, &tx) {
-            Ok((ids, sizes, size)) => {
+        send_hits(&mut hits)?;
+        let mark = lists.mark();
+        let msg = match read_file(job, item, &previous, lists, tx) {
+            Ok(size) => {
                 let cacheable = size == item.stat.size;
                 if !cacheable {
                     warn!(path = %item.abs(&job.roots).display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
                 }
                 ReadMsg::FileDone(FileDone {
                     index,
-                    ids,
-                    sizes,
+                    span: lists.span_since(mark),
                     size,
                     cached: false,
                     cacheable,
@@ -206,13 +232,12 @@ pub fn run(job: ReadJob, tx: mpsc::Sender<ReadMsg>) {
                 index,
                 error: e.to_string(),
             },
-            Err(ReadError::Stopped(Stopped)) => return,
+            Err(e) => return Err(e),
         };
-        if tx.blocking_send(msg).is_err() {
-            return;
-        }
+        tx.blocking_send(msg)
+            .map_err(|_| ReadError::Stopped(Stopped))?;
     }
-    send_hits(&mut hits);
+    send_hits(&mut hits)
 }
 
 /// A changed file's previous version's chunks, presumed stored: the first 8 bytes of each id,
@@ -243,12 +268,15 @@ fn prefix(id: &ChunkId) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Reads one file, sending its chunks to `tx` and its chunk list to `lists`; returns the bytes
+/// read. A failure to read leaves the chunks pushed so far in `lists`, unreferenced.
 fn read_file(
     job: &ReadJob,
     item: &WalkItem,
     presumed: &Presumed,
+    lists: &mut ListWriter,
     tx: &mpsc::Sender<ReadMsg>,
-) -> Result<(Vec<ChunkId>, Vec<u32>, u64), ReadError> {
+) -> Result<u64, ReadError> {
     let abs = item.abs(&job.roots);
     let reader = job.opener.open(&abs)?;
     let params = if job.dump_files.matches(&abs) {
@@ -256,14 +284,6 @@ fn read_file(
     } else {
         job.params
     };
-    // Sized from the expected chunk count (+25%) rather than grown by doubling: a 1 GiB dump
-    // has ~130,000 chunks, and doubling would hold 8 MiB of ids plus the 4 MiB being copied.
-    let expect = usize::try_from(item.stat.size / u64::from(params.avg.max(1)))
-        .unwrap_or(usize::MAX)
-        .saturating_add(8)
-        .min(1 << 20);
-    let mut ids = Vec::with_capacity(expect + expect / 4);
-    let mut sizes = Vec::with_capacity(expect + expect / 4);
     let mut out: Vec<(ChunkId, Vec<u8>)> = Vec::new();
     let (mut out_bytes, mut presumed_bytes) = (0, 0u64);
     let send = |out: &mut Vec<(ChunkId, Vec<u8>)>, presumed_bytes: &mut u64| {
@@ -276,8 +296,9 @@ fn read_file(
     };
     let size = for_each_chunk(reader, params, job.keys.chunker_seed(), |data: Vec<u8>| {
         let id = job.keys.chunk_id(&data);
-        ids.push(id);
-        sizes.push(data.len() as u32);
+        lists
+            .push(&id, data.len() as u32)
+            .map_err(ReadError::Spill)?;
         if presumed.contains(&id) {
             presumed_bytes += data.len() as u64;
         } else {
@@ -293,7 +314,5 @@ fn read_file(
     if !out.is_empty() || presumed_bytes > 0 {
         send(&mut out, &mut presumed_bytes)?;
     }
-    ids.shrink_to_fit();
-    sizes.shrink_to_fit();
-    Ok((ids, sizes, size))
+    Ok(size)
 }

@@ -42,6 +42,7 @@ pub async fn run(cli: &Cli, args: &BackupArgs) -> CmdResult {
             Arc::new(move |_| rate)
         },
         progress: terminal_progress(args.json),
+        scratch_dir: cfg.state_dir.clone(),
     };
     let mut code = exit::SUCCESS;
     let mut failure: Option<Failure> = None;

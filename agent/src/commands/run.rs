@@ -113,6 +113,7 @@ pub async fn run(cli: &Cli) -> CmdResult {
             opener: Arc::new(FsOpener),
             bandwidth: link.bandwidth(),
             progress: crate::backup::no_progress(),
+            scratch_dir: cfg.state_dir.clone(),
         };
         daemon::run(&ctx, &cfg.sources, &link, round_rx).await;
         watcher.abort();

@@ -92,6 +92,7 @@ impl Executor {
                     link.report(r);
                 })
             },
+            scratch_dir: self.cfg.state_dir.clone(),
         };
         let (mut summaries, mut failed) = (Vec::new(), 0usize);
         for src in &sources {

@@ -89,9 +89,24 @@ impl Remote for MemoryRemote {
     }
 
     async fn commit(&self, req: CommitRequest) -> Result<CommitOutcome, RemoteError> {
+        let mut references = Vec::new();
+        let mut rx = req.references.batches;
+        while let Some(batch) = rx.recv().await {
+            references.extend(batch);
+        }
+        if references.len() as u64 != req.references.count {
+            return Err(RemoteError::Status {
+                op: "CommitSnapshot",
+                status: tonic::Status::invalid_argument(format!(
+                    "the commit carries {} ids but its header announced reference_count = {}",
+                    references.len(),
+                    req.references.count
+                )),
+            });
+        }
         let missing: Vec<ChunkId> = {
             let blobs = self.blobs.lock().expect("lock");
-            req.references
+            references
                 .iter()
                 .filter(|i| !blobs.contains_key(i))
                 .copied()
@@ -111,7 +126,7 @@ impl Remote for MemoryRemote {
             stats: SnapshotStats { ..req.stats },
             stored_bytes: 0,
             manifest_ids: req.manifest_ids,
-            reference_count: req.references.len() as u64,
+            reference_count: references.len() as u64,
         });
         Ok(CommitOutcome::Committed { snapshot_id: id })
     }

@@ -76,6 +76,7 @@ struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
     out: PathBuf,
+    state: PathBuf,
     remote: MemoryRemote,
     cache: Arc<dyn FileCache>,
 }
@@ -88,6 +89,7 @@ fn fixture() -> Fixture {
     Fixture {
         root,
         out: dir.path().join("restore"),
+        state: dir.path().join("state"),
         _dir: dir,
         remote: MemoryRemote::default(),
         cache,
@@ -111,6 +113,7 @@ async fn backup_source_with(
         opener,
         bandwidth: crate::backup::unlimited(),
         progress: crate::backup::no_progress(),
+        scratch_dir: f.state.clone(),
     };
     backup_source(&ctx, src).await.expect("backup")
 }
@@ -566,6 +569,7 @@ async fn backup_progress_is_told_with_the_walked_total() {
         opener: Arc::new(FsOpener),
         bandwidth: crate::backup::unlimited(),
         progress: Arc::new(move |p| sink.lock().expect("lock").push(p.clone())),
+        scratch_dir: f.state.clone(),
     };
     backup_source(&ctx, &source(&f.root, &["*.swp"]))
         .await
