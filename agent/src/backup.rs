@@ -207,7 +207,7 @@ async fn update_cache(
     lists: ChunkLists,
 ) {
     let put = tokio::task::spawn_blocking(move || {
-        let mut failed = None;
+        let (mut failed, mut lists) = (None, lists.reader());
         let mut files = entries
             .into_iter()
             .map_while(|(key, stat, span)| match lists.read(span) {
@@ -497,6 +497,7 @@ fn write_manifest(
     let scratch_err = |e| scratch_error(files.scratch, e);
     let mut stats = SnapshotStats::default();
     let mut refs = RefSorter::new(files.scratch);
+    let mut lists = files.lists.reader();
     for (i, item) in files.items.iter().enumerate() {
         let mut e = Entry {
             root: item.root,
@@ -519,7 +520,7 @@ fn write_manifest(
                 if params != src.chunker {
                     e.chunker = Some(params.into());
                 }
-                (e.chunks, e.chunk_sizes) = files.lists.read(done.span).map_err(scratch_err)?;
+                (e.chunks, e.chunk_sizes) = lists.read(done.span).map_err(scratch_err)?;
                 refs.extend(&e.chunks).map_err(scratch_err)?;
                 stats.files += 1;
                 stats.logical_bytes += done.size;
