@@ -5,7 +5,10 @@
 //! memory does not grow with file size); an [`upload::Uploader`] batches ids through
 //! `HaveChunks`, seals only the missing chunks on several threads and uploads them, one batch in
 //! flight while the next is read (bounded: see [`upload`]); then the manifest is chunked and uploaded the
-//! same way and `CommitSnapshot` streams every referenced id. Failure modes:
+//! same way and `CommitSnapshot` streams every referenced id. What a pass learns per chunk (each
+//! file's ids and sizes, the referenced ids to sort) goes to unlinked scratch files in the
+//! state directory ([`spill`], [`refs`]; ADR 0013), so its memory does not grow with the
+//! source's chunks. Failure modes:
 //! - an unreadable input is listed in the report and skipped; the snapshot still commits
 //!   (`partial`, exit code 3);
 //! - a commit answered with `missing` (the file cache named chunks the controller does not
@@ -13,7 +16,10 @@
 //!   without the cache (all chunks are offered again), at most [`MAX_ATTEMPTS`] times, then a
 //!   clear error;
 //! - cancellation (dropping the future) stops before the commit: nothing partial is committed,
-//!   uploaded chunks are durable and found by the next run's `HaveChunks`.
+//!   uploaded chunks are durable and found by the next run's `HaveChunks`;
+//! - a scratch file that cannot be written or read back (state directory full or failing): the
+//!   pass fails naming the directory, before its commit or with the commit refused for its
+//!   short reference stream; nothing partial is committed.
 //!
 //! The file cache is updated only after a successful commit.
 

@@ -100,12 +100,8 @@ async fn backup(f: &Fixture, opener: Arc<dyn Opener>) -> BackupReport {
     backup_source_with(f, opener, &source(&f.root, &["*.swp"])).await
 }
 
-async fn backup_source_with(
-    f: &Fixture,
-    opener: Arc<dyn Opener>,
-    src: &SourceConfig,
-) -> BackupReport {
-    let ctx = BackupContext {
+fn backup_context(f: &Fixture, opener: Arc<dyn Opener>) -> BackupContext<'_, MemoryRemote> {
+    BackupContext {
         remote: &f.remote,
         keys: keys(),
         zstd_level: 3,
@@ -114,8 +110,15 @@ async fn backup_source_with(
         bandwidth: crate::backup::unlimited(),
         progress: crate::backup::no_progress(),
         scratch_dir: f.state.clone(),
-    };
-    backup_source(&ctx, src).await.expect("backup")
+    }
+}
+
+async fn backup_source_with(
+    f: &Fixture,
+    opener: Arc<dyn Opener>,
+    src: &SourceConfig,
+) -> BackupReport {
+    (backup_source(&backup_context(f, opener), src).await).expect("backup")
 }
 
 fn opts(f: &Fixture, delete: bool, path: Option<PathBuf>) -> RestoreOptions {
@@ -263,6 +266,62 @@ async fn unreadable_file_is_reported_and_the_snapshot_commits() {
     assert_eq!(r.files, 2);
     let snaps = f.remote.snapshots.lock().expect("lock").clone();
     assert_eq!((snaps.len(), snaps[0].stats.unreadable), (1, 1));
+}
+
+/// More referenced ids than one sorting run holds (`refs::RUN_IDS`): the references go through
+/// the scratch file, and the commit gets each distinct id once (the manifest says which), the
+/// tree restores, and a backup from the cache sends the same ones again.
+#[tokio::test]
+async fn more_ids_than_one_sorting_run_are_committed_once_each() {
+    let f = fixture();
+    let data = pseudo_random(12 << 20, 5);
+    fs::write(f.root.join("site/many.bin"), &data).expect("write");
+    let mut src = source(&f.root, &["*.swp"]);
+    src.chunker = ChunkerParams {
+        min: 64,
+        avg: 256,
+        max: 1024,
+    };
+    let r = backup_source_with(&f, Arc::new(FsOpener), &src).await;
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+        .await
+        .expect("manifest");
+    let distinct: HashSet<_> = m.entries.iter().flat_map(|e| e.chunks.iter()).collect();
+    assert!(
+        distinct.len() > crate::backup::refs::RUN_IDS,
+        "{}",
+        distinct.len()
+    );
+    assert_eq!(r.chunks, distinct.len() as u64);
+    let snap = f.remote.snapshots.lock().expect("lock")[0].clone();
+    let manifest_ids = snap.manifest_ids.len() as u64;
+    assert_eq!(snap.reference_count, r.chunks + manifest_ids);
+    restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore");
+    assert_eq!(fs::read(restored(&f, "site/many.bin")).expect("read"), data);
+    let again = backup_source_with(&f, Arc::new(FsOpener), &src).await;
+    assert_eq!((again.files_read, again.chunks), (0, r.chunks));
+}
+
+/// A state directory the scratch files cannot go to fails the backup with an error naming it,
+/// before anything is committed.
+#[tokio::test]
+async fn a_scratch_directory_that_cannot_be_written_fails_the_backup_naming_it() {
+    let f = fixture();
+    let gone = f.state.join("absent");
+    let ctx = BackupContext {
+        scratch_dir: gone.clone(),
+        ..backup_context(&f, Arc::new(FsOpener))
+    };
+    let err = (backup_source(&ctx, &source(&f.root, &["*.swp"])).await)
+        .expect_err("no scratch directory");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("scratch file") && msg.contains(&gone.display().to_string()),
+        "{msg}"
+    );
+    assert!(f.remote.snapshots.lock().expect("lock").is_empty());
 }
 
 #[tokio::test]
@@ -562,14 +621,8 @@ async fn backup_progress_is_told_with_the_walked_total() {
     let seen: Arc<std::sync::Mutex<Vec<crate::backup::BackupProgress>>> = Arc::default();
     let sink = seen.clone();
     let ctx = BackupContext {
-        remote: &f.remote,
-        keys: keys(),
-        zstd_level: 3,
-        cache: f.cache.clone(),
-        opener: Arc::new(FsOpener),
-        bandwidth: crate::backup::unlimited(),
         progress: Arc::new(move |p| sink.lock().expect("lock").push(p.clone())),
-        scratch_dir: f.state.clone(),
+        ..backup_context(&f, Arc::new(FsOpener))
     };
     backup_source(&ctx, &source(&f.root, &["*.swp"]))
         .await
