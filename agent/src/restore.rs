@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use lifeboat_common::chunker::ChunkerParams;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::{Entry, EntryKind, Manifest};
+use lifeboat_common::manifest::{EncodedManifest, Entry, EntryKind, ManifestError, ManifestHeader};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -89,8 +89,8 @@ pub async fn restore<R: Remote>(
 }
 
 /// The original absolute path of an entry.
-pub fn original_path(m: &Manifest, e: &Entry) -> PathBuf {
-    let root = m.root_path(e.root);
+pub fn original_path(h: &ManifestHeader, e: &Entry) -> PathBuf {
+    let root = h.root_path(e.root);
     if e.path.is_empty() {
         root.to_owned()
     } else {
@@ -103,13 +103,14 @@ fn selected(orig: &Path, kind: EntryKind, filter: Option<&Path>) -> bool {
     filter.is_none_or(|p| orig.starts_with(p) || (kind == EntryKind::Dir && p.starts_with(orig)))
 }
 
-/// Restores the entries of an already verified manifest. The manifest is consumed: each file's
-/// chunk lists move into its write job and are freed once it is written (a dump file's list
-/// alone is ~4 MB at 1 GB), so the restore's memory falls as it goes.
+/// Restores the entries of an already verified manifest. Entries are decoded one at a time as
+/// they are reached ([`EncodedManifest::entries`]): a file's entry moves into its write job and
+/// is freed once the file is written, a directory's is kept (without chunks) for its metadata,
+/// so what the restore holds per entry is the encoded manifest's ~80 bytes.
 pub async fn restore_manifest<R: Remote>(
     remote: &R,
     keys: &DataKeys,
-    mut m: Manifest,
+    m: EncodedManifest,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, AgentError> {
     if let Target::To(dir) = &opts.target {
@@ -127,14 +128,14 @@ pub async fn restore_manifest<R: Remote>(
     let ctx = files::Ctx {
         remote,
         keys,
-        params: chunker_params(&m),
+        params: chunker_params(&m.header),
         as_root,
         budget: budget::Budget::new(budget::BUDGET_BYTES),
     };
     let mut report = RestoreReport::default();
     let mut created = Vec::new();
-    // Restored directories, with their entries' indices (metadata applied last).
-    let mut dirs: Vec<(PathBuf, usize)> = Vec::new();
+    // Restored directories, with their entries (metadata applied last).
+    let mut dirs: Vec<(PathBuf, Entry)> = Vec::new();
     let mut refused = Vec::new();
     let mut pending = files::Pending::default();
     let mut written_in = HashSet::new();
@@ -143,9 +144,9 @@ pub async fn restore_manifest<R: Remote>(
     // by a flush, which forgets it, and so does any entry that is not a file: a symlink or
     // directory restored may replace a parent). Saves six `statx` per file of a deep tree.
     let mut checked: Option<PathBuf> = None;
-    for i in 0..m.entries.len() {
-        let e = &m.entries[i];
-        let orig = original_path(&m, e);
+    for e in m.entries() {
+        let e = e.map_err(unreadable_entry)?;
+        let orig = original_path(&m.header, &e);
         if !selected(&orig, e.entry_kind(), opts.path.as_deref()) {
             continue;
         }
@@ -175,12 +176,12 @@ pub async fn restore_manifest<R: Remote>(
             pending.push(files::FileJob {
                 dest,
                 orig,
-                entry: take_file(&mut m.entries[i]),
+                entry: e,
             });
             continue;
         }
-        match restore_entry(e, &dest, as_root, &mut report) {
-            Ok(true) => dirs.push((dest, i)),
+        match restore_entry(&e, &dest, as_root, &mut report) {
+            Ok(true) => dirs.push((dest, e)),
             Ok(false) => {}
             Err(AgentError::Refused(why)) => {
                 refused.extend(why.into_iter().map(|w| format!("{}: {w}", orig.display())))
@@ -198,7 +199,7 @@ pub async fn restore_manifest<R: Remote>(
     if opts.delete && refused.is_empty() {
         report.deleted = delete_phase(&m, &roots, opts)?;
     }
-    finish_dirs(&mut dirs, &m.entries, &created, as_root)?;
+    finish_dirs(&mut dirs, &created, as_root)?;
     let synced_dirs = dirs.iter().map(|(p, _)| p.clone()).chain(created).collect();
     files::sync_all(written_in, synced_dirs).await?;
     if !refused.is_empty() {
@@ -207,22 +208,17 @@ pub async fn restore_manifest<R: Remote>(
     Ok(report)
 }
 
-/// A file's entry for its write job, its chunk lists moved out of the manifest's (which keeps
-/// the rest: `--delete` needs every path).
-fn take_file(e: &mut Entry) -> Entry {
-    let chunks = std::mem::take(&mut e.chunks);
-    let chunk_sizes = std::mem::take(&mut e.chunk_sizes);
-    Entry {
-        chunks,
-        chunk_sizes,
-        ..e.clone()
-    }
+/// An entry of a manifest validated when it was loaded no longer decodes: only damaged memory
+/// can do that.
+fn unreadable_entry(e: ManifestError) -> AgentError {
+    AgentError::Invalid(format!(
+        "an entry of the manifest, valid when loaded, no longer decodes: {e}"
+    ))
 }
 
 /// The manifest's chunker parameters (for the unchanged-file check), or the files' default.
-fn chunker_params(m: &Manifest) -> ChunkerParams {
-    m.header
-        .chunker
+fn chunker_params(h: &ManifestHeader) -> ChunkerParams {
+    h.chunker
         .as_ref()
         .and_then(|c| c.params())
         .unwrap_or(ChunkerParams::FILES)
@@ -277,8 +273,7 @@ fn still_real_dir(p: &Path) -> bool {
 /// Applies directory metadata deepest first; directories created only as parents get 0755.
 /// A path that is no longer a real directory is skipped (never followed).
 fn finish_dirs(
-    dirs: &mut [(PathBuf, usize)],
-    entries: &[Entry],
+    dirs: &mut [(PathBuf, Entry)],
     created: &[PathBuf],
     as_root: bool,
 ) -> Result<(), AgentError> {
@@ -294,14 +289,14 @@ fn finish_dirs(
             .map_err(|e| AgentError::io("cannot set the mode of", p, e))?;
     }
     dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
-    for (p, i) in dirs.iter().filter(|(p, _)| still_real_dir(p)) {
-        write::apply_metadata(p, &entries[*i], false, as_root)?;
+    for (p, e) in dirs.iter().filter(|(p, _)| still_real_dir(p)) {
+        write::apply_metadata(p, e, false, as_root)?;
     }
     Ok(())
 }
 
 fn delete_phase(
-    m: &Manifest,
+    m: &EncodedManifest,
     roots: &[RootTarget],
     opts: &RestoreOptions,
 ) -> Result<u64, AgentError> {
@@ -317,12 +312,13 @@ fn delete_phase(
                 Err(_) => continue,
             },
         };
-        let keep: HashSet<Vec<u8>> = m
-            .entries
-            .iter()
-            .filter(|e| e.root == i as u32)
-            .map(|e| e.path.clone())
-            .collect();
+        let mut keep: HashSet<Vec<u8>> = HashSet::new();
+        for e in m.entries() {
+            let e = e.map_err(unreadable_entry)?;
+            if e.root == i as u32 {
+                keep.insert(e.path);
+            }
+        }
         let rel_bytes = rel.as_os_str().as_bytes().to_vec();
         if !rel_bytes.is_empty() && !keep.contains(&rel_bytes) {
             continue;

@@ -32,9 +32,11 @@ use crate::ids::ChunkId;
 
 pub mod database;
 mod decoder;
+mod encoded;
 mod entry_codec;
 pub use database::{DatabaseDump, DatabaseMeta, TableInfo};
 pub use decoder::Decoder;
+pub use encoded::EncodedManifest;
 
 /// Magic at the start of a manifest. Do not modify.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"LBMF";
@@ -398,7 +400,14 @@ pub struct Manifest {
 impl Manifest {
     /// The absolute path of root `i`.
     pub fn root_path(&self, i: u32) -> &Path {
-        Path::new(OsStr::from_bytes(&self.header.roots[i as usize]))
+        self.header.root_path(i)
+    }
+}
+
+impl ManifestHeader {
+    /// The absolute path of root `i`.
+    pub fn root_path(&self, i: u32) -> &Path {
+        Path::new(OsStr::from_bytes(&self.roots[i as usize]))
     }
 }
 
@@ -406,7 +415,7 @@ impl Manifest {
 pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
     let mut d = Decoder::new();
     d.feed(bytes)?;
-    d.finish()
+    d.finish()?.decode_all()
 }
 
 #[cfg(test)]

@@ -7,17 +7,25 @@ use serde_json::json;
 
 use super::{CmdResult, Failure, connect, data_keys, load_config, print_json};
 use crate::cli::{Cli, LsArgs};
+use crate::error::AgentError;
 use crate::restore::{fetch, original_path};
 
 pub async fn run(cli: &Cli, args: &LsArgs) -> CmdResult {
     let cfg = load_config(cli.config.as_deref())?;
     let keys = data_keys(&cfg)?;
     let remote = connect(&cfg).await?;
-    let (_, m) = fetch::load_manifest(&remote, &keys, &args.snapshot, &args.source)
+    let (info, m) = fetch::load_manifest(&remote, &keys, &args.snapshot, &args.source)
         .await
         .map_err(|e| Failure::new(&e, Some(&cfg)))?;
-    for e in &m.entries {
-        let path = original_path(&m, e);
+    for e in m.entries() {
+        let e = &e.map_err(|source| {
+            let e = AgentError::Manifest {
+                snapshot: info.id.clone(),
+                source,
+            };
+            Failure::new(&e, Some(&cfg))
+        })?;
+        let path = original_path(&m.header, e);
         if args.path.as_deref().is_some_and(|p| !path.starts_with(p)) {
             continue;
         }

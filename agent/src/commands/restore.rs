@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use lifeboat_common::exit;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::Manifest;
+use lifeboat_common::manifest::{EncodedManifest, Manifest};
 use lifeboat_proto::v1::Region;
 use serde::Serialize;
 use tracing::warn;
@@ -25,7 +25,7 @@ use crate::config::{AgentConfig, NginxCheck, PathPatterns};
 use crate::error::AgentError;
 use crate::mysql::Server;
 use crate::restore::database::{DbRestoreOptions, restore_databases};
-use crate::restore::fetch::load_manifest;
+use crate::restore::fetch::{self, load_manifest};
 use crate::restore::target::Target;
 use crate::restore::{RestoreOptions, restore_manifest};
 
@@ -69,7 +69,7 @@ pub async fn execute(
     keys: &DataKeys,
     remote: GrpcRemote,
     args: &RestoreArgs,
-    on_manifest: &(dyn Fn(&Manifest) + Send + Sync),
+    on_manifest: &(dyn Fn(&EncodedManifest) + Send + Sync),
 ) -> Result<Outcome, Failure> {
     let mut remote = remote.in_region(match args.region {
         RegionArg::Any => Region::Any,
@@ -86,6 +86,7 @@ pub async fn execute(
         .map_err(fail)?;
     on_manifest(&manifest);
     if manifest.header.kind == "mysql" {
+        let manifest = fetch::decode_all(&info.id, manifest).map_err(fail)?;
         restore_db(cfg, &remote, keys, &manifest, args, &info.id)
             .await
             .map_err(fail)
@@ -168,7 +169,7 @@ async fn restore_files(
     cfg: &AgentConfig,
     remote: &GrpcRemote,
     keys: &DataKeys,
-    m: Manifest,
+    m: EncodedManifest,
     args: &RestoreArgs,
     snapshot: &str,
     started: Instant,

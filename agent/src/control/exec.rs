@@ -168,12 +168,12 @@ impl Executor {
         let (cmd, source) = (r.command_id.clone(), r.source.clone());
         let on_manifest = {
             let link = link.clone();
-            move |m: &lifeboat_common::manifest::Manifest| {
+            move |m: &lifeboat_common::manifest::EncodedManifest| {
                 let mut p = report(&cmd, kind, &source, pb::RunPhase::Progress);
-                p.bytes_total = m.entries.iter().map(|e| e.size).sum();
+                p.bytes_total = m.logical_bytes();
                 p.summary_json = serde_json::json!({
                     "stage": "manifest loaded and verified",
-                    "entries_total": m.entries.len(),
+                    "entries_total": m.len(),
                     "bytes_total": p.bytes_total,
                 })
                 .to_string();

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use lifeboat_common::blob::{self, BlobError};
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::{self, Manifest};
+use lifeboat_common::manifest::{self, EncodedManifest, Manifest};
 use tracing::warn;
 
 use crate::error::AgentError;
@@ -21,13 +21,14 @@ pub const BATCH_IDS: usize = 64;
 /// Plaintext bytes per batch (a batch always holds at least one chunk).
 pub const BATCH_BYTES: u64 = 16 << 20;
 
-/// Resolves `snapshot` (id, prefix or "latest") for `source`, fetches and decodes its manifest.
+/// Resolves `snapshot` (id, prefix or "latest") for `source`, fetches and validates its manifest
+/// (its entries kept encoded, decoded as they are used: [`EncodedManifest`]).
 pub async fn load_manifest<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     snapshot: &str,
     source: &str,
-) -> Result<(SnapshotInfo, Manifest), AgentError> {
+) -> Result<(SnapshotInfo, EncodedManifest), AgentError> {
     let info = remote.get_snapshot(snapshot, source).await?;
     if !info.source.is_empty() && info.source != source {
         return Err(AgentError::Invalid(format!(
@@ -64,6 +65,14 @@ pub async fn load_manifest<R: Remote>(
         )));
     }
     Ok((info, m))
+}
+
+/// Every entry of `snapshot`'s manifest decoded at once (a database restore, tests).
+pub fn decode_all(snapshot: &str, m: EncodedManifest) -> Result<Manifest, AgentError> {
+    m.decode_all().map_err(|source| AgentError::Manifest {
+        snapshot: snapshot.to_owned(),
+        source,
+    })
 }
 
 /// Plaintext bytes of manifest chunks fetched at once: each chunk is decoded as it arrives

@@ -137,7 +137,9 @@ async fn latest_entry(f: &Fixture, path: &[u8]) -> Entry {
     let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
         .await
         .expect("manifest");
-    m.entries
+    m.decode_all()
+        .expect("decode")
+        .entries
         .into_iter()
         .find(|e| e.path == path)
         .expect("entry")
@@ -286,6 +288,7 @@ async fn more_ids_than_one_sorting_run_are_committed_once_each() {
     let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
         .await
         .expect("manifest");
+    let m = m.decode_all().expect("decode");
     let distinct: HashSet<_> = m.entries.iter().flat_map(|e| e.chunks.iter()).collect();
     assert!(
         distinct.len() > crate::backup::refs::RUN_IDS,
@@ -578,7 +581,9 @@ async fn crafted_symlink_escape_is_refused_and_nothing_is_written_outside() {
     });
     w.push(&stored_file(&remote, "a/x", b"pwned"));
     w.push(&stored_file(&remote, "ok.txt", b"fine"));
-    let m = manifest::decode(&w.finish()).expect("decode");
+    let mut d = manifest::Decoder::new();
+    d.feed(&w.finish()).expect("decode");
+    let m = d.finish().expect("decode");
     let out = dir.path().join("restore");
     let o = RestoreOptions {
         source: "web".into(),
@@ -658,6 +663,7 @@ async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
     let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
         .await
         .expect("manifest");
+    let m = m.decode_all().expect("decode");
     let entry = |name: &[u8]| {
         m.entries
             .iter()

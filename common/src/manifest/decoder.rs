@@ -9,13 +9,16 @@
 //! magic and version first, every entry validated as it is decoded, a length prefix over the limit
 //! refused as soon as it is read (never allocated), and at [`Decoder::finish`] the end marker and
 //! trailer present, nothing after them, the entry count matching and no path listed twice. A
-//! manifest that stops anywhere else is reported truncated.
+//! manifest that stops anywhere else is reported truncated. The entries are kept encoded, as
+//! they came ([`EncodedManifest`]): decoded all at once they were the restore's largest cost
+//! that grows with the source.
 
 use prost::Message;
 
+use super::encoded::{EncodedEntries, EncodedManifest};
 use super::{
-    Entry, MANIFEST_MAGIC, MANIFEST_VERSION, MAX_ENTRY_LEN, Manifest, ManifestError,
-    ManifestHeader, Trailer, entry_codec, validate_root,
+    MANIFEST_MAGIC, MANIFEST_VERSION, MAX_ENTRY_LEN, ManifestError, ManifestHeader, Trailer,
+    entry_codec, validate_root,
 };
 
 /// The longest varint (a `u64`).
@@ -37,7 +40,7 @@ pub struct Decoder {
     pending: Vec<u8>,
     stage: Stage,
     header: ManifestHeader,
-    entries: Vec<Entry>,
+    entries: EncodedEntries,
 }
 
 impl Default for Decoder {
@@ -52,7 +55,7 @@ impl Decoder {
             pending: Vec::new(),
             stage: Stage::Magic,
             header: ManifestHeader::default(),
-            entries: Vec::new(),
+            entries: EncodedEntries::default(),
         }
     }
 
@@ -115,11 +118,11 @@ impl Decoder {
             Stage::Entries => {
                 let e = entry_codec::decode(msg)?;
                 e.validate(self.header.roots.len())?;
-                self.entries.push(e);
+                self.entries.push(&e, msg);
             }
             Stage::Trailer => {
                 let t = Trailer::decode(msg).map_err(|e| ManifestError::Corrupt(e.to_string()))?;
-                if t.entries != self.entries.len() as u64 {
+                if t.entries != self.entries.count {
                     return Err(trailer_mismatch());
                 }
                 self.stage = Stage::Done;
@@ -130,7 +133,7 @@ impl Decoder {
     }
 
     /// The manifest, if everything fed was one whole, valid manifest.
-    pub fn finish(mut self) -> Result<Manifest, ManifestError> {
+    pub fn finish(self) -> Result<EncodedManifest, ManifestError> {
         match self.stage {
             Stage::Magic => return Err(ManifestError::BadMagic),
             Stage::Done if self.pending.is_empty() => {}
@@ -144,13 +147,7 @@ impl Decoder {
                 ));
             }
         }
-        check_duplicates(&self.entries)?;
-        // The list grew by doubling; a restore keeps it to the end.
-        self.entries.shrink_to_fit();
-        Ok(Manifest {
-            header: self.header,
-            entries: self.entries,
-        })
+        EncodedManifest::new(self.header, self.entries)
     }
 }
 
@@ -182,25 +179,6 @@ fn next_message<'a>(data: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ManifestErr
     Ok(Some(msg))
 }
 
-/// Refuses a manifest listing a path twice (under the same root), naming it. Sorting indices
-/// costs 4 bytes an entry, where a set of the paths cost a copy of each.
-fn check_duplicates(entries: &[Entry]) -> Result<(), ManifestError> {
-    let key = |i: u32| {
-        let e = &entries[i as usize];
-        (e.root, e.path.as_slice())
-    };
-    let n = u32::try_from(entries.len())
-        .map_err(|_| ManifestError::Corrupt("too many entries".into()))?;
-    let mut order: Vec<u32> = (0..n).collect();
-    order.sort_unstable_by(|&a, &b| key(a).cmp(&key(b)));
-    match order.windows(2).find(|w| key(w[0]) == key(w[1])) {
-        Some(w) => Err(ManifestError::Duplicate {
-            path: entries[w[1] as usize].display_path(),
-        }),
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::tests::{file, sample_header};
@@ -224,7 +202,15 @@ mod tests {
             for p in bytes.chunks(piece) {
                 d.feed(p).expect("feed");
             }
-            assert_eq!(d.finish().expect("finish"), whole, "pieces of {piece}");
+            let m = d.finish().expect("finish");
+            assert_eq!(
+                (m.len(), m.logical_bytes()),
+                (
+                    whole.entries.len() as u64,
+                    whole.entries.iter().map(|e| e.size).sum()
+                )
+            );
+            assert_eq!(m.decode_all().expect("decode"), whole, "pieces of {piece}");
         }
     }
 
