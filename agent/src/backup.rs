@@ -49,6 +49,7 @@ use crate::cache::{CachedFile, FileCache, NoCache};
 use crate::config::SourceConfig;
 use crate::error::AgentError;
 use crate::remote::{CommitOutcome, CommitRequest, RefStream, Remote};
+use crate::scratch::scratch_error;
 use manifest_upload::{ManifestSink, upload_manifest};
 use read::{FileDone, Opener, ReadJob, ReadMsg};
 use refs::{RefSorter, References};
@@ -423,15 +424,6 @@ async fn read_pass<R: Remote>(
             }
         }
     }
-}
-
-/// A scratch file in the state directory `dir` could not be written or read back.
-pub(crate) fn scratch_error(dir: &Path, e: std::io::Error) -> AgentError {
-    AgentError::io(
-        "cannot use the backup's scratch file (check free space) in",
-        dir,
-        e,
-    )
 }
 
 /// The file cache's key and stat for every file read whole in this backup (`FileDone::cacheable`),

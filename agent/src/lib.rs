@@ -32,3 +32,4 @@ pub mod mysql;
 pub mod nginx;
 pub mod remote;
 pub mod restore;
+pub mod scratch;

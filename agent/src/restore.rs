@@ -55,6 +55,9 @@ pub struct RestoreOptions {
     pub delete: bool,
     /// The source's current excludes (kept by `--delete`).
     pub excludes: PathPatterns,
+    /// Where the manifest's entries are kept while restoring ([`crate::scratch`]: the agent's
+    /// state directory); `None` keeps them in memory.
+    pub scratch_dir: Option<PathBuf>,
 }
 
 /// The outcome, as printed by `restore --json`.
@@ -80,7 +83,9 @@ pub async fn restore<R: Remote>(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, AgentError> {
     let started = Instant::now();
-    let (info, manifest) = fetch::load_manifest(remote, keys, &opts.snapshot, &opts.source).await?;
+    let scratch = opts.scratch_dir.as_deref();
+    let (info, manifest) =
+        fetch::load_manifest(remote, keys, &opts.snapshot, &opts.source, scratch).await?;
     let mut report = restore_manifest(remote, keys, manifest, opts).await?;
     report.snapshot_id = info.id;
     report.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);

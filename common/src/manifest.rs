@@ -238,6 +238,10 @@ pub enum ManifestError {
     InvalidEntry { path: String, reason: String },
     #[error("manifest lists {path:?} twice")]
     Duplicate { path: String },
+    /// The scratch file a restore keeps the manifest's entries in failed (the state
+    /// directory's filesystem), not the manifest.
+    #[error("cannot use the manifest's scratch file: {0}")]
+    Scratch(String),
 }
 
 impl Entry {

@@ -342,11 +342,11 @@ async fn commit<R: Remote>(
         let mut refs = RefSorter::new(&scratch);
         for e in &entries {
             refs.extend(&e.chunks)
-                .map_err(|err| super::scratch_error(&scratch, err))?;
+                .map_err(|err| crate::scratch::scratch_error(&scratch, err))?;
             sink.push(e)?;
         }
         refs.finish()
-            .map_err(|err| super::scratch_error(&scratch, err))
+            .map_err(|err| crate::scratch::scratch_error(&scratch, err))
     })
     .await?;
     let data_chunks = refs.len();

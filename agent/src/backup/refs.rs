@@ -26,7 +26,8 @@ use std::sync::Arc;
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use tokio::sync::mpsc;
 
-use super::spill::{Appender, temp_file};
+use super::spill::Appender;
+use crate::scratch::temp_file;
 
 /// Ids sorted in memory before a run goes to disk (1 MiB).
 pub const RUN_IDS: usize = 32 * 1024;

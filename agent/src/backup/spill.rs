@@ -12,55 +12,23 @@
 //!
 //! Failure modes: the state directory's filesystem full or failing fails the pass with an error
 //! naming the directory (nothing is committed; the next run starts over). A crash leaves
-//! nothing behind: the file has no name (`O_TMPFILE`; where the filesystem lacks it, a named
-//! file removed as soon as it is open). Nothing here outlives its pass.
+//! nothing behind ([`crate::scratch`]). Nothing here outlives its pass.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
+
+use crate::scratch::temp_file;
 
 /// Bytes buffered before a write (and read at once when reading back).
 pub const BUFFER_BYTES: usize = 64 << 10;
 
 /// One chunk's record: its id, then its size (little-endian).
 const RECORD: usize = CHUNK_ID_LEN + 4;
-
-/// Opens an unlinked read-write file in `dir`.
-pub fn temp_file(dir: &Path) -> io::Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    use rustix::io::Errno;
-    let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
-    match rustix::fs::open(dir, flags, Mode::RUSR | Mode::WUSR) {
-        Ok(fd) => return Ok(File::from(fd)),
-        // The filesystem has no O_TMPFILE (the kernel says either).
-        Err(Errno::OPNOTSUPP | Errno::ISDIR) => {}
-        Err(e) => return Err(e.into()),
-    }
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = dir.join(format!(".lifeboat-spill-{}-{n}", std::process::id()));
-        let opened = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path);
-        match opened {
-            Ok(file) => {
-                std::fs::remove_file(&path)?;
-                return Ok(file);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
 
 /// Buffered appends to a file shared for positional reads.
 pub struct Appender {

@@ -14,7 +14,8 @@ pub async fn run(cli: &Cli, args: &LsArgs) -> CmdResult {
     let cfg = load_config(cli.config.as_deref())?;
     let keys = data_keys(&cfg)?;
     let remote = connect(&cfg).await?;
-    let (info, m) = fetch::load_manifest(&remote, &keys, &args.snapshot, &args.source)
+    let scratch = Some(cfg.state_dir.as_path());
+    let (info, m) = fetch::load_manifest(&remote, &keys, &args.snapshot, &args.source, scratch)
         .await
         .map_err(|e| Failure::new(&e, Some(&cfg)))?;
     for e in m.entries() {

@@ -81,7 +81,8 @@ pub async fn execute(
     }
     let fail = |e: AgentError| Failure::new(&e, Some(cfg));
     let started = Instant::now();
-    let (info, manifest) = load_manifest(&remote, keys, &args.snapshot, &args.source)
+    let scratch = Some(cfg.state_dir.as_path());
+    let (info, manifest) = load_manifest(&remote, keys, &args.snapshot, &args.source, scratch)
         .await
         .map_err(fail)?;
     on_manifest(&manifest);
@@ -216,6 +217,7 @@ async fn restore_files(
         path: args.path.clone(),
         delete: args.delete,
         excludes,
+        scratch_dir: Some(cfg.state_dir.clone()),
     };
     let has_nginx_conf =
         (0..m.header.roots.len()).any(|i| m.root_path(i as u32).starts_with("/etc/nginx"));

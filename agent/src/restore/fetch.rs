@@ -6,6 +6,7 @@
 //! about [`BATCH_BYTES`] of plaintext, so memory is bounded whatever the file size.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use lifeboat_common::blob::{self, BlobError};
 use lifeboat_common::ids::ChunkId;
@@ -22,12 +23,14 @@ pub const BATCH_IDS: usize = 64;
 pub const BATCH_BYTES: u64 = 16 << 20;
 
 /// Resolves `snapshot` (id, prefix or "latest") for `source`, fetches and validates its manifest
-/// (its entries kept encoded, decoded as they are used: [`EncodedManifest`]).
+/// (its entries kept encoded, in a scratch file in `scratch` if given, decoded as they are used:
+/// [`EncodedManifest`]).
 pub async fn load_manifest<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     snapshot: &str,
     source: &str,
+    scratch: Option<&Path>,
 ) -> Result<(SnapshotInfo, EncodedManifest), AgentError> {
     let info = remote.get_snapshot(snapshot, source).await?;
     if !info.source.is_empty() && info.source != source {
@@ -41,7 +44,12 @@ pub async fn load_manifest<R: Remote>(
         source,
     };
     let what = format!("the manifest of snapshot {}", info.id);
-    let mut decoder = manifest::Decoder::new();
+    let mut decoder = match scratch {
+        Some(dir) => manifest::Decoder::keeping_entries_in(
+            crate::scratch::temp_file(dir).map_err(|e| crate::scratch::scratch_error(dir, e))?,
+        ),
+        None => manifest::Decoder::new(),
+    };
     let (mut at, mut n) = (0, 1);
     while at < info.manifest_ids.len() {
         let batch = &info.manifest_ids[at..info.manifest_ids.len().min(at + n)];

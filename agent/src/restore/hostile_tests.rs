@@ -149,6 +149,7 @@ impl Scene {
             path: None,
             delete: false,
             excludes: PathPatterns::default(),
+            scratch_dir: None,
         };
         restore(&self.remote, &keys(), &o).await
     }

@@ -129,12 +129,13 @@ fn opts(f: &Fixture, delete: bool, path: Option<PathBuf>) -> RestoreOptions {
         path,
         delete,
         excludes: PathPatterns::new(&["*.swp".into()]).expect("excludes"),
+        scratch_dir: Some(f.state.clone()),
     }
 }
 
 /// The entry at `path` in the latest snapshot's manifest.
 async fn latest_entry(f: &Fixture, path: &[u8]) -> Entry {
-    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web", None)
         .await
         .expect("manifest");
     m.decode_all()
@@ -285,7 +286,7 @@ async fn more_ids_than_one_sorting_run_are_committed_once_each() {
         max: 1024,
     };
     let r = backup_source_with(&f, Arc::new(FsOpener), &src).await;
-    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web", None)
         .await
         .expect("manifest");
     let m = m.decode_all().expect("decode");
@@ -592,6 +593,7 @@ async fn crafted_symlink_escape_is_refused_and_nothing_is_written_outside() {
         path: None,
         delete: true,
         excludes: PathPatterns::default(),
+        scratch_dir: None,
     };
     let err = restore_manifest(&remote, &keys(), m, &o)
         .await
@@ -660,7 +662,7 @@ async fn dump_files_are_chunked_small_and_checked_with_their_parameters() {
     src.chunker = ChunkerParams::FILES;
     src.dump_files = PathPatterns::new(&["*.sql".into()]).expect("patterns");
     backup_source_with(&f, Arc::new(FsOpener), &src).await;
-    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web")
+    let (_, m) = fetch::load_manifest(&f.remote, &keys(), "latest", "web", None)
         .await
         .expect("manifest");
     let m = m.decode_all().expect("decode");

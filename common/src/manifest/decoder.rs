@@ -55,7 +55,17 @@ impl Decoder {
             pending: Vec::new(),
             stage: Stage::Magic,
             header: ManifestHeader::default(),
-            entries: EncodedEntries::default(),
+            entries: EncodedEntries::in_memory(),
+        }
+    }
+
+    /// A decoder that keeps the entries' messages in `file` (an unlinked scratch file: written
+    /// from its start, never synced), not in memory: what the manifest costs a restore is then
+    /// the entry being restored, whatever the manifest's size.
+    pub fn keeping_entries_in(file: std::fs::File) -> Self {
+        Decoder {
+            entries: EncodedEntries::in_file(file),
+            ..Self::new()
         }
     }
 
@@ -118,7 +128,7 @@ impl Decoder {
             Stage::Entries => {
                 let e = entry_codec::decode(msg)?;
                 e.validate(self.header.roots.len())?;
-                self.entries.push(&e, msg);
+                self.entries.push(&e, msg)?;
             }
             Stage::Trailer => {
                 let t = Trailer::decode(msg).map_err(|e| ManifestError::Corrupt(e.to_string()))?;

@@ -13,27 +13,178 @@
 //! by decoding both messages, so a collision can neither refuse a valid manifest nor hide a
 //! duplicate.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{Entry, Manifest, ManifestError, ManifestHeader, entry_codec};
 
+/// Bytes buffered before a scratch file is written, and read from it at once.
+const FILE_BUFFER: usize = 1 << 20;
+
+/// The longest varint (a `u64`).
+const MAX_VARINT_LEN: u64 = 10;
+
+/// Where the kept messages are: in memory, or in a scratch file (a restore's).
+enum Store {
+    Memory(Vec<u8>),
+    File {
+        file: File,
+        buf: Vec<u8>,
+        written: u64,
+    },
+}
+
+impl Store {
+    fn len(&self) -> u64 {
+        match self {
+            Store::Memory(bytes) => bytes.len() as u64,
+            Store::File { buf, written, .. } => written + buf.len() as u64,
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> Result<(), ManifestError> {
+        match self {
+            Store::Memory(all) => all.extend_from_slice(bytes),
+            Store::File { buf, .. } => {
+                buf.extend_from_slice(bytes);
+                if buf.len() >= FILE_BUFFER {
+                    self.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything appended is readable (a file's buffer written; memory trimmed).
+    fn flush(&mut self) -> Result<(), ManifestError> {
+        match self {
+            Store::Memory(all) => all.shrink_to_fit(),
+            Store::File { file, buf, written } => {
+                file.write_all_at(buf, *written).map_err(scratch)?;
+                *written += buf.len() as u64;
+                *buf = Vec::new();
+            }
+        }
+        Ok(())
+    }
+}
+
+fn scratch(e: std::io::Error) -> ManifestError {
+    ManifestError::Scratch(e.to_string())
+}
+
+/// Reads a [`Store`]'s messages: a slice of memory, or a window of the file read
+/// [`FILE_BUFFER`] at a time (more for a larger message).
+struct Reader<'a> {
+    store: &'a Store,
+    window: Vec<u8>,
+    window_at: u64,
+}
+
+impl<'a> Reader<'a> {
+    fn new(store: &'a Store) -> Self {
+        Reader {
+            store,
+            window: Vec::new(),
+            window_at: 0,
+        }
+    }
+
+    /// `need` bytes at `at` (fewer only past the end).
+    fn bytes_at(&mut self, at: u64, need: u64) -> Result<&[u8], ManifestError> {
+        let end = self.store.len().min(at.saturating_add(need));
+        let out_of_range = || ManifestError::Corrupt("entry offset out of range".into());
+        match self.store {
+            Store::Memory(all) => {
+                let (a, e) = (usize::try_from(at), usize::try_from(end));
+                let (a, e) = (
+                    a.map_err(|_| out_of_range())?,
+                    e.map_err(|_| out_of_range())?,
+                );
+                all.get(a..e).ok_or_else(out_of_range)
+            }
+            Store::File { file, written, .. } => {
+                let end = end.min(*written);
+                if at > end {
+                    return Err(out_of_range());
+                }
+                let held = self.window_at + self.window.len() as u64;
+                if at < self.window_at || end > held {
+                    let len = (end - at).max(FILE_BUFFER as u64).min(*written - at);
+                    self.window
+                        .resize(usize::try_from(len).map_err(|_| out_of_range())?, 0);
+                    file.read_exact_at(&mut self.window, at).map_err(scratch)?;
+                    self.window_at = at;
+                }
+                let from = (at - self.window_at) as usize;
+                Ok(&self.window[from..from + (end - at) as usize])
+            }
+        }
+    }
+
+    /// The entry whose length-delimited message starts at `at`, and where the next one starts;
+    /// `None` at the end.
+    fn entry_at(&mut self, at: u64) -> Result<Option<(Entry, u64)>, ManifestError> {
+        if at >= self.store.len() {
+            return Ok(None);
+        }
+        let mut head = self.bytes_at(at, MAX_VARINT_LEN)?;
+        let before = head.len();
+        let len = prost::encoding::decode_varint(&mut head)
+            .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
+        let start = at + (before - head.len()) as u64;
+        let msg = self.bytes_at(start, len)?;
+        if (msg.len() as u64) < len {
+            return Err(ManifestError::Corrupt("truncated entry".into()));
+        }
+        let e = entry_codec::decode(msg)?;
+        Ok(Some((e, start + len)))
+    }
+}
+
 /// Entries' messages, each length-delimited, in manifest order; every one validated.
-#[derive(Default)]
 pub(super) struct EncodedEntries {
-    pub(super) bytes: Vec<u8>,
+    store: Store,
     pub(super) count: u64,
-    pub(super) logical_bytes: u64,
-    pub(super) index: PathIndex,
+    logical_bytes: u64,
+    index: PathIndex,
 }
 
 impl EncodedEntries {
+    /// Kept in memory.
+    pub(super) fn in_memory() -> Self {
+        Self::with(Store::Memory(Vec::new()))
+    }
+
+    /// Kept in `file` (a scratch file of the caller's: written from its start, never synced).
+    pub(super) fn in_file(file: File) -> Self {
+        Self::with(Store::File {
+            file,
+            buf: Vec::new(),
+            written: 0,
+        })
+    }
+
+    fn with(store: Store) -> Self {
+        EncodedEntries {
+            store,
+            count: 0,
+            logical_bytes: 0,
+            index: PathIndex::default(),
+        }
+    }
+
     /// Keeps a validated entry: its message, its path's hash and its size.
-    pub(super) fn push(&mut self, e: &Entry, msg: &[u8]) {
-        self.index.push(e, self.bytes.len() as u64);
-        prost::encoding::encode_varint(msg.len() as u64, &mut self.bytes);
-        self.bytes.extend_from_slice(msg);
+    pub(super) fn push(&mut self, e: &Entry, msg: &[u8]) -> Result<(), ManifestError> {
+        self.index.push(e, self.store.len());
+        let mut len = Vec::with_capacity(MAX_VARINT_LEN as usize);
+        prost::encoding::encode_varint(msg.len() as u64, &mut len);
+        self.store.append(&len)?;
+        self.store.append(msg)?;
         self.count += 1;
         self.logical_bytes = self.logical_bytes.saturating_add(e.size);
+        Ok(())
     }
 }
 
@@ -53,13 +204,16 @@ impl PathIndex {
 
     /// Refuses a path listed twice under the same root, naming it. Entries whose hashes are
     /// equal (a duplicate, or a collision) are decoded and compared by root and path.
-    fn check(mut self, bytes: &[u8]) -> Result<(), ManifestError> {
+    fn check(mut self, store: &Store) -> Result<(), ManifestError> {
         self.0.sort_unstable();
+        let mut reader = Reader::new(store);
         for run in self.0.chunk_by(|a, b| a.0 == b.0).filter(|r| r.len() > 1) {
-            let mut same = run
-                .iter()
-                .map(|(_, offset)| entry_at(bytes, *offset))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut same = Vec::with_capacity(run.len());
+            for (_, offset) in run {
+                let (e, _) = (reader.entry_at(*offset)?)
+                    .ok_or_else(|| ManifestError::Corrupt("entry offset out of range".into()))?;
+                same.push(e);
+            }
             same.sort_unstable_by(|a, b| (a.root, &a.path).cmp(&(b.root, &b.path)));
             if let Some(w) = same
                 .windows(2)
@@ -72,31 +226,6 @@ impl PathIndex {
         }
         Ok(())
     }
-}
-
-/// The entry whose length-delimited message starts at `offset`.
-fn entry_at(bytes: &[u8], offset: u64) -> Result<Entry, ManifestError> {
-    let mut rest = usize::try_from(offset)
-        .ok()
-        .and_then(|o| bytes.get(o..))
-        .ok_or_else(|| ManifestError::Corrupt("entry offset out of range".into()))?;
-    next_entry(&mut rest)?.ok_or_else(|| ManifestError::Corrupt("entry offset out of range".into()))
-}
-
-/// Decodes the next kept message of `rest`, consuming it.
-fn next_entry(rest: &mut &[u8]) -> Result<Option<Entry>, ManifestError> {
-    if rest.is_empty() {
-        return Ok(None);
-    }
-    let len =
-        prost::encoding::decode_varint(rest).map_err(|e| ManifestError::Corrupt(e.to_string()))?;
-    let len = usize::try_from(len)
-        .ok()
-        .filter(|&l| l <= rest.len())
-        .ok_or_else(|| ManifestError::Corrupt("truncated entry".into()))?;
-    let (msg, after) = rest.split_at(len);
-    *rest = after;
-    entry_codec::decode(msg).map(Some)
 }
 
 /// A whole, valid manifest ([`Decoder::finish`](super::Decoder::finish)) whose entries are
@@ -112,8 +241,8 @@ impl EncodedManifest {
         header: ManifestHeader,
         mut entries: EncodedEntries,
     ) -> Result<Self, ManifestError> {
-        std::mem::take(&mut entries.index).check(&entries.bytes)?;
-        entries.bytes.shrink_to_fit();
+        entries.store.flush()?;
+        std::mem::take(&mut entries.index).check(&entries.store)?;
         Ok(EncodedManifest { header, entries })
     }
 
@@ -136,11 +265,19 @@ impl EncodedManifest {
         self.header.root_path(i)
     }
 
-    /// The entries in manifest order, each decoded when it is reached (and validated when the
-    /// manifest was: an error here means memory was damaged, not the manifest).
+    /// The entries in manifest order, each decoded when it is reached. They were validated when
+    /// the manifest was: an error here is the scratch file failing, or damaged memory.
     pub fn entries(&self) -> impl Iterator<Item = Result<Entry, ManifestError>> + '_ {
-        let mut rest = self.entries.bytes.as_slice();
-        std::iter::from_fn(move || next_entry(&mut rest).transpose())
+        let mut reader = Reader::new(&self.entries.store);
+        let mut at = Some(0u64);
+        std::iter::from_fn(move || {
+            let res = reader.entry_at(at?);
+            at = match &res {
+                Ok(Some((_, next))) => Some(*next),
+                _ => None,
+            };
+            res.map(|o| o.map(|(e, _)| e)).transpose()
+        })
     }
 
     /// Every entry decoded (listings, database restores, tests: what needs them all at once).
@@ -189,30 +326,65 @@ mod tests {
         assert_eq!(m.decode_all().expect("decode").entries, lazy);
     }
 
+    /// Kept in a scratch file, a manifest larger than the read window, with an entry larger
+    /// than the window too, reads back as the one kept in memory; a duplicate is found there.
+    #[test]
+    fn a_manifest_kept_in_a_file_reads_back_as_in_memory() {
+        let mut entries: Vec<Entry> = (0..40)
+            .map(|i| file(&format!("f{i}"), &vec![i + 1; 1000]))
+            .collect();
+        entries.insert(7, file("big", &vec![9; 40_000]));
+        let mut w = ManifestWriter::new(&sample_header());
+        entries.iter().for_each(|e| w.push(e));
+        let bytes = w.finish();
+        assert!(bytes.len() > 2 * FILE_BUFFER, "{}", bytes.len());
+        let keep = |bytes: &[u8]| {
+            let mut d = Decoder::keeping_entries_in(tempfile::tempfile().expect("tempfile"));
+            for piece in bytes.chunks(100_000) {
+                d.feed(piece)?;
+            }
+            d.finish()
+        };
+        let m = keep(&bytes).expect("valid");
+        assert_eq!(
+            (m.len(), m.logical_bytes()),
+            (41, encoded(&entries).logical_bytes())
+        );
+        let read: Vec<Entry> = m.entries().map(|e| e.expect("entry")).collect();
+        assert_eq!(read, entries);
+        entries.push(file("big", &[1]));
+        let mut w = ManifestWriter::new(&sample_header());
+        entries.iter().for_each(|e| w.push(e));
+        assert_eq!(
+            keep(&w.finish()).err(),
+            Some(ManifestError::Duplicate { path: "big".into() })
+        );
+    }
+
     /// Equal hashes are only a duplicate when the entries' roots and paths are equal too: the
     /// index is forged here, as a real collision cannot be made.
     #[test]
     fn equal_hashes_are_confirmed_against_the_paths() {
-        let mut kept = EncodedEntries::default();
+        let mut kept = EncodedEntries::in_memory();
         let (a, b, a_again) = (file("a", &[1]), file("b", &[2]), file("a", &[3]));
         for e in [&a, &b, &a_again] {
             let mut msg = Vec::new();
             super::super::entry_codec::encode_delimited(e, &mut msg);
             let mut body = msg.as_slice();
             prost::encoding::decode_varint(&mut body).expect("length");
-            kept.push(e, body);
+            kept.push(e, body).expect("in memory");
         }
         let offsets: Vec<u64> = kept.index.0.iter().map(|(_, o)| *o).collect();
         let forged =
             |pairs: &[usize]| PathIndex(pairs.iter().map(|&i| ([7u8; 16], offsets[i])).collect());
-        assert_eq!(forged(&[0, 1]).check(&kept.bytes), Ok(()));
+        assert_eq!(forged(&[0, 1]).check(&kept.store), Ok(()));
         assert_eq!(
-            forged(&[1, 2, 0]).check(&kept.bytes),
+            forged(&[1, 2, 0]).check(&kept.store),
             Err(ManifestError::Duplicate { path: "a".into() })
         );
         // The real hashes tell "a" twice apart from "b".
         assert_eq!(
-            std::mem::take(&mut kept.index).check(&kept.bytes),
+            std::mem::take(&mut kept.index).check(&kept.store),
             Err(ManifestError::Duplicate { path: "a".into() })
         );
     }
