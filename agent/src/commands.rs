@@ -15,7 +15,7 @@ pub mod snapshots;
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lifeboat_common::exit;
@@ -76,17 +76,28 @@ pub async fn connect(cfg: &AgentConfig) -> Result<GrpcRemote, Failure> {
 
 /// Opens the file cache in `state_dir/cache`, creating `state_dir` (0700) if needed.
 pub fn open_cache(cfg: &AgentConfig) -> Result<Arc<dyn FileCache>, Failure> {
+    create_state_dir(cfg).map_err(|e| Failure::new(&e, Some(cfg)))?;
+    Ok(Arc::from(SledCache::open(&cfg.state_dir.join("cache"))))
+}
+
+fn create_state_dir(cfg: &AgentConfig) -> Result<(), AgentError> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&cfg.state_dir)
-        .map_err(|e| {
-            Failure::new(
-                &AgentError::io("cannot create state directory", &cfg.state_dir, e),
-                Some(cfg),
-            )
-        })?;
-    Ok(Arc::from(SledCache::open(&cfg.state_dir.join("cache"))))
+        .map_err(|e| AgentError::io("cannot create state directory", &cfg.state_dir, e))
+}
+
+/// Where a restore or `ls` keeps the manifest's entries ([`crate::scratch`]): `state_dir`,
+/// created (0700) if needed; `None` (memory) if it cannot be, with a warning.
+pub fn scratch_dir(cfg: &AgentConfig) -> Option<PathBuf> {
+    match create_state_dir(cfg) {
+        Ok(()) => Some(cfg.state_dir.clone()),
+        Err(e) => {
+            tracing::warn!(error = %e, "the manifest's entries are kept in memory instead");
+            None
+        }
+    }
 }
 
 /// Prints one JSON line on stdout.

@@ -1,6 +1,7 @@
 //! Restoring a snapshot of a source, to another directory or in place.
 //!
-//! Order: resolve the snapshot and verify its manifest ([`fetch`]); for each selected entry (walk
+//! Order: resolve the snapshot and verify its manifest ([`fetch`]; its entries kept encoded in a
+//! scratch file of the state directory, decoded one at a time below); for each selected entry (walk
 //! order, parents first) check the path ([`target`]), then create the directory or the symlink
 //! (through a temporary name, [`write`]), or queue the file: queued files are fetched and written
 //! many at once ([`files`]), and the queue is flushed before any entry that could disturb a

@@ -14,10 +14,16 @@ pub async fn run(cli: &Cli, args: &LsArgs) -> CmdResult {
     let cfg = load_config(cli.config.as_deref())?;
     let keys = data_keys(&cfg)?;
     let remote = connect(&cfg).await?;
-    let scratch = Some(cfg.state_dir.as_path());
-    let (info, m) = fetch::load_manifest(&remote, &keys, &args.snapshot, &args.source, scratch)
-        .await
-        .map_err(|e| Failure::new(&e, Some(&cfg)))?;
+    let scratch = super::scratch_dir(&cfg);
+    let (info, m) = fetch::load_manifest(
+        &remote,
+        &keys,
+        &args.snapshot,
+        &args.source,
+        scratch.as_deref(),
+    )
+    .await
+    .map_err(|e| Failure::new(&e, Some(&cfg)))?;
     for e in m.entries() {
         let e = &e.map_err(|source| {
             let e = AgentError::Manifest {

@@ -81,10 +81,16 @@ pub async fn execute(
     }
     let fail = |e: AgentError| Failure::new(&e, Some(cfg));
     let started = Instant::now();
-    let scratch = Some(cfg.state_dir.as_path());
-    let (info, manifest) = load_manifest(&remote, keys, &args.snapshot, &args.source, scratch)
-        .await
-        .map_err(fail)?;
+    let scratch = super::scratch_dir(cfg);
+    let (info, manifest) = load_manifest(
+        &remote,
+        keys,
+        &args.snapshot,
+        &args.source,
+        scratch.as_deref(),
+    )
+    .await
+    .map_err(fail)?;
     on_manifest(&manifest);
     if manifest.header.kind == "mysql" {
         let manifest = fetch::decode_all(&info.id, manifest).map_err(fail)?;
@@ -217,7 +223,7 @@ async fn restore_files(
         path: args.path.clone(),
         delete: args.delete,
         excludes,
-        scratch_dir: Some(cfg.state_dir.clone()),
+        scratch_dir: super::scratch_dir(cfg),
     };
     let has_nginx_conf =
         (0..m.header.roots.len()).any(|i| m.root_path(i as u32).starts_with("/etc/nginx"));
