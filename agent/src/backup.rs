@@ -588,7 +588,17 @@ pub(crate) async fn commit_snapshot<R: Remote>(
     .map_err(|e| AgentError::Worker(e.to_string()))?
     .map_err(|e| scratch_error(&ctx.scratch_dir, e))?;
     let count = references.len();
-    let sender = tokio::task::spawn_blocking(move || references.send(per, &tx));
+    // A read of the scratch file that fails ends the stream early: the controller then refuses
+    // the commit for its count, and the read's error is the one to report. It is recorded
+    // before the stream ends (`tx` is dropped after it), so it is there when the call returns.
+    let failed: Arc<std::sync::Mutex<Option<std::io::Error>>> = Arc::default();
+    let record = failed.clone();
+    tokio::task::spawn_blocking(move || {
+        if let (Err(e), Ok(mut slot)) = (references.send(per, &tx), record.lock()) {
+            *slot = Some(e);
+        }
+        drop(tx);
+    });
     let outcome = ctx
         .remote
         .commit(CommitRequest {
@@ -600,12 +610,9 @@ pub(crate) async fn commit_snapshot<R: Remote>(
             references: RefStream { count, batches: rx },
         })
         .await;
-    // A scratch file that failed mid-stream cut the stream short (the controller refused the
-    // commit for its count): that is the error to report.
-    sender
-        .await
-        .map_err(|e| AgentError::Worker(e.to_string()))?
-        .map_err(|e| scratch_error(&ctx.scratch_dir, e))?;
+    if let Some(e) = failed.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(scratch_error(&ctx.scratch_dir, e));
+    }
     Ok((outcome?, stats))
 }
 
