@@ -50,10 +50,11 @@ use crate::config::SourceConfig;
 use crate::error::AgentError;
 use crate::remote::{CommitOutcome, CommitRequest, RefStream, Remote};
 use crate::scratch::scratch_error;
+use lifeboat_common::manifest::ChunkPieces;
 use manifest_upload::{ManifestSink, upload_manifest};
 use read::{FileDone, Opener, ReadJob, ReadMsg};
 use refs::{RefSorter, References};
-use spill::{ChunkLists, ListWriter, Span};
+use spill::{ChunkLists, ListWriter, PIECE_CHUNKS, Span, SpanPieces};
 use upload::{UploadStats, Uploader};
 use walk::{Unreadable, WalkItem};
 
@@ -497,6 +498,9 @@ fn write_manifest(
     let mut refs = RefSorter::new(files.scratch);
     let mut lists = files.lists.reader();
     for (i, item) in files.items.iter().enumerate() {
+        // A large file's list is read in pieces (for the references, then by the encoder),
+        // never whole: the 1 GiB dump's would be 3.9 MB.
+        let mut large = None;
         let mut e = Entry {
             root: item.root,
             path: item.rel.clone(),
@@ -518,8 +522,16 @@ fn write_manifest(
                 if params != src.chunker {
                     e.chunker = Some(params.into());
                 }
-                (e.chunks, e.chunk_sizes) = lists.read(done.span).map_err(scratch_err)?;
-                refs.extend(&e.chunks).map_err(scratch_err)?;
+                if done.span.count() > PIECE_CHUNKS {
+                    let mut pieces = SpanPieces::new(files.lists, done.span);
+                    while let Some((ids, _)) = pieces.next_piece().map_err(scratch_err)? {
+                        refs.extend(&ids).map_err(scratch_err)?;
+                    }
+                    large = Some(pieces);
+                } else {
+                    (e.chunks, e.chunk_sizes) = lists.read(done.span).map_err(scratch_err)?;
+                    refs.extend(&e.chunks).map_err(scratch_err)?;
+                }
                 stats.files += 1;
                 stats.logical_bytes += done.size;
                 stats.files_read += u64::from(!done.cached);
@@ -531,7 +543,10 @@ fn write_manifest(
             }
             EntryKind::Unspecified => continue,
         }
-        sink.push(&e)?;
+        match &mut large {
+            Some(pieces) => sink.push_pieces(&e, pieces)?,
+            None => sink.push(&e)?,
+        }
     }
     let refs = refs.finish().map_err(scratch_err)?;
     stats.chunks = refs.len();

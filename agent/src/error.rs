@@ -39,6 +39,10 @@ pub enum AgentError {
         snapshot: String,
         source: ManifestError,
     },
+    /// A backup could not write its manifest (a chunk list that did not read back from the
+    /// scratch file); reading a snapshot's manifest fails with [`AgentError::Manifest`].
+    #[error("cannot write the manifest: {0}")]
+    ManifestWrite(#[from] ManifestError),
     #[error("chunk {} of {what} failed verification: {source}", .id.short())]
     Blob {
         what: String,

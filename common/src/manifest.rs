@@ -37,6 +37,7 @@ mod entry_codec;
 pub use database::{DatabaseDump, DatabaseMeta, TableInfo};
 pub use decoder::Decoder;
 pub use encoded::EncodedManifest;
+pub use entry_codec::ChunkPieces;
 
 /// Magic at the start of a manifest. Do not modify.
 pub const MANIFEST_MAGIC: [u8; 4] = *b"LBMF";
@@ -371,6 +372,19 @@ impl ManifestWriter {
         mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
         entry_codec::encode_delimited_with(entry, &mut self.buf, &mut flush)?;
+        self.entries += 1;
+        flush(&mut self.buf)
+    }
+
+    /// As [`ManifestWriter::push_with`] for an entry whose chunk list is read in `pieces`
+    /// rather than held (`entry`'s own chunks and sizes are ignored): the same bytes.
+    pub fn push_pieces_with<E: From<ManifestError>>(
+        &mut self,
+        entry: &Entry,
+        pieces: &mut dyn ChunkPieces,
+        mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        entry_codec::encode_pieces_delimited_with(entry, pieces, &mut self.buf, &mut flush)?;
         self.entries += 1;
         flush(&mut self.buf)
     }

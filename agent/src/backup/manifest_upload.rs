@@ -18,7 +18,7 @@
 use lifeboat_common::chunker::{ChunkerParams, Cutter};
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::{Entry, ManifestHeader, ManifestWriter};
+use lifeboat_common::manifest::{ChunkPieces, Entry, ManifestHeader, ManifestWriter};
 use tokio::sync::mpsc;
 
 use super::upload::Uploader;
@@ -45,6 +45,17 @@ impl ManifestSink {
         let (cutter, keys, tx) = (&self.cutter, &self.keys, &self.tx);
         self.w
             .push_with(e, |buf| send_cut(cutter, keys, tx, buf, false))
+    }
+
+    /// Appends an entry whose chunk list is read in `pieces`, not held (a large file's).
+    pub fn push_pieces(
+        &mut self,
+        e: &Entry,
+        pieces: &mut dyn ChunkPieces,
+    ) -> Result<(), AgentError> {
+        let (cutter, keys, tx) = (&self.cutter, &self.keys, &self.tx);
+        self.w
+            .push_pieces_with(e, pieces, |buf| send_cut(cutter, keys, tx, buf, false))
     }
 
     /// The end marker and trailer, and the last chunks.

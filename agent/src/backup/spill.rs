@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
+use lifeboat_common::manifest::ChunkPieces;
 
 use crate::scratch::temp_file;
 
@@ -84,6 +85,15 @@ impl Span {
     pub fn count(&self) -> u64 {
         self.count
     }
+
+    /// At most `max` of this span's chunks, from its `from`-th.
+    pub fn part(&self, from: u64, max: u64) -> Span {
+        let from = from.min(self.count);
+        Span {
+            first: self.first + from,
+            count: max.min(self.count - from),
+        }
+    }
 }
 
 /// Appends the chunk lists of one pass's files (on the reader thread).
@@ -146,6 +156,42 @@ impl ChunkLists {
             buf: Vec::new(),
             first: 0,
         }
+    }
+}
+
+/// Chunks read at once by [`SpanPieces`] (64 KiB of records).
+pub const PIECE_CHUNKS: u64 = BUFFER_RECORDS;
+
+/// One file's chunk list read in pieces of [`PIECE_CHUNKS`], for a manifest entry written
+/// without the whole list in memory ([`ChunkPieces`]).
+pub struct SpanPieces<'a> {
+    reader: ListReader<'a>,
+    span: Span,
+    at: u64,
+}
+
+impl<'a> SpanPieces<'a> {
+    pub fn new(lists: &'a ChunkLists, span: Span) -> Self {
+        SpanPieces {
+            reader: lists.reader(),
+            span,
+            at: 0,
+        }
+    }
+}
+
+impl ChunkPieces for SpanPieces<'_> {
+    fn next_piece(&mut self) -> io::Result<Option<(Vec<ChunkId>, Vec<u32>)>> {
+        let part = self.span.part(self.at, PIECE_CHUNKS);
+        if part.count == 0 {
+            return Ok(None);
+        }
+        self.at += part.count;
+        self.reader.read(part).map(Some)
+    }
+
+    fn rewind(&mut self) {
+        self.at = 0;
     }
 }
 

@@ -103,6 +103,100 @@ fn encode<E>(
     Ok(())
 }
 
+/// A large entry's chunk list read in pieces (from a backup's scratch file) rather than held:
+/// [`encode_pieces_delimited_with`] reads it three times (to measure it, for the ids, for the
+/// sizes), so a file's list costs a piece of memory, not 36 bytes a chunk.
+pub trait ChunkPieces {
+    /// The next piece of ids and their sizes (as many of each), `None` after the last.
+    fn next_piece(&mut self) -> std::io::Result<Option<(Vec<ChunkId>, Vec<u32>)>>;
+    /// Starts over from the first piece.
+    fn rewind(&mut self);
+}
+
+/// As [`encode_delimited_with`] for `e` with its chunks and sizes taken from `pieces` (those of
+/// `e` are ignored): the same bytes. A list that reads back differently from one pass to the
+/// next, or fails to read, is an error and the entry is not complete in `buf`.
+pub(super) fn encode_pieces_delimited_with<E: From<ManifestError>>(
+    e: &Entry,
+    pieces: &mut dyn ChunkPieces,
+    buf: &mut Vec<u8>,
+    mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
+    let (n, sizes_body) = measure(pieces)?;
+    let head = head(e);
+    let sizes_len = if n == 0 {
+        0
+    } else {
+        encoding::key_len(12) + encoding::encoded_len_varint(sizes_body as u64) + sizes_body
+    };
+    let chunker_len = e
+        .chunker
+        .as_ref()
+        .map_or(0, |c| encoding::message::encoded_len(13, c));
+    let len = head.encoded_len() + n * ID_FIELD_LEN + sizes_len + chunker_len;
+    encoding::encode_varint(len as u64, buf);
+    head.encode_raw(buf);
+    pieces.rewind();
+    let (mut written, mut since_flush) = (0usize, 0usize);
+    while let Some((ids, _)) = pieces.next_piece().map_err(scratch::<E>)? {
+        for id in &ids {
+            encoding::encode_key(CHUNKS_TAG, WireType::LengthDelimited, buf);
+            encoding::encode_varint(CHUNK_ID_LEN as u64, buf);
+            buf.extend_from_slice(id.as_bytes());
+            since_flush += 1;
+            if since_flush == FLUSH_IDS {
+                flush(buf)?;
+                since_flush = 0;
+            }
+        }
+        written += ids.len();
+    }
+    if n > 0 {
+        encoding::encode_key(12, WireType::LengthDelimited, buf);
+        encoding::encode_varint(sizes_body as u64, buf);
+    }
+    pieces.rewind();
+    let mut body = 0;
+    while let Some((_, sizes)) = pieces.next_piece().map_err(scratch::<E>)? {
+        for s in sizes {
+            encoding::encode_varint(u64::from(s), buf);
+            body += encoding::encoded_len_varint(u64::from(s));
+        }
+        flush(buf)?;
+    }
+    if written != n || body != sizes_body {
+        return Err(E::from(ManifestError::Corrupt(
+            "a chunk list read back differently while its entry was written".into(),
+        )));
+    }
+    if let Some(c) = &e.chunker {
+        encoding::message::encode(13, c, buf);
+    }
+    Ok(())
+}
+
+/// The number of chunks and the packed sizes' length.
+fn measure<E: From<ManifestError>>(pieces: &mut dyn ChunkPieces) -> Result<(usize, usize), E> {
+    pieces.rewind();
+    let (mut n, mut sizes_body) = (0, 0);
+    while let Some((ids, sizes)) = pieces.next_piece().map_err(scratch::<E>)? {
+        if ids.len() != sizes.len() {
+            return Err(E::from(ManifestError::Corrupt(
+                "a chunk list's piece has more ids than sizes, or fewer".into(),
+            )));
+        }
+        n += ids.len();
+        sizes_body += (sizes.iter())
+            .map(|&s| encoding::encoded_len_varint(u64::from(s)))
+            .sum::<usize>();
+    }
+    Ok((n, sizes_body))
+}
+
+fn scratch<E: From<ManifestError>>(e: std::io::Error) -> E {
+    E::from(ManifestError::Scratch(e.to_string()))
+}
+
 /// Decodes one entry's message (without its length prefix), as `EntryMsg::decode` followed by
 /// `Entry::try_from` would: the same fields, the same refusals (the wording of a `Corrupt`
 /// error about field 11 differs from prost's). Not validated
@@ -252,6 +346,76 @@ mod tests {
         assert_eq!(taken[1..], by_prost(&e)[..]);
         assert_eq!(taken[0], 9, "what the buffer held is kept in front");
         assert!(most < 2 * FLUSH_IDS * ID_FIELD_LEN, "held {most} bytes");
+    }
+
+    /// An entry's list served in pieces of `piece` chunks; `change` alters what the second
+    /// pass reads (a list that changed under the writer).
+    struct Pieces<'a> {
+        e: &'a Entry,
+        piece: usize,
+        at: usize,
+        passes: usize,
+        change: bool,
+    }
+
+    impl ChunkPieces for Pieces<'_> {
+        fn next_piece(&mut self) -> std::io::Result<Option<(Vec<ChunkId>, Vec<u32>)>> {
+            let end = (self.at + self.piece).min(self.e.chunks.len());
+            if self.at == end {
+                return Ok(None);
+            }
+            let mut ids = self.e.chunks[self.at..end].to_vec();
+            if self.change && self.passes == 2 {
+                ids.pop();
+            }
+            let sizes = self.e.chunk_sizes[self.at..end].to_vec();
+            self.at = end;
+            Ok(Some((ids, sizes)))
+        }
+
+        fn rewind(&mut self) {
+            self.at = 0;
+            self.passes += 1;
+        }
+    }
+
+    proptest! {
+        /// Pieces of any size give the bytes of the whole entry, taken from the front as the
+        /// encoder flushes.
+        #[test]
+        fn an_entry_in_pieces_is_the_same_bytes(
+            sizes in proptest::collection::vec(1u32..5_000_000, 0..3000),
+            piece in 1usize..1500,
+            chunker in any::<bool>(),
+        ) {
+            let e = entry(sizes.len(), sizes, chunker, "big.bin");
+            let mut pieces = Pieces { e: &e, piece, at: 0, passes: 0, change: false };
+            let (mut buf, mut taken) = (vec![9], Vec::new());
+            encode_pieces_delimited_with(&Entry { chunks: Vec::new(), chunk_sizes: Vec::new(), ..e.clone() }, &mut pieces, &mut buf, |b: &mut Vec<u8>| {
+                taken.append(b);
+                Ok::<(), ManifestError>(())
+            })
+            .expect("encode");
+            taken.append(&mut buf);
+            prop_assert_eq!(&taken[1..], &by_prost(&e)[..]);
+            prop_assert_eq!(pieces.passes, 3);
+        }
+    }
+
+    #[test]
+    fn a_list_that_reads_back_differently_is_refused() {
+        let e = entry(3000, vec![7; 3000], false, "big.bin");
+        let mut pieces = Pieces {
+            e: &e,
+            piece: 100,
+            at: 0,
+            passes: 0,
+            change: true,
+        };
+        let res = encode_pieces_delimited_with(&e, &mut pieces, &mut Vec::new(), |_| {
+            Ok::<(), ManifestError>(())
+        });
+        assert!(matches!(res, Err(ManifestError::Corrupt(r)) if r.contains("differently")));
     }
 
     #[test]
