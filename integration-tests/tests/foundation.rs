@@ -188,6 +188,54 @@ fn a_manifest_of_several_chunks_round_trips_and_is_stored_once() {
     assert_same_tree(&www, &restored_root(&to, &www));
 }
 
+/// A source of more chunk ids than the backup sorts in memory (32,768) in one file of more
+/// chunks than a manifest entry is written from at once (1,820), through the real controller
+/// and agent: the references merged from sorting runs on disk are committed once each (the
+/// controller refuses a stream whose distinct ids differ from the header's count), the entry
+/// written in pieces restores byte for byte from the restore's scratch file, a no-change backup
+/// from the cache sends the same references, and no scratch file is left in the state directory.
+#[test]
+fn more_ids_than_a_sorting_run_round_trip_through_the_scratch_files() {
+    let f = Fleet::new();
+    let www = f.path("www");
+    fs::create_dir_all(&www).unwrap();
+    write_data(&www.join("big.bin"), 12 << 20, 7, false);
+    let sources = format!(
+        "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{:?}]\nchunker = {{ min = 64, avg = 256, max = 1024 }}\n",
+        www.to_str().unwrap()
+    );
+    let agent = Agent::enroll(&f.ctl, &f.path("web-01"), "web-01", None, &f.key, &sources);
+    let first = agent.backup("web");
+    let chunks = u(&first, "chunks");
+    assert!(chunks > 32_768, "{first}");
+    let id = first["snapshot_id"].as_str().unwrap();
+    let shown = f.ctl.ctl_json(&["snapshots", "show", id, "--json"]);
+    assert_eq!(
+        u(&shown, "reference_count"),
+        chunks + u(&shown, "manifest_chunks"),
+        "{shown}"
+    );
+    let second = agent.backup("web");
+    assert_eq!(
+        (u(&second, "files_read"), u(&second, "chunks")),
+        (0, chunks),
+        "{second}"
+    );
+    let to = f.path("restored");
+    let r = agent.restore("web", &["--to", to.to_str().unwrap()]);
+    assert_eq!(u(&r, "files_written"), 1, "{r}");
+    assert_same_tree(&www, &restored_root(&to, &www));
+    let left: Vec<_> = fs::read_dir(agent.dir.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left,
+        ["cache"],
+        "only the file cache stays in the state directory"
+    );
+}
+
 /// Agents in one dedup group store a shared tree once; agents in different groups never share.
 #[test]
 fn dedup_groups() {
