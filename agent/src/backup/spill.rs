@@ -6,7 +6,8 @@
 //! (170,000 chunks), 4.7 MB for a 1 GiB dump at 8 KiB chunks alone, and ten times that for a
 //! source ten times larger. Here they are appended, as they are made, to an unlinked file in the
 //! agent's state directory; a pass keeps a [`Span`] (16 bytes) per file and reads a file's list
-//! back when it needs it, sequentially and mostly from the page cache. What the pass holds per
+//! back when it needs it, sequentially and mostly from the page cache (a large file's in pieces,
+//! [`SpanPieces`], so not even its list is held whole). What the pass holds per
 //! chunk is the write buffer, whatever the source's size; the kernel may write the bytes out
 //! under memory pressure, which is the point.
 //!
