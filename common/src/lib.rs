@@ -15,6 +15,7 @@
 //! Byte layouts are documented in `docs/format.md`; every format constant here is marked
 //! "do not modify": a shipped format is never changed, only superseded by a new version.
 
+pub mod appender;
 pub mod blob;
 pub mod chunker;
 pub mod clock;

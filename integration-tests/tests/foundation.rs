@@ -32,12 +32,17 @@ impl Fleet {
     }
 
     fn agent(&self, name: &str, group: Option<&str>, roots: &[&Path]) -> Agent {
+        self.agent_with(name, group, roots, "")
+    }
+
+    /// As [`Fleet::agent`], with `extra` lines in the source's table.
+    fn agent_with(&self, name: &str, group: Option<&str>, roots: &[&Path], extra: &str) -> Agent {
         let paths: Vec<String> = roots
             .iter()
             .map(|r| format!("{:?}", r.to_str().unwrap()))
             .collect();
         let sources = format!(
-            "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{}]\n",
+            "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{}]\n{extra}",
             paths.join(", ")
         );
         Agent::enroll(
@@ -200,11 +205,8 @@ fn more_ids_than_a_sorting_run_round_trip_through_the_scratch_files() {
     let www = f.path("www");
     fs::create_dir_all(&www).unwrap();
     write_data(&www.join("big.bin"), 12 << 20, 7, false);
-    let sources = format!(
-        "[[source]]\nname = \"web\"\nkind = \"files\"\npaths = [{:?}]\nchunker = {{ min = 64, avg = 256, max = 1024 }}\n",
-        www.to_str().unwrap()
-    );
-    let agent = Agent::enroll(&f.ctl, &f.path("web-01"), "web-01", None, &f.key, &sources);
+    let chunker = "chunker = { min = 64, avg = 256, max = 1024 }\n";
+    let agent = f.agent_with("web-01", None, &[&www], chunker);
     let first = agent.backup("web");
     let chunks = u(&first, "chunks");
     assert!(chunks > 32_768, "{first}");

@@ -23,10 +23,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use lifeboat_common::appender::Appender;
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use tokio::sync::mpsc;
 
-use super::spill::Appender;
+use super::spill::{BUFFER_BYTES, id_at};
 use crate::scratch::temp_file;
 
 /// Ids sorted in memory before a run goes to disk (1 MiB).
@@ -76,7 +77,9 @@ impl RefSorter {
         self.run.dedup();
         let out = match &mut self.out {
             Some(out) => out,
-            None => self.out.insert(Appender::new(temp_file(&self.dir)?)),
+            None => self
+                .out
+                .insert(Appender::new(temp_file(&self.dir)?, BUFFER_BYTES)),
         };
         let start = out.end();
         for id in &self.run {
@@ -167,12 +170,6 @@ impl RunCursor {
         self.pos += CHUNK_ID_LEN;
         Ok(Some(id))
     }
-}
-
-fn id_at(buf: &[u8], pos: usize) -> ChunkId {
-    let mut a = [0u8; CHUNK_ID_LEN];
-    a.copy_from_slice(&buf[pos..pos + CHUNK_ID_LEN]);
-    ChunkId(a)
 }
 
 /// A snapshot's distinct referenced ids, sorted: the sorter's (in memory, or a run in a scratch

@@ -21,6 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use lifeboat_common::appender::Appender;
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use lifeboat_common::manifest::ChunkPieces;
 
@@ -32,47 +33,11 @@ pub const BUFFER_BYTES: usize = 64 << 10;
 /// One chunk's record: its id, then its size (little-endian).
 const RECORD: usize = CHUNK_ID_LEN + 4;
 
-/// Buffered appends to a file shared for positional reads.
-pub struct Appender {
-    file: Arc<File>,
-    buf: Vec<u8>,
-    written: u64,
-}
-
-impl Appender {
-    pub fn new(file: File) -> Self {
-        Appender {
-            file: Arc::new(file),
-            buf: Vec::with_capacity(BUFFER_BYTES),
-            written: 0,
-        }
-    }
-
-    /// Bytes appended so far (written or buffered): where the next byte goes.
-    pub fn end(&self) -> u64 {
-        self.written + self.buf.len() as u64
-    }
-
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.buf.extend_from_slice(bytes);
-        if self.buf.len() >= BUFFER_BYTES {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    /// Writes what is buffered (to the page cache: a scratch file is never synced).
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.file.write_all_at(&self.buf, self.written)?;
-        self.written += self.buf.len() as u64;
-        self.buf.clear();
-        Ok(())
-    }
-
-    /// The file, for reading what was flushed.
-    pub fn file(&self) -> &Arc<File> {
-        &self.file
-    }
+/// The id whose bytes start at `pos` in `buf` (which holds them all).
+pub fn id_at(buf: &[u8], pos: usize) -> ChunkId {
+    let mut a = [0u8; CHUNK_ID_LEN];
+    a.copy_from_slice(&buf[pos..pos + CHUNK_ID_LEN]);
+    ChunkId(a)
 }
 
 /// A file's chunks in the scratch file: `count` records from record `first`.
@@ -105,7 +70,7 @@ pub struct ListWriter {
 impl ListWriter {
     pub fn create(dir: &Path) -> io::Result<Self> {
         Ok(ListWriter {
-            out: Appender::new(temp_file(dir)?),
+            out: Appender::new(temp_file(dir)?, BUFFER_BYTES),
         })
     }
 
@@ -131,7 +96,7 @@ impl ListWriter {
 
     /// Writes what is buffered; the lists can then be read.
     pub fn finish(mut self) -> io::Result<ChunkLists> {
-        self.out.flush()?;
+        self.out.finish()?;
         Ok(ChunkLists {
             file: self.out.file().clone(),
             records: self.mark(),
@@ -230,10 +195,8 @@ impl ListReader<'_> {
             let from = (at - self.first) as usize * RECORD;
             let upto = self.buf.len().min(from + left as usize * RECORD);
             for rec in self.buf[from..upto].chunks_exact(RECORD) {
-                let (id, size) = rec.split_at(CHUNK_ID_LEN);
-                let mut a = [0u8; CHUNK_ID_LEN];
-                a.copy_from_slice(id);
-                ids.push(ChunkId(a));
+                let size = &rec[CHUNK_ID_LEN..];
+                ids.push(id_at(rec, 0));
                 sizes.push(u32::from_le_bytes([size[0], size[1], size[2], size[3]]));
             }
             let got = ((upto - from) / RECORD) as u64;

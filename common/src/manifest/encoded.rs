@@ -18,6 +18,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{Entry, Manifest, ManifestError, ManifestHeader, entry_codec};
+use crate::appender::Appender;
 
 /// Bytes buffered before a scratch file is written, and read from it at once.
 const FILE_BUFFER: usize = 1 << 20;
@@ -28,43 +29,30 @@ const MAX_VARINT_LEN: u64 = 10;
 /// Where the kept messages are: in memory, or in a scratch file (a restore's).
 enum Store {
     Memory(Vec<u8>),
-    File {
-        file: File,
-        buf: Vec<u8>,
-        written: u64,
-    },
+    File(Appender),
 }
 
 impl Store {
     fn len(&self) -> u64 {
         match self {
             Store::Memory(bytes) => bytes.len() as u64,
-            Store::File { buf, written, .. } => written + buf.len() as u64,
+            Store::File(out) => out.end(),
         }
     }
 
     fn append(&mut self, bytes: &[u8]) -> Result<(), ManifestError> {
         match self {
             Store::Memory(all) => all.extend_from_slice(bytes),
-            Store::File { buf, .. } => {
-                buf.extend_from_slice(bytes);
-                if buf.len() >= FILE_BUFFER {
-                    self.flush()?;
-                }
-            }
+            Store::File(out) => out.write(bytes).map_err(scratch)?,
         }
         Ok(())
     }
 
-    /// Everything appended is readable (a file's buffer written; memory trimmed).
+    /// Everything appended is readable (a file's buffer written and freed; memory trimmed).
     fn flush(&mut self) -> Result<(), ManifestError> {
         match self {
             Store::Memory(all) => all.shrink_to_fit(),
-            Store::File { file, buf, written } => {
-                file.write_all_at(buf, *written).map_err(scratch)?;
-                *written += buf.len() as u64;
-                *buf = Vec::new();
-            }
+            Store::File(out) => out.finish().map_err(scratch)?,
         }
         Ok(())
     }
@@ -104,17 +92,18 @@ impl<'a> Reader<'a> {
                 );
                 all.get(a..e).ok_or_else(out_of_range)
             }
-            Store::File { file, written, .. } => {
-                let end = end.min(*written);
+            Store::File(out) => {
+                let written = out.written();
+                let end = end.min(written);
                 if at > end {
                     return Err(out_of_range());
                 }
                 let held = self.window_at + self.window.len() as u64;
                 if at < self.window_at || end > held {
-                    let len = (end - at).max(FILE_BUFFER as u64).min(*written - at);
+                    let len = (end - at).max(FILE_BUFFER as u64).min(written - at);
                     self.window
                         .resize(usize::try_from(len).map_err(|_| out_of_range())?, 0);
-                    file.read_exact_at(&mut self.window, at).map_err(scratch)?;
+                    (out.file().read_exact_at(&mut self.window, at)).map_err(scratch)?;
                     self.window_at = at;
                 }
                 let from = (at - self.window_at) as usize;
@@ -159,11 +148,7 @@ impl EncodedEntries {
 
     /// Kept in `file` (a scratch file of the caller's: written from its start, never synced).
     pub(super) fn in_file(file: File) -> Self {
-        Self::with(Store::File {
-            file,
-            buf: Vec::new(),
-            written: 0,
-        })
+        Self::with(Store::File(Appender::new(file, FILE_BUFFER)))
     }
 
     fn with(store: Store) -> Self {
