@@ -101,7 +101,8 @@ pub struct RefStream {
 }
 
 impl RefStream {
-    /// Ids already in memory (tests; distinct), in batches of `per`.
+    /// Ids already in memory (distinct), in batches of `per`.
+    #[cfg(test)]
     pub fn from_ids(ids: &[ChunkId], per: usize) -> Self {
         let batches: Vec<&[ChunkId]> = ids.chunks(per.max(1)).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(batches.len().max(1));

@@ -94,11 +94,14 @@ impl Remote for MemoryRemote {
         while let Some(batch) = rx.recv().await {
             references.extend(batch);
         }
+        // As the controller does: the header announces the distinct ids the stream carries.
+        references.sort_unstable();
+        references.dedup();
         if references.len() as u64 != req.references.count {
             return Err(RemoteError::Status {
                 op: "CommitSnapshot",
                 status: tonic::Status::invalid_argument(format!(
-                    "the commit carries {} ids but its header announced reference_count = {}",
+                    "the commit carries {} distinct ids but its header announced reference_count = {}",
                     references.len(),
                     req.references.count
                 )),
