@@ -22,7 +22,7 @@ use super::{
 };
 
 /// The longest varint (a `u64`).
-const MAX_VARINT_LEN: usize = 10;
+pub(super) const MAX_VARINT_LEN: usize = 10;
 
 /// Where the decoder is in the layout (see the parent module's docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -17,14 +17,12 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use super::decoder::MAX_VARINT_LEN;
 use super::{Entry, Manifest, ManifestError, ManifestHeader, entry_codec};
 use crate::appender::Appender;
 
 /// Bytes buffered before a scratch file is written, and read from it at once.
 const FILE_BUFFER: usize = 1 << 20;
-
-/// The longest varint (a `u64`).
-const MAX_VARINT_LEN: u64 = 10;
 
 /// Where the kept messages are: in memory, or in a scratch file (a restore's).
 enum Store {
@@ -118,7 +116,7 @@ impl<'a> Reader<'a> {
         if at >= self.store.len() {
             return Ok(None);
         }
-        let mut head = self.bytes_at(at, MAX_VARINT_LEN)?;
+        let mut head = self.bytes_at(at, MAX_VARINT_LEN as u64)?;
         let before = head.len();
         let len = prost::encoding::decode_varint(&mut head)
             .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
@@ -163,7 +161,7 @@ impl EncodedEntries {
     /// Keeps a validated entry: its message, its path's hash and its size.
     pub(super) fn push(&mut self, e: &Entry, msg: &[u8]) -> Result<(), ManifestError> {
         self.index.push(e, self.store.len());
-        let mut len = Vec::with_capacity(MAX_VARINT_LEN as usize);
+        let mut len = Vec::with_capacity(MAX_VARINT_LEN);
         prost::encoding::encode_varint(msg.len() as u64, &mut len);
         self.store.append(&len)?;
         self.store.append(msg)?;
