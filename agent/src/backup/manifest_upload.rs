@@ -2,11 +2,12 @@
 //!
 //! The manifest is written entry by entry on a blocking thread (a [`ManifestSink`]), cut with
 //! [`ChunkerParams::MANIFEST`] as soon as each cut is known ([`Cutter`]), and every chunk goes
-//! over a channel of [`CHANNEL`] chunks to the uploader on the async side. The writer holds at
-//! most a chunk's `max` (1 MiB) plus the ids encoded since its last cut
-//! ([`ManifestWriter::push_with`]), whatever the size of the tree. Held whole, the manifest was
-//! the largest thing growing with the source at the no-change backup's peak: ~6.5 MB for the
-//! bench's 2.5 GiB (130,000 ids), before its chunks were copied into the uploader.
+//! over a channel of [`CHANNEL`] chunk to the uploader on the async side, whose batches are
+//! narrowed to [`BATCH_BYTES`] meanwhile. The writer holds at most a chunk's `max` (1 MiB) plus
+//! the ids encoded since its last cut ([`ManifestWriter::push_with`]), whatever the size of the
+//! tree. Held whole, the manifest was the largest thing growing with the source at the
+//! no-change backup's peak: ~6.5 MB for the bench's 2.5 GiB (130,000 ids), before its chunks
+//! were copied into the uploader.
 //!
 //! The chunks and ids are the ones cutting the finished manifest would give (the cuts depend
 //! only on the bytes and the seed); the restore concatenates whatever chunks a snapshot lists.
@@ -25,8 +26,17 @@ use super::upload::Uploader;
 use crate::error::AgentError;
 use crate::remote::Remote;
 
-/// Manifest chunks cut but not yet taken by the uploader.
-const CHANNEL: usize = 4;
+/// Manifest chunks cut but not yet taken by the uploader. One: with [`BATCH_BYTES`] it keeps
+/// what the manifest's upload holds at a few chunks whatever the size of the largest entry.
+const CHANNEL: usize = 1;
+
+/// Most plaintext in one of the uploader's batches while the manifest is written, with at most
+/// [`super::upload::FLIGHTS`] batches in the air (`Uploader::narrow_batches`). With the file
+/// data's 4 MiB batches and up to four flights, a large file's entry (the bench's 1 GiB dump:
+/// 3.9 MB) filled them all at once, and the no-change backup's peak grew with the largest file:
+/// at 2.5 GiB 28.2–28.6 MiB against 25.6–25.7 with these, the same wall time (the manifest's
+/// HaveChunks calls ask about one to four chunks each, ~25 of them at 2.5 GiB).
+const BATCH_BYTES: usize = 256 << 10;
 
 type Chunk = (ChunkId, Vec<u8>);
 
@@ -98,6 +108,7 @@ where
     T: Send + 'static,
     W: FnOnce(&mut ManifestSink) -> Result<T, AgentError> + Send + 'static,
 {
+    up.narrow_batches(BATCH_BYTES);
     let (tx, mut rx) = mpsc::channel(CHANNEL);
     let mut sink = ManifestSink {
         w: ManifestWriter::new(header),
@@ -202,5 +213,9 @@ mod tests {
             read.extend_from_slice(&plain);
         }
         assert_eq!(read, whole);
+        // Narrow batches: none asks about more than 4 chunks (256 KiB at their 64 KiB minimum;
+        // at the uploader's 4 MiB, one batch held all of the dump's entry's).
+        let calls = remote.have_calls.lock().expect("lock").clone();
+        assert!(calls.iter().all(|&n| n <= 4), "{calls:?}");
     }
 }

@@ -213,6 +213,14 @@ impl<'a, R: Remote> Uploader<'a, R> {
         self
     }
 
+    /// Holds at most `bytes` of plaintext per batch, and [`FLIGHTS`] batches in the air, from
+    /// now on (less if the limits were lower already: a bandwidth limit's). For the manifest's
+    /// chunks, which arrive faster than the flights land (see `manifest_upload`).
+    pub fn narrow_batches(&mut self, bytes: usize) {
+        self.batch_limit = self.batch_limit.min(bytes);
+        self.max_flights = self.max_flights.min(FLIGHTS);
+    }
+
     /// Whether `id` is durable, or carries plaintext in a flying batch (it will be durable, or
     /// the backup fails).
     fn known(&self, id: &ChunkId) -> bool {
