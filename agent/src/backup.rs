@@ -45,7 +45,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::cache::{CachedFile, FileCache, NoCache};
+use crate::cache::{CacheStat, FileCache, NoCache, PutSource};
 use crate::config::SourceConfig;
 use crate::error::AgentError;
 use crate::remote::{CommitOutcome, CommitRequest, RefStream, Remote};
@@ -54,7 +54,7 @@ use lifeboat_common::manifest::ChunkPieces;
 use manifest_upload::{ManifestSink, upload_manifest};
 use read::{FileDone, Opener, ReadJob, ReadMsg};
 use refs::{RefSorter, References};
-use spill::{ChunkLists, ListWriter, PIECE_CHUNKS, Span, SpanPieces};
+use spill::{ChunkLists, ListReader, ListWriter, PIECE_CHUNKS, Span, SpanPieces};
 use upload::{UploadStats, Uploader};
 use walk::{Unreadable, WalkItem};
 
@@ -136,7 +136,7 @@ struct Pass {
     outcome: CommitOutcome,
     report: BackupReport,
     /// Each file to record in the file cache: its key, its stat, and where its chunk list is.
-    cache_entries: Vec<(Vec<u8>, CachedFile, Span)>,
+    cache_entries: Vec<(Vec<u8>, CacheStat, Span)>,
     lists: ChunkLists,
 }
 
@@ -207,31 +207,53 @@ async fn backup_files<R: Remote>(
 }
 
 /// Records the committed pass's files in the file cache, each with its chunk list read back
-/// from the scratch file (on a blocking thread: sled and the file both block). A list that
-/// cannot be read is left out with a warning: the cache is only a cache.
+/// from the scratch file in pieces (on a blocking thread: sled and the file both block). A list
+/// that cannot be read ends the update with a warning: the cache is only a cache.
 async fn update_cache(
     cache: Arc<dyn FileCache>,
-    entries: Vec<(Vec<u8>, CachedFile, Span)>,
+    entries: Vec<(Vec<u8>, CacheStat, Span)>,
     lists: ChunkLists,
 ) {
     let put = tokio::task::spawn_blocking(move || {
-        let (mut failed, mut lists) = (None, lists.reader());
-        let mut files = entries
-            .into_iter()
-            .map_while(|(key, stat, span)| match lists.read(span) {
-                Ok((ids, sizes)) => Some((key, CachedFile { ids, sizes, ..stat })),
-                Err(e) => {
-                    failed = Some(e);
-                    None
-                }
-            });
-        cache.put_all(&mut files);
-        if let Some(e) = failed {
+        let mut files = CacheUpdate {
+            entries: entries.into_iter(),
+            lists: lists.reader(),
+            span: Span::default(),
+            at: 0,
+        };
+        if let Err(e) = cache.put_all(&mut files) {
             warn!(error = %e, "cannot read a chunk list back from the backup's scratch file; the file cache misses the rest of this backup's files, which the next backup reads again");
         }
     });
     if let Err(e) = put.await {
         warn!(error = %e, "the file cache update stopped; the next backup reads these files again");
+    }
+}
+
+/// The files a committed pass records in the cache, their lists read from its scratch file.
+struct CacheUpdate<'a> {
+    entries: std::vec::IntoIter<(Vec<u8>, CacheStat, Span)>,
+    lists: ListReader<'a>,
+    /// The current file's list, and how much of it was handed out.
+    span: Span,
+    at: u64,
+}
+
+impl PutSource for CacheUpdate<'_> {
+    fn next_file(&mut self) -> std::io::Result<Option<(Vec<u8>, CacheStat, u64)>> {
+        Ok(self.entries.next().map(|(key, stat, span)| {
+            (self.span, self.at) = (span, 0);
+            (key, stat, span.count())
+        }))
+    }
+
+    fn next_records(&mut self, n: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
+        let part = self.span.part(self.at, n as u64);
+        if part.count() != n as u64 {
+            return Err(std::io::Error::other("a chunk list asked past its end"));
+        }
+        self.at += part.count();
+        self.lists.read_records(part, out)
     }
 }
 
@@ -434,7 +456,7 @@ fn cache_entries<R: Remote>(
     src: &SourceConfig,
     items: &[WalkItem],
     results: &FileResults,
-) -> Vec<(Vec<u8>, CachedFile, Span)> {
+) -> Vec<(Vec<u8>, CacheStat, Span)> {
     let stamp = cache_stamp(&ctx.keys, src);
     items
         .iter()

@@ -2,8 +2,9 @@
 //!
 //! Key: an 8-byte stamp (derived from the chunk-id key and the chunker parameters, so a new
 //! master key or new parameters never reuse stale ids) · source name · 0 · root path · 0 ·
-//! relative path. Value (version 1): size, mtime ns, ctime ns, inode, then the chunk ids and
-//! sizes. A hit requires all four of size, mtime, ctime and inode to match.
+//! relative path. Value: size, mtime ns, ctime ns, inode, then the file's chunk ids and sizes,
+//! a long list in 64 KiB segments under keys of their own ([`value`]). A hit requires all four
+//! of size, mtime, ctime and inode to match.
 //!
 //! It is only a cache: the backup sends cached ids through `HaveChunks` like any other, and an
 //! id reported missing makes the file be read again. If the sled database cannot be opened, or a
@@ -12,10 +13,10 @@
 //! by another agent process, the backup runs without a cache and nothing is moved.
 //! Entries are written only after a successful commit.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use tracing::{debug, warn};
 
 /// sled's page cache size. A backup reads each file's entry once, in walk order, and writes
@@ -26,75 +27,15 @@ use tracing::{debug, warn};
 const CACHE_CAPACITY: u64 = 1 << 20;
 /// Entries written per sled batch by [`FileCache::put_all`].
 const PUT_SLICE: usize = 256;
-const VALUE_VERSION: u8 = 1;
 
-/// What the cache remembers about one file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CachedFile {
-    pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
-    pub inode: u64,
-    pub ids: Vec<ChunkId>,
-    pub sizes: Vec<u32>,
-}
+mod value;
 
-impl CachedFile {
-    /// Whether the stat fields match (the ids are then trusted, subject to `HaveChunks`).
-    pub fn matches(&self, other: &CachedFile) -> bool {
-        self.size == other.size
-            && self.mtime_ns == other.mtime_ns
-            && self.ctime_ns == other.ctime_ns
-            && self.inode == other.inode
-    }
+pub use value::{CHUNK_RECORD, CacheStat, CachedFile, ids as chunk_ids};
+use value::{SEGMENT_RECORDS, encode_head, segment_key, sizes};
 
-    fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(37 + self.ids.len() * (CHUNK_ID_LEN + 4));
-        v.push(VALUE_VERSION);
-        v.extend_from_slice(&self.size.to_le_bytes());
-        v.extend_from_slice(&self.mtime_ns.to_le_bytes());
-        v.extend_from_slice(&self.ctime_ns.to_le_bytes());
-        v.extend_from_slice(&self.inode.to_le_bytes());
-        v.extend_from_slice(&(self.ids.len() as u32).to_le_bytes());
-        for (id, size) in self.ids.iter().zip(&self.sizes) {
-            v.extend_from_slice(id.as_bytes());
-            v.extend_from_slice(&size.to_le_bytes());
-        }
-        v
-    }
-
-    fn decode(v: &[u8]) -> Option<CachedFile> {
-        let (&version, rest) = v.split_first()?;
-        if version != VALUE_VERSION || rest.len() < 36 {
-            return None;
-        }
-        let u64_at = |i: usize| {
-            rest.get(i..i + 8)
-                .and_then(|b| b.try_into().ok())
-                .map(u64::from_le_bytes)
-        };
-        let n = u32::from_le_bytes(rest.get(32..36)?.try_into().ok()?) as usize;
-        let body = &rest[36..];
-        if body.len() != n.checked_mul(CHUNK_ID_LEN + 4)? {
-            return None;
-        }
-        let mut ids = Vec::with_capacity(n);
-        let mut sizes = Vec::with_capacity(n);
-        for rec in body.chunks_exact(CHUNK_ID_LEN + 4) {
-            ids.push(ChunkId::try_from(&rec[..CHUNK_ID_LEN]).ok()?);
-            sizes.push(u32::from_le_bytes(rec[CHUNK_ID_LEN..].try_into().ok()?));
-        }
-        let f = CachedFile {
-            size: u64_at(0)?,
-            mtime_ns: u64_at(8)? as i64,
-            ctime_ns: u64_at(16)? as i64,
-            inode: u64_at(24)?,
-            ids,
-            sizes,
-        };
-        (f.sizes.iter().map(|&s| u64::from(s)).sum::<u64>() == f.size).then_some(f)
-    }
-}
+/// Bytes of values a sled batch of [`FileCache::put_all`] holds at most before it is applied
+/// (besides [`PUT_SLICE`]): a batch holds all its values in memory until then.
+const PUT_BATCH_BYTES: usize = 1 << 20;
 
 /// Builds a cache key.
 pub fn cache_key(stamp: &[u8; 8], source: &str, root: &[u8], rel: &[u8]) -> Vec<u8> {
@@ -111,9 +52,27 @@ pub fn cache_key(stamp: &[u8; 8], source: &str, root: &[u8], rel: &[u8]) -> Vec<
 /// A store of [`CachedFile`]s (sled in production; swappable).
 pub trait FileCache: Send + Sync {
     fn get(&self, key: &[u8]) -> Option<CachedFile>;
-    /// Records entries after a successful commit, as the iterator yields them. Failures are
-    /// logged, never fatal.
-    fn put_all(&self, entries: &mut dyn Iterator<Item = (Vec<u8>, CachedFile)>);
+    /// Hands the whole chunk list of `file` (got for `key`) to `f`, in order, 64 KiB of records
+    /// at most at a time. `Ok(false)`: part of it is missing or does not add up to the file's
+    /// size (a miss: the file is read); `Err`: `f`'s error.
+    fn records(
+        &self,
+        key: &[u8],
+        file: &CachedFile,
+        f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<bool>;
+    /// Records the files `files` yields, after a successful commit. The cache's own failures
+    /// are logged, never fatal; `Err` is `files`' error, which ends the update there.
+    fn put_all(&self, files: &mut dyn PutSource) -> io::Result<()>;
+}
+
+/// The files [`FileCache::put_all`] records, one after the other.
+pub trait PutSource {
+    /// The next file's key, stat and chunk count; `None` after the last.
+    fn next_file(&mut self) -> io::Result<Option<(Vec<u8>, CacheStat, u64)>>;
+    /// Appends the current file's next `n` chunk records to `out` (asked in order, for its
+    /// count in all).
+    fn next_records(&mut self, n: usize, out: &mut Vec<u8>) -> io::Result<()>;
 }
 
 /// A cache that never hits (used when the real one is unavailable, and for `--no-cache` passes).
@@ -123,7 +82,17 @@ impl FileCache for NoCache {
     fn get(&self, _key: &[u8]) -> Option<CachedFile> {
         None
     }
-    fn put_all(&self, _entries: &mut dyn Iterator<Item = (Vec<u8>, CachedFile)>) {}
+    fn records(
+        &self,
+        _key: &[u8],
+        _file: &CachedFile,
+        _f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        Ok(false)
+    }
+    fn put_all(&self, _files: &mut dyn PutSource) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The sled-backed cache in `STATE_DIR/cache`.
@@ -214,6 +183,82 @@ impl SledCache {
     }
 }
 
+/// Why [`SledCache::put_files`] stopped.
+enum PutFailure {
+    /// The files' own source (the backup's scratch file).
+    Source(io::Error),
+    Cache(sled::Error),
+}
+
+impl From<io::Error> for PutFailure {
+    fn from(e: io::Error) -> Self {
+        PutFailure::Source(e)
+    }
+}
+
+impl SledCache {
+    /// Segment `i` of the list under `key`, if it is there whole.
+    fn segment(&self, key: &[u8], i: u64, records: u64) -> Option<sled::IVec> {
+        let slot = self.db.lock().ok()?;
+        let v = slot.as_ref()?.get(segment_key(key, i)).ok()??;
+        (v.len() as u64 == records * CHUNK_RECORD as u64).then_some(v)
+    }
+
+    /// Writes `files` in batches; see [`value`] for the order of a segmented list's writes.
+    fn put_files(&self, db: &sled::Db, files: &mut dyn PutSource) -> Result<(), PutFailure> {
+        let (mut batch, mut n, mut bytes) = (sled::Batch::default(), 0, 0);
+        let mut buf = Vec::new();
+        let apply = |batch: &mut sled::Batch, n: &mut usize, bytes: &mut usize| {
+            *n = 0;
+            *bytes = 0;
+            db.apply_batch(std::mem::take(batch))
+                .map_err(PutFailure::Cache)
+        };
+        while let Some((key, stat, count)) = files.next_file()? {
+            let first = count.min(SEGMENT_RECORDS as u64);
+            buf.clear();
+            files.next_records(first as usize, &mut buf)?;
+            let Some(head) = encode_head(&stat, count, &buf) else {
+                let mut rest = count - first;
+                while rest > 0 {
+                    let take = rest.min(SEGMENT_RECORDS as u64);
+                    buf.clear();
+                    files.next_records(take as usize, &mut buf)?;
+                    rest -= take;
+                }
+                continue;
+            };
+            if count > first {
+                // The old head goes before any segment changes (a crash leaves a miss).
+                batch.remove(key.as_slice());
+                apply(&mut batch, &mut n, &mut bytes)?;
+                let mut rest = count - first;
+                for i in 1.. {
+                    if rest == 0 {
+                        break;
+                    }
+                    let take = rest.min(SEGMENT_RECORDS as u64);
+                    buf.clear();
+                    files.next_records(take as usize, &mut buf)?;
+                    batch.insert(segment_key(&key, i), buf.as_slice());
+                    bytes += buf.len();
+                    rest -= take;
+                    if bytes >= PUT_BATCH_BYTES {
+                        apply(&mut batch, &mut n, &mut bytes)?;
+                    }
+                }
+            }
+            bytes += head.len();
+            batch.insert(key, head);
+            n += 1;
+            if n >= PUT_SLICE || bytes >= PUT_BATCH_BYTES {
+                apply(&mut batch, &mut n, &mut bytes)?;
+            }
+        }
+        apply(&mut batch, &mut n, &mut bytes)
+    }
+}
+
 impl FileCache for SledCache {
     fn get(&self, key: &[u8]) -> Option<CachedFile> {
         let mut slot = self.db.lock().ok()?;
@@ -224,35 +269,60 @@ impl FileCache for SledCache {
                 return None;
             }
         };
-        let decoded = CachedFile::decode(&raw);
+        let decoded = CachedFile::decode(raw);
         if decoded.is_none() {
             self.recover(&mut slot);
         }
         decoded
     }
 
-    fn put_all(&self, entries: &mut dyn Iterator<Item = (Vec<u8>, CachedFile)>) {
-        let Ok(slot) = self.db.lock() else { return };
-        let Some(db) = slot.as_ref() else { return };
-        // In slices: one sled batch holds all its values in memory until applied, so a single
-        // batch of a whole data set's entries grew the agent with the number of files. Entries
-        // are independent (each one right on its own), so a crash between slices only leaves
-        // fewer of them.
-        let mut put_slices = || loop {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for (k, v) in (&mut *entries).take(PUT_SLICE) {
-                batch.insert(k.as_slice(), v.encode());
-                n += 1;
-            }
-            if n == 0 {
-                return Ok(());
-            }
-            db.apply_batch(batch)?;
+    fn records(
+        &self,
+        key: &[u8],
+        file: &CachedFile,
+        f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        f(file.head())?;
+        let (mut total, mut left) = (
+            sizes(file.head()),
+            file.count() - (file.head().len() / CHUNK_RECORD) as u64,
+        );
+        for i in 1..=file.segments() {
+            let want = left.min(SEGMENT_RECORDS as u64);
+            let Some(seg) = self.segment(key, i, want) else {
+                debug!(
+                    segment = i,
+                    "a cached chunk list's segment is missing; treating as a miss"
+                );
+                return Ok(false);
+            };
+            total += sizes(&seg);
+            f(&seg)?;
+            left -= want;
+        }
+        Ok(total == file.stat.size)
+    }
+
+    fn put_all(&self, files: &mut dyn PutSource) -> io::Result<()> {
+        let Ok(slot) = self.db.lock() else {
+            return Ok(());
         };
-        let res = put_slices().and_then(|()| db.flush().map(|_| ()));
-        if let Err(e) = res {
-            warn!(cache = %self.dir.display(), error = %e, "cannot update the file cache; the next backup reads these files again");
+        let Some(db) = slot.as_ref() else {
+            return Ok(());
+        };
+        // Batches of at most PUT_SLICE files and PUT_BATCH_BYTES: one sled batch holds all its
+        // values in memory until applied, so a single batch of a whole data set's entries grew
+        // the agent with the number of files. Files are independent (each one right on its
+        // own), so a crash between batches only leaves fewer of them.
+        let res = self.put_files(db, files);
+        let flushed = db.flush().map(drop).map_err(PutFailure::Cache);
+        match res.and(flushed) {
+            Ok(()) => Ok(()),
+            Err(PutFailure::Source(e)) => Err(e),
+            Err(PutFailure::Cache(e)) => {
+                warn!(cache = %self.dir.display(), error = %e, "cannot update the file cache; the next backup reads these files again");
+                Ok(())
+            }
         }
     }
 }
@@ -261,27 +331,164 @@ impl FileCache for SledCache {
 mod tests {
     use super::*;
 
-    fn sample(size: u32) -> CachedFile {
-        CachedFile {
-            size: u64::from(size) * 2,
+    use lifeboat_common::ids::CHUNK_ID_LEN;
+    use std::collections::VecDeque;
+
+    /// A file of `n` chunks of `size` bytes each, ids counting up from `first`.
+    fn sample_n(first: u32, n: u32, size: u32) -> Sample {
+        let mut records = Vec::new();
+        for i in first..first + n {
+            let mut id = [0xa5u8; CHUNK_ID_LEN];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            records.extend_from_slice(&id);
+            records.extend_from_slice(&size.to_le_bytes());
+        }
+        let stat = CacheStat {
+            size: u64::from(size) * u64::from(n),
             mtime_ns: 1_700_000_000_123_456_789,
             ctime_ns: -5,
             inode: 42,
-            ids: vec![ChunkId([1; 32]), ChunkId([2; 32])],
-            sizes: vec![size, size],
+        };
+        (stat, records)
+    }
+
+    fn sample(size: u32) -> Sample {
+        sample_n(1, 2, size)
+    }
+
+    /// Files to put, from memory.
+    struct Files {
+        files: VecDeque<(Vec<u8>, CacheStat, Vec<u8>)>,
+        current: Vec<u8>,
+    }
+
+    impl PutSource for Files {
+        fn next_file(&mut self) -> io::Result<Option<(Vec<u8>, CacheStat, u64)>> {
+            Ok(self.files.pop_front().map(|(key, stat, records)| {
+                let n = (records.len() / CHUNK_RECORD) as u64;
+                self.current = records;
+                (key, stat, n)
+            }))
         }
+        fn next_records(&mut self, n: usize, out: &mut Vec<u8>) -> io::Result<()> {
+            let rest = self.current.split_off(n * CHUNK_RECORD);
+            out.extend_from_slice(&self.current);
+            self.current = rest;
+            Ok(())
+        }
+    }
+
+    /// A file's stat and chunk records.
+    type Sample = (CacheStat, Vec<u8>);
+
+    fn put(c: &dyn FileCache, files: &[(&[u8], Sample)]) {
+        let files = files
+            .iter()
+            .map(|(k, (stat, r))| (k.to_vec(), *stat, r.clone()))
+            .collect();
+        let mut files = Files {
+            files,
+            current: Vec::new(),
+        };
+        c.put_all(&mut files).expect("put");
+    }
+
+    /// The stat and whole list cached under `key`, if it is all there.
+    fn whole(c: &dyn FileCache, key: &[u8]) -> Option<Sample> {
+        let f = c.get(key)?;
+        let mut records = Vec::new();
+        let all = c
+            .records(key, &f, &mut |r| {
+                records.extend_from_slice(r);
+                Ok(())
+            })
+            .expect("records");
+        all.then_some((f.stat, records))
     }
 
     #[test]
     fn values_round_trip_and_garbage_is_rejected() {
-        let f = sample(100);
-        assert_eq!(CachedFile::decode(&f.encode()), Some(f.clone()));
-        let enc = f.encode();
-        assert_eq!(CachedFile::decode(&enc[..enc.len() - 1]), None);
-        assert_eq!(CachedFile::decode(b"\x09garbage"), None);
-        let mut other = f.clone();
-        other.inode = 43;
-        assert!(!f.matches(&other));
+        let (stat, records) = sample(100);
+        let enc = value::encode_head(&stat, 2, &records).expect("encodes");
+        let f = CachedFile::decode(enc.clone().into()).expect("decodes");
+        assert_eq!(
+            (f.stat, f.count(), f.head(), f.segments()),
+            (stat, 2, &records[..], 0)
+        );
+        assert_eq!(CachedFile::decode(enc[..enc.len() - 1].into()), None);
+        let mut wrong_sum = enc.clone();
+        wrong_sum[37 + CHUNK_ID_LEN] ^= 1;
+        assert_eq!(
+            CachedFile::decode(wrong_sum.into()),
+            None,
+            "sizes must add up"
+        );
+        assert_eq!(CachedFile::decode(b"\x09garbage".as_slice().into()), None);
+        let mut v3 = enc.clone();
+        v3[0] = 3;
+        assert_eq!(CachedFile::decode(v3.into()), None, "an unknown version");
+        // An older agent's value holds any number of records (the only version it wrote).
+        let (stat, long) = sample_n(0, SEGMENT_RECORDS as u32 + 3, 8);
+        let mut v1 = value::encode_head(&stat, 0, &long).expect("encodes");
+        v1[0] = 1;
+        v1[33..37].copy_from_slice(&(SEGMENT_RECORDS as u32 + 3).to_le_bytes());
+        let f = CachedFile::decode(v1.into()).expect("a version-1 value");
+        assert_eq!((f.head(), f.segments()), (&long[..], 0));
+        // A segmented head holds exactly one segment's records.
+        let long = (SEGMENT_RECORDS + 1) as u64;
+        let short_head = value::encode_head(&stat, long, &records).expect("encodes");
+        assert_eq!(CachedFile::decode(short_head.into()), None);
+    }
+
+    #[test]
+    fn a_long_list_is_kept_in_segments_and_read_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = open_when_free(&dir.path().join("cache"));
+        let seg = SEGMENT_RECORDS as u32;
+        let long = sample_n(0, 3 * seg + 5, 9);
+        let exact = sample_n(7, seg, 3);
+        put(&c, &[(b"long", long.clone()), (b"exact", exact.clone())]);
+        assert_eq!(whole(&c, b"long"), Some(long.clone()));
+        assert_eq!(
+            whole(&c, b"exact"),
+            Some(exact.clone()),
+            "one segment's worth stays inline"
+        );
+        let f = c.get(b"long").expect("head");
+        assert_eq!((f.count(), f.segments()), (u64::from(3 * seg + 5), 3));
+        // Shorter, then longer again: each reads back as it was last put.
+        let shorter = sample_n(100, seg + 1, 5);
+        put(&c, &[(b"long", shorter.clone())]);
+        assert_eq!(whole(&c, b"long"), Some(shorter));
+        let longer = sample_n(200, 4 * seg, 2);
+        put(&c, &[(b"long", longer.clone())]);
+        assert_eq!(whole(&c, b"long"), Some(longer));
+        // A lost segment, or one whose sizes do not add up, is a miss, not a short list.
+        let db = c.db.lock().expect("lock").clone().expect("db");
+        db.remove(value::segment_key(b"long", 2)).expect("remove");
+        let f = c.get(b"long").expect("head");
+        assert!(!c.records(b"long", &f, &mut |_| Ok(())).expect("records"));
+        put(&c, &[(b"long", long.clone())]);
+        let mut bad = db
+            .get(value::segment_key(b"long", 3))
+            .expect("get")
+            .expect("there")
+            .to_vec();
+        bad[CHUNK_ID_LEN] ^= 1;
+        db.insert(value::segment_key(b"long", 3), bad)
+            .expect("insert");
+        assert_eq!(whole(&c, b"long"), None);
+        // An older agent's long list, all in one value, reads back whole.
+        let (stat, old) = sample_n(5, 2 * seg, 4);
+        let mut v1 = value::encode_head(&stat, 0, &old).expect("encodes");
+        v1[0] = 1;
+        v1[33..37].copy_from_slice(&(2 * seg).to_le_bytes());
+        db.insert(b"v1", v1).expect("insert");
+        assert_eq!(whole(&c, b"v1"), Some((stat, old)));
+        // `f`'s error is the caller's.
+        let f = c.get(b"exact").expect("head");
+        let err = c.records(b"exact", &f, &mut |_| Err(io::Error::other("full")));
+        assert_eq!(err.expect_err("f failed").to_string(), "full");
     }
 
     /// Opens the cache at `dir` once any previous `sled::Db` on it has let go. sled's I/O
@@ -314,11 +521,11 @@ mod tests {
         {
             let c = SledCache::open(&p);
             assert_eq!(c.get(&key), None);
-            c.put_all(&mut [(key.clone(), sample(7))].into_iter());
-            assert_eq!(c.get(&key), Some(sample(7)));
+            put(c.as_ref(), &[(&key, sample(7))]);
+            assert_eq!(whole(c.as_ref(), &key), Some(sample(7)));
         }
         let c = open_when_free(&p);
-        assert_eq!(c.get(&key), Some(sample(7)));
+        assert_eq!(whole(&c, &key), Some(sample(7)));
         assert_eq!(
             c.get(&cache_key(&[1; 8], "web", b"/var/www", b"index.html")),
             None
@@ -354,8 +561,8 @@ mod tests {
             1,
             "the broken cache is kept aside for inspection"
         );
-        c.put_all(&mut [(b"k2".to_vec(), sample(3))].into_iter());
-        assert_eq!(c.get(b"k2"), Some(sample(3)), "a fresh cache works");
+        put(&c, &[(b"k2", sample(3))]);
+        assert_eq!(whole(&c, b"k2"), Some(sample(3)), "a fresh cache works");
     }
 
     #[test]
@@ -364,8 +571,8 @@ mod tests {
         let p = dir.path().join("cache");
         std::fs::write(&p, b"not a directory").expect("write");
         let c = SledCache::open(&p);
-        c.put_all(&mut [(b"k".to_vec(), sample(3))].into_iter());
-        assert_eq!(c.get(b"k"), Some(sample(3)));
+        put(c.as_ref(), &[(b"k", sample(3))]);
+        assert_eq!(whole(c.as_ref(), b"k"), Some(sample(3)));
         assert!(p.is_dir());
     }
 }

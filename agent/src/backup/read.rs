@@ -35,7 +35,7 @@ use tracing::warn;
 
 use super::spill::{ChunkLists, ListWriter, Span};
 use super::walk::WalkItem;
-use crate::cache::{CachedFile, FileCache, cache_key};
+use crate::cache::{CacheStat, CachedFile, FileCache, cache_key, chunk_ids};
 use crate::chunking::for_each_chunk;
 use crate::config::PathPatterns;
 
@@ -115,14 +115,12 @@ pub fn item_cache_key(
 }
 
 /// The stat fields the file cache records and matches for `item`, as the walk saw them.
-pub fn cache_stat(item: &WalkItem) -> CachedFile {
-    CachedFile {
+pub fn cache_stat(item: &WalkItem) -> CacheStat {
+    CacheStat {
         size: item.stat.size,
         mtime_ns: item.stat.mtime_ns(),
         ctime_ns: item.stat.ctime_ns,
         inode: item.stat.inode,
-        ids: Vec::new(),
-        sizes: Vec::new(),
     }
 }
 
@@ -192,24 +190,30 @@ fn read_all(
         };
         let key = item_cache_key(&job.cache_stamp, &job.source, &job.roots, item);
         let previous = match job.cache.get(&key) {
-            Some(hit) if hit.matches(&cache_stat(item)) => {
+            Some(hit) if hit.stat == cache_stat(item) => {
                 let mark = lists.mark();
-                for (id, size) in hit.ids.iter().zip(&hit.sizes) {
-                    lists.push(id, *size).map_err(ReadError::Spill)?;
+                let push = &mut |r: &[u8]| lists.push_records(r);
+                // A list that turns out incomplete is a miss: what it pushed is unreferenced.
+                if job
+                    .cache
+                    .records(&key, &hit, push)
+                    .map_err(ReadError::Spill)?
+                {
+                    hits.push(FileDone {
+                        index,
+                        size: hit.stat.size,
+                        span: lists.span_since(mark),
+                        cached: true,
+                        cacheable: false,
+                    });
+                    if hits.len() >= CACHED_PER_MESSAGE {
+                        send_hits(&mut hits)?;
+                    }
+                    continue;
                 }
-                hits.push(FileDone {
-                    index,
-                    size: hit.size,
-                    span: lists.span_since(mark),
-                    cached: true,
-                    cacheable: false,
-                });
-                if hits.len() >= CACHED_PER_MESSAGE {
-                    send_hits(&mut hits)?;
-                }
-                continue;
+                Presumed::default()
             }
-            Some(changed) => Presumed::new(changed.ids),
+            Some(changed) => Presumed::from_cache(job.cache.as_ref(), &key, &changed),
             None => Presumed::default(),
         };
         send_hits(&mut hits)?;
@@ -249,9 +253,16 @@ fn read_all(
 struct Presumed(Vec<u64>);
 
 impl Presumed {
-    fn new(ids: Vec<ChunkId>) -> Self {
-        let mut prefixes: Vec<u64> = ids.iter().map(prefix).collect();
-        drop(ids);
+    /// The prefixes of the ids `cache` holds for `file` (none if its list is incomplete).
+    fn from_cache(cache: &dyn FileCache, key: &[u8], file: &CachedFile) -> Self {
+        let mut prefixes = Vec::new();
+        let all = cache.records(key, file, &mut |r| {
+            prefixes.extend(chunk_ids(r).map(|id| prefix(&id)));
+            Ok(())
+        });
+        if !matches!(all, Ok(true)) {
+            return Presumed::default();
+        }
         prefixes.sort_unstable();
         prefixes.dedup();
         Presumed(prefixes)

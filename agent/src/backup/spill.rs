@@ -25,13 +25,15 @@ use lifeboat_common::appender::Appender;
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use lifeboat_common::manifest::ChunkPieces;
 
+use crate::cache::CHUNK_RECORD;
 use crate::scratch::temp_file;
 
 /// Bytes buffered before a write (and read at once when reading back).
 pub const BUFFER_BYTES: usize = 64 << 10;
 
-/// One chunk's record: its id, then its size (little-endian).
-const RECORD: usize = CHUNK_ID_LEN + 4;
+/// One chunk's record: its id, then its size (little-endian); the file cache's values hold the
+/// same records, so a cached list is copied in as it is.
+const RECORD: usize = CHUNK_RECORD;
 
 /// The id whose bytes start at `pos` in `buf` (which holds them all).
 pub fn id_at(buf: &[u8], pos: usize) -> ChunkId {
@@ -84,6 +86,12 @@ impl ListWriter {
         rec[..CHUNK_ID_LEN].copy_from_slice(id.as_bytes());
         rec[CHUNK_ID_LEN..].copy_from_slice(&size.to_le_bytes());
         self.out.write(&rec)
+    }
+
+    /// Appends whole records (a cached list's, [`CHUNK_RECORD`] bytes each).
+    pub fn push_records(&mut self, records: &[u8]) -> io::Result<()> {
+        debug_assert!(records.len().is_multiple_of(RECORD));
+        self.out.write(records)
     }
 
     /// The chunks pushed since `mark`.
@@ -173,6 +181,26 @@ impl ListReader<'_> {
     /// A file's ids and sizes, in order. A span the file does not hold is an error, not a short
     /// list.
     pub fn read(&mut self, span: Span) -> io::Result<(Vec<ChunkId>, Vec<u32>)> {
+        let n = usize::try_from(span.count).map_err(io::Error::other)?;
+        let (mut ids, mut sizes) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        self.visit(span, |records| {
+            for rec in records.chunks_exact(RECORD) {
+                let size = &rec[CHUNK_ID_LEN..];
+                ids.push(id_at(rec, 0));
+                sizes.push(u32::from_le_bytes([size[0], size[1], size[2], size[3]]));
+            }
+        })?;
+        Ok((ids, sizes))
+    }
+
+    /// Appends a file's records to `out` as they are stored ([`CHUNK_RECORD`] bytes per
+    /// chunk), refusing spans as [`ListReader::read`] does.
+    pub fn read_records(&mut self, span: Span, out: &mut Vec<u8>) -> io::Result<()> {
+        self.visit(span, |records| out.extend_from_slice(records))
+    }
+
+    /// Hands `span`'s records to `f`, in order, a buffer's worth at most at a time.
+    fn visit(&mut self, span: Span, mut f: impl FnMut(&[u8])) -> io::Result<()> {
         let records = self.lists.records;
         let end = span.first.checked_add(span.count);
         if end.is_none_or(|e| e > records) {
@@ -181,8 +209,6 @@ impl ListReader<'_> {
                 format!("chunk list {span:?} is past the scratch file's {records} records"),
             ));
         }
-        let n = usize::try_from(span.count).map_err(io::Error::other)?;
-        let (mut ids, mut sizes) = (Vec::with_capacity(n), Vec::with_capacity(n));
         let (mut at, mut left) = (span.first, span.count);
         while left > 0 {
             let held = self.buf.len() as u64 / RECORD as u64;
@@ -194,16 +220,12 @@ impl ListReader<'_> {
             }
             let from = (at - self.first) as usize * RECORD;
             let upto = self.buf.len().min(from + left as usize * RECORD);
-            for rec in self.buf[from..upto].chunks_exact(RECORD) {
-                let size = &rec[CHUNK_ID_LEN..];
-                ids.push(id_at(rec, 0));
-                sizes.push(u32::from_le_bytes([size[0], size[1], size[2], size[3]]));
-            }
+            f(&self.buf[from..upto]);
             let got = ((upto - from) / RECORD) as u64;
             at += got;
             left -= got;
         }
-        Ok((ids, sizes))
+        Ok(())
     }
 }
 
@@ -253,6 +275,13 @@ mod tests {
             (ids.len(), ids[1820], sizes[0]),
             (1821, id(1821 + 1820), 1821 * 7)
         );
+        // As stored: records in order, straddling the buffer, and copied back in whole.
+        let mut raw = Vec::new();
+        reader
+            .read_records(spans[3], &mut raw)
+            .expect("scratch file");
+        assert_eq!(raw.len(), 1821 * RECORD);
+        assert_eq!(id_at(&raw, 1820 * RECORD), id(1821 + 1820));
         // The file has no name: nothing is left in the directory.
         assert_eq!(std::fs::read_dir(dir.path()).expect("listing").count(), 0);
     }
