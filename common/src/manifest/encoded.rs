@@ -126,6 +126,13 @@ impl<'a> Reader<'a> {
             return Err(ManifestError::Corrupt("truncated entry".into()));
         }
         let e = entry_codec::decode(msg)?;
+        // A message larger than the window's usual size (a large file's chunk list: the 1 GiB
+        // dump's 3.9 MB) was read whole; let go of it now rather than beside the decoded entry
+        // for the rest of the restore.
+        if self.window.len() > FILE_BUFFER {
+            self.window = Vec::new();
+            self.window_at = 0;
+        }
         Ok(Some((e, start + len)))
     }
 }
@@ -335,6 +342,13 @@ mod tests {
         );
         let read: Vec<Entry> = m.entries().map(|e| e.expect("entry")).collect();
         assert_eq!(read, entries);
+        // The big entry's message is read whole, then let go of: the window is back to its
+        // usual size after every entry.
+        let (mut reader, mut at) = (Reader::new(&m.entries.store), 0);
+        while let Some((_, next)) = reader.entry_at(at).expect("entry") {
+            assert!(reader.window.capacity() <= FILE_BUFFER, "after {at}");
+            at = next;
+        }
         entries.push(file("big", &[1]));
         let mut w = ManifestWriter::new(&sample_header());
         entries.iter().for_each(|e| w.push(e));
