@@ -23,8 +23,10 @@
 //!
 //! The file cache is updated only after a successful commit.
 
+mod cache_update;
 pub mod database;
 pub mod manifest_upload;
+pub mod pass_files;
 pub mod read;
 pub mod refs;
 pub mod spill;
@@ -45,18 +47,20 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::cache::{CacheStat, FileCache, NoCache, PutSource};
-use crate::config::SourceConfig;
+use crate::cache::{FileCache, NoCache};
+use crate::config::{PathPatterns, SourceConfig};
 use crate::error::AgentError;
 use crate::remote::{CommitOutcome, CommitRequest, RefStream, Remote};
 use crate::scratch::scratch_error;
+use cache_update::{CacheKeys, PassFiles, update_cache};
 use lifeboat_common::manifest::ChunkPieces;
 use manifest_upload::{ManifestSink, upload_manifest};
-use read::{FileDone, Opener, ReadJob, ReadMsg};
+use pass_files::{ItemWriter, Items, ResultWriter, Results};
+use read::{Opener, ReadJob, ReadMsg, ReadOut};
 use refs::{RefSorter, References};
-use spill::{ChunkLists, ListReader, ListWriter, PIECE_CHUNKS, Span, SpanPieces};
+use spill::{ChunkLists, ListWriter, PIECE_CHUNKS, SpanPieces};
 use upload::{UploadStats, Uploader};
-use walk::{Unreadable, WalkItem};
+use walk::Unreadable;
 
 /// Commit attempts before giving up on a controller that keeps reporting missing chunks.
 pub const MAX_ATTEMPTS: u32 = 2;
@@ -135,9 +139,8 @@ pub struct BackupReport {
 struct Pass {
     outcome: CommitOutcome,
     report: BackupReport,
-    /// Each file to record in the file cache: its key, its stat, and where its chunk list is.
-    cache_entries: Vec<(Vec<u8>, CacheStat, Span)>,
-    lists: ChunkLists,
+    /// What the pass recorded per file, for the file cache after a commit.
+    files: PassFiles,
 }
 
 /// Backs up one source now. A backup that fails for a reason other than the controller being
@@ -185,7 +188,12 @@ async fn backup_files<R: Remote>(
         let pass = run_pass(ctx, src, attempt == 1, started_ms).await?;
         match pass.outcome {
             CommitOutcome::Committed { snapshot_id } => {
-                update_cache(ctx.cache.clone(), pass.cache_entries, pass.lists).await;
+                let keys = CacheKeys {
+                    stamp: cache_stamp(&ctx.keys, src),
+                    source: src.name.clone(),
+                    roots: src.paths.clone(),
+                };
+                update_cache(ctx.cache.clone(), keys, pass.files).await;
                 let mut report = pass.report;
                 report.snapshot_id = snapshot_id;
                 report.duration_ms =
@@ -206,86 +214,6 @@ async fn backup_files<R: Remote>(
     })
 }
 
-/// Records the committed pass's files in the file cache, each with its chunk list read back
-/// from the scratch file in pieces (on a blocking thread: sled and the file both block). A list
-/// that cannot be read ends the update with a warning: the cache is only a cache.
-async fn update_cache(
-    cache: Arc<dyn FileCache>,
-    entries: Vec<(Vec<u8>, CacheStat, Span)>,
-    lists: ChunkLists,
-) {
-    let put = tokio::task::spawn_blocking(move || {
-        let mut files = CacheUpdate {
-            entries: entries.into_iter(),
-            lists: lists.reader(),
-            span: Span::default(),
-            at: 0,
-        };
-        if let Err(e) = cache.put_all(&mut files) {
-            warn!(error = %e, "cannot read a chunk list back from the backup's scratch file; the file cache misses the rest of this backup's files, which the next backup reads again");
-        }
-    });
-    if let Err(e) = put.await {
-        warn!(error = %e, "the file cache update stopped; the next backup reads these files again");
-    }
-}
-
-/// The files a committed pass records in the cache, their lists read from its scratch file.
-struct CacheUpdate<'a> {
-    entries: std::vec::IntoIter<(Vec<u8>, CacheStat, Span)>,
-    lists: ListReader<'a>,
-    /// The current file's list, and how much of it was handed out.
-    span: Span,
-    at: u64,
-}
-
-impl PutSource for CacheUpdate<'_> {
-    fn next_file(&mut self) -> std::io::Result<Option<(Vec<u8>, CacheStat, u64)>> {
-        Ok(self.entries.next().map(|(key, stat, span)| {
-            (self.span, self.at) = (span, 0);
-            (key, stat, span.count())
-        }))
-    }
-
-    fn next_records(&mut self, n: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
-        let part = self.span.part(self.at, n as u64);
-        if part.count() != n as u64 {
-            return Err(std::io::Error::other("a chunk list asked past its end"));
-        }
-        self.at += part.count();
-        self.lists.read_records(part, out)
-    }
-}
-
-/// Files read in one pass: results by walk index (`None` for entries that are not files or
-/// were not read), plus what could not be read. A dense vector, not a map: at 20,000 files a
-/// hash map of results held 6 MiB (load factor, hashes), a third of it empty.
-#[derive(Default)]
-struct FileResults {
-    done: Vec<Option<FileDone>>,
-    unreadable: Vec<Unreadable>,
-    bytes_read: u64,
-}
-
-impl FileResults {
-    fn set(&mut self, done: FileDone) {
-        if let Some(slot) = self.done.get_mut(done.index) {
-            *slot = Some(done);
-        }
-    }
-
-    fn get(&self, index: usize) -> Option<&FileDone> {
-        self.done.get(index).and_then(Option::as_ref)
-    }
-
-    /// Forgets what was recorded for `index` (the file failed to read).
-    fn clear(&mut self, index: usize) {
-        if let Some(slot) = self.done.get_mut(index) {
-            *slot = None;
-        }
-    }
-}
-
 async fn run_pass<R: Remote>(
     ctx: &BackupContext<'_, R>,
     src: &SourceConfig,
@@ -293,35 +221,28 @@ async fn run_pass<R: Remote>(
     started_ms: i64,
 ) -> Result<Pass, AgentError> {
     let (roots, excludes) = (src.paths.clone(), src.excludes.clone());
+    let dir = ctx.scratch_dir.clone();
     let t0 = Instant::now();
-    let walked = tokio::task::spawn_blocking(move || walk::walk(&roots, &excludes))
-        .await
-        .map_err(|e| AgentError::Worker(e.to_string()))?;
-    let items = Arc::new(walked.items);
+    let (items, unreadable) =
+        tokio::task::spawn_blocking(move || walk_to_scratch(&roots, &excludes, &dir))
+            .await
+            .map_err(|e| AgentError::Worker(e.to_string()))??;
+    let items = Arc::new(items);
     let walk_ms = t0.elapsed().as_millis();
     let session = ctx.remote.begin_session(&src.name).await?;
-    let total: u64 = items
-        .iter()
-        .filter(|i| i.kind == EntryKind::File)
-        .map(|i| i.stat.size)
-        .sum();
     let mut up = Uploader::new(ctx.remote, session, ctx.keys.clone(), ctx.zstd_level)
         .with_bandwidth((ctx.bandwidth)(&src.name))
-        .with_progress(ctx.progress.clone(), &src.name, total);
-    let files: Vec<usize> = (0..items.len())
-        .filter(|&i| items[i].kind == EntryKind::File)
-        .collect();
-    let mut results = FileResults {
-        done: std::iter::repeat_with(|| None).take(items.len()).collect(),
-        unreadable: walked.unreadable,
-        ..FileResults::default()
+        .with_progress(ctx.progress.clone(), &src.name, items.file_bytes());
+    let mut read = ReadTally {
+        unreadable,
+        bytes_read: 0,
     };
     let cache: Arc<dyn FileCache> = if use_cache {
         ctx.cache.clone()
     } else {
         Arc::new(NoCache)
     };
-    let lists = read_pass(ctx, src, &items, files, cache, &mut up, &mut results).await?;
+    let (lists, results) = read_pass(ctx, src, &items, cache, &mut up, &mut read).await?;
     up.flush().await?;
     let read_ms = t0.elapsed().as_millis();
     // What the file pass learnt is not needed for the manifest's own chunks (they are asked
@@ -342,9 +263,7 @@ async fn run_pass<R: Remote>(
             Ok((results, lists, refs, stats))
         })
         .await?;
-    let to_cache = cache_entries(ctx, src, &items, &results);
-    drop(items);
-    let unreadable = results.unreadable.len() as u64;
+    let unreadable = read.unreadable.len() as u64;
     let manifest_ms = t0.elapsed().as_millis();
     let (outcome, stats) = commit_snapshot(ctx, &mut up, manifest_ids, refs, started_ms, |u| {
         SnapshotStats {
@@ -356,32 +275,54 @@ async fn run_pass<R: Remote>(
     })
     .await?;
     debug!(source = %src.name, walk_ms, read_ms, manifest_ms, commit_ms = t0.elapsed().as_millis(), "backup pass timings (since the pass began)");
-    let mut results = results;
-    let report = make_report(src, &stats, up.stats, &mut results);
+    let report = make_report(src, &stats, up.stats, read);
     Ok(Pass {
         outcome,
         report,
-        cache_entries: to_cache,
-        lists,
+        files: PassFiles {
+            items,
+            results,
+            lists,
+        },
     })
 }
 
-/// Reads the files `todo` (walk indices) on a thread and feeds their chunks to the uploader;
-/// returns their chunk lists (by `results`' spans).
+/// Walks `roots` into a scratch file in `dir` ([`pass_files`]); returns the items and what
+/// could not be read.
+fn walk_to_scratch(
+    roots: &[PathBuf],
+    excludes: &PathPatterns,
+    dir: &Path,
+) -> Result<(Items, Vec<Unreadable>), AgentError> {
+    let err = |e| scratch_error(dir, e);
+    let mut items = ItemWriter::create(dir).map_err(err)?;
+    let unreadable = walk::walk(roots, excludes, &mut |i| items.push(&i)).map_err(err)?;
+    Ok((items.finish().map_err(err)?, unreadable))
+}
+
+/// What the read learnt besides each file's result: what could not be read, and the bytes read.
+struct ReadTally {
+    unreadable: Vec<Unreadable>,
+    bytes_read: u64,
+}
+
+/// Reads every file among `items` on a thread and feeds their chunks to the uploader; returns
+/// their chunk lists and results.
 async fn read_pass<R: Remote>(
     ctx: &BackupContext<'_, R>,
     src: &SourceConfig,
-    items: &Arc<Vec<WalkItem>>,
-    todo: Vec<usize>,
+    items: &Arc<Items>,
     cache: Arc<dyn FileCache>,
     up: &mut Uploader<'_, R>,
-    results: &mut FileResults,
-) -> Result<ChunkLists, AgentError> {
-    let lists =
-        ListWriter::create(&ctx.scratch_dir).map_err(|e| scratch_error(&ctx.scratch_dir, e))?;
+    tally: &mut ReadTally,
+) -> Result<(ChunkLists, Results), AgentError> {
+    let dir = &ctx.scratch_dir;
+    let out = ReadOut {
+        lists: ListWriter::create(dir).map_err(|e| scratch_error(dir, e))?,
+        results: ResultWriter::create(dir).map_err(|e| scratch_error(dir, e))?,
+    };
     let job = ReadJob {
         items: items.clone(),
-        todo,
         roots: src.paths.clone(),
         source: src.name.clone(),
         params: src.chunker,
@@ -394,7 +335,7 @@ async fn read_pass<R: Remote>(
     let (tx, mut rx) = mpsc::channel(READ_CHANNEL);
     std::thread::Builder::new()
         .name("lifeboat-read".into())
-        .spawn(move || read::run(job, lists, tx))
+        .spawn(move || read::run(job, out, tx))
         .map_err(|e| AgentError::Worker(format!("cannot start the file reader thread: {e}")))?;
     loop {
         // While waiting for the reader, drive the flying batch (upload overlaps reading).
@@ -417,56 +358,23 @@ async fn read_pass<R: Remote>(
                 chunks,
                 presumed_bytes,
             } => {
-                results.bytes_read += presumed_bytes;
+                tally.bytes_read += presumed_bytes;
                 up.count_presumed(presumed_bytes);
                 for (id, data) in chunks {
-                    results.bytes_read += data.len() as u64;
+                    tally.bytes_read += data.len() as u64;
                     up.add(id, data).await?;
                 }
             }
-            ReadMsg::FileDone(done) => results.set(done),
             // A cached file's chunks are presumed stored like a changed file's old ones: the
             // commit checks them (`read`'s module docs).
-            ReadMsg::Cached(hits) => {
-                for done in hits {
-                    up.count_presumed(done.size);
-                    results.set(done);
-                }
-            }
-            ReadMsg::FileFailed { index, error } => {
-                let path = items
-                    .get(index)
-                    .map(|i| i.abs(&src.paths))
-                    .unwrap_or_default();
+            ReadMsg::Cached { bytes } => up.count_presumed(bytes),
+            ReadMsg::FileFailed { path, error } => {
                 warn!(path = %path.display(), error = %error, "cannot read file; it is left out of this snapshot");
-                results.clear(index);
-                results.unreadable.push(Unreadable::new(&path, error));
+                tally.unreadable.push(Unreadable::new(&path, error));
             }
-            ReadMsg::Finished(lists) => {
-                return lists.map_err(|e| scratch_error(&ctx.scratch_dir, e));
-            }
+            ReadMsg::Finished(done) => return done.map_err(|e| scratch_error(dir, e)),
         }
     }
-}
-
-/// The file cache's key and stat for every file read whole in this backup (`FileDone::cacheable`),
-/// with its chunk list's span: the ids and sizes are read back once the snapshot is committed.
-fn cache_entries<R: Remote>(
-    ctx: &BackupContext<'_, R>,
-    src: &SourceConfig,
-    items: &[WalkItem],
-    results: &FileResults,
-) -> Vec<(Vec<u8>, CacheStat, Span)> {
-    let stamp = cache_stamp(&ctx.keys, src);
-    items
-        .iter()
-        .enumerate()
-        .filter_map(|(i, item)| {
-            let done = results.get(i).filter(|d| d.cacheable)?;
-            let key = read::item_cache_key(&stamp, &src.name, &src.paths, item);
-            Some((key, read::cache_stat(item), done.span))
-        })
-        .collect()
 }
 
 /// The source's roots as bytes, by index (as manifest entries and cache keys name them).
@@ -499,8 +407,8 @@ fn cache_stamp(keys: &DataKeys, src: &SourceConfig) -> [u8; 8] {
 /// What the manifest is written from: the walk, what the pass recorded per file, and the
 /// files' chunk lists.
 struct FilesForManifest<'a> {
-    items: &'a [WalkItem],
-    results: &'a FileResults,
+    items: &'a Items,
+    results: &'a Results,
     lists: &'a ChunkLists,
     scratch: &'a Path,
 }
@@ -519,7 +427,9 @@ fn write_manifest(
     let mut stats = SnapshotStats::default();
     let mut refs = RefSorter::new(files.scratch);
     let mut lists = files.lists.reader();
-    for (i, item) in files.items.iter().enumerate() {
+    let mut results = files.results.reader();
+    for next in files.items.reader() {
+        let (i, item) = next.map_err(scratch_err)?;
         // A large file's list is read in pieces (for the references, then by the encoder),
         // never whole: the 1 GiB dump's would be 3.9 MB.
         let mut large = None;
@@ -536,7 +446,7 @@ fn write_manifest(
         };
         match item.kind {
             EntryKind::File => {
-                let Some(done) = files.results.get(i) else {
+                let Some(done) = results.of(i).map_err(scratch_err)? else {
                     continue;
                 };
                 e.size = done.size;
@@ -657,9 +567,8 @@ fn make_report(
     src: &SourceConfig,
     stats: &SnapshotStats,
     up: UploadStats,
-    results: &mut FileResults,
+    read: ReadTally,
 ) -> BackupReport {
-    let unreadable = std::mem::take(&mut results.unreadable);
     BackupReport {
         snapshot_id: String::new(),
         source: src.name.clone(),
@@ -667,14 +576,14 @@ fn make_report(
         dirs: stats.dirs,
         symlinks: stats.symlinks,
         files_read: stats.files_read,
-        bytes_read: results.bytes_read,
+        bytes_read: read.bytes_read,
         logical_bytes: stats.logical_bytes,
         chunks: stats.chunks,
         new_chunks: up.new_chunks,
         new_logical_bytes: up.new_logical_bytes,
         uploaded_bytes: up.uploaded_bytes,
-        partial: !unreadable.is_empty(),
-        unreadable,
+        partial: !read.unreadable.is_empty(),
+        unreadable: read.unreadable,
         duration_ms: 0,
         databases: Vec::new(),
     }

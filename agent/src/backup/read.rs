@@ -33,7 +33,10 @@ use lifeboat_common::keys::DataKeys;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::spill::{ChunkLists, ListWriter, Span};
+use lifeboat_common::manifest::EntryKind;
+
+use super::pass_files::{FileResult, Items, ResultWriter, Results};
+use super::spill::{ChunkLists, ListWriter};
 use super::walk::WalkItem;
 use crate::cache::{CacheStat, CachedFile, FileCache, cache_key, chunk_ids};
 use crate::chunking::for_each_chunk;
@@ -65,8 +68,8 @@ pub const PRESUMED_HANDOFF_BYTES: u64 = 16 << 20;
 /// Cache hits sent in one message at most.
 pub const CACHED_PER_MESSAGE: usize = 256;
 
-/// What the reader thread sends. A file's chunks, in order, come before its `FileDone`;
-/// `Finished` comes last, unless the receiver went away.
+/// What the reader thread sends. Each file's result goes to the pass's results file
+/// ([`super::pass_files`]), not here; `Finished` comes last, unless the receiver went away.
 pub enum ReadMsg {
     /// Chunks to store (with their plaintext), and the bytes read since the last message in
     /// chunks presumed stored (see the module docs).
@@ -74,30 +77,16 @@ pub enum ReadMsg {
         chunks: Vec<(ChunkId, Vec<u8>)>,
         presumed_bytes: u64,
     },
-    FileDone(FileDone),
-    /// Files answered from the cache, [`CACHED_PER_MESSAGE`] at most (one wake-up of the
-    /// uploader per batch, not per file: an unchanged tree of 20,000 files spent a third of
-    /// the agent's CPU in thread switches).
-    Cached(Vec<FileDone>),
-    FileFailed {
-        index: usize,
-        error: String,
-    },
-    /// Every file is done: their chunk lists, to read back by span. An error writing them
-    /// (the state directory's filesystem full or failing) ends the pass.
-    Finished(io::Result<ChunkLists>),
-}
-
-/// A file's contents as chunk ids (in the pass's scratch file, [`super::spill`]).
-pub struct FileDone {
-    pub index: usize,
-    pub span: Span,
-    pub size: u64,
-    /// The ids came from the cache (their chunks were not sent).
-    pub cached: bool,
-    /// Read whole, at the size the walk saw: to record in the file cache after a successful
-    /// commit, under the walk's stat ([`cache_stat`]). The key is made then, not kept per file.
-    pub cacheable: bool,
+    /// Bytes of files answered from the cache since the last message: sent every
+    /// [`CACHED_PER_MESSAGE`] files at most (one wake-up of the uploader per batch, not per
+    /// file: an unchanged tree of 20,000 files spent a third of the agent's CPU in thread
+    /// switches).
+    Cached { bytes: u64 },
+    /// A file that could not be read: it is left out of the snapshot.
+    FileFailed { path: PathBuf, error: String },
+    /// Every file is done: their chunk lists and results. An error writing or reading the
+    /// pass's scratch files (the state directory's filesystem full or failing) ends the pass.
+    Finished(io::Result<(ChunkLists, Results)>),
 }
 
 /// The file cache's key for `item` (`roots`: the source's roots, by index, as the walk had them).
@@ -126,8 +115,8 @@ pub fn cache_stat(item: &WalkItem) -> CacheStat {
 
 /// Everything the reader thread needs.
 pub struct ReadJob {
-    pub items: Arc<Vec<WalkItem>>,
-    pub todo: Vec<usize>,
+    /// The walk's items: the thread reads every file among them, in walk order.
+    pub items: Arc<Items>,
     /// The source's roots, as the walk was given them ([`WalkItem::abs`], cache keys).
     pub roots: Vec<PathBuf>,
     pub source: String,
@@ -138,6 +127,12 @@ pub struct ReadJob {
     pub cache: Arc<dyn FileCache>,
     pub cache_stamp: [u8; 8],
     pub opener: Arc<dyn Opener>,
+}
+
+/// Where the thread records what it read: each file's chunk list and its result.
+pub struct ReadOut {
+    pub lists: ListWriter,
+    pub results: ResultWriter,
 }
 
 /// The receiver went away: stop reading.
@@ -157,40 +152,39 @@ enum ReadError {
     Stopped(Stopped),
 }
 
-/// Runs the job, sending results to `tx` and each file's chunk list to `lists`. Meant for a
+/// Runs the job, sending chunks to `tx` and recording each file in `out`. Meant for a
 /// dedicated thread.
-pub fn run(job: ReadJob, mut lists: ListWriter, tx: mpsc::Sender<ReadMsg>) {
-    match read_all(&job, &mut lists, &tx) {
-        Ok(()) => {
-            let _ = tx.blocking_send(ReadMsg::Finished(lists.finish()));
-        }
-        Err(ReadError::Spill(e)) => {
-            let _ = tx.blocking_send(ReadMsg::Finished(Err(e)));
-        }
-        Err(ReadError::Io(_) | ReadError::Stopped(Stopped)) => {}
-    }
+pub fn run(job: ReadJob, mut out: ReadOut, tx: mpsc::Sender<ReadMsg>) {
+    let finished = match read_all(&job, &mut out, &tx) {
+        Ok(()) => out
+            .lists
+            .finish()
+            .and_then(|lists| Ok((lists, out.results.finish()?))),
+        Err(ReadError::Spill(e)) => Err(e),
+        Err(ReadError::Io(_) | ReadError::Stopped(Stopped)) => return,
+    };
+    let _ = tx.blocking_send(ReadMsg::Finished(finished));
 }
 
-fn read_all(
-    job: &ReadJob,
-    lists: &mut ListWriter,
-    tx: &mpsc::Sender<ReadMsg>,
-) -> Result<(), ReadError> {
-    let mut hits: Vec<FileDone> = Vec::new();
-    let send_hits = |hits: &mut Vec<FileDone>| {
-        if hits.is_empty() {
+fn read_all(job: &ReadJob, out: &mut ReadOut, tx: &mpsc::Sender<ReadMsg>) -> Result<(), ReadError> {
+    let (mut hits, mut hit_bytes) = (0, 0);
+    let send_hits = |hits: &mut usize, bytes: &mut u64| {
+        if *hits == 0 {
             return Ok(());
         }
-        (tx.blocking_send(ReadMsg::Cached(std::mem::take(hits))))
-            .map_err(|_| ReadError::Stopped(Stopped))
+        *hits = 0;
+        let bytes = std::mem::take(bytes);
+        (tx.blocking_send(ReadMsg::Cached { bytes })).map_err(|_| ReadError::Stopped(Stopped))
     };
-    for &index in &job.todo {
-        let Some(item) = job.items.get(index) else {
+    for next in job.items.reader() {
+        let (index, item) = next.map_err(ReadError::Spill)?;
+        if item.kind != EntryKind::File {
             continue;
-        };
-        let key = item_cache_key(&job.cache_stamp, &job.source, &job.roots, item);
+        }
+        let key = item_cache_key(&job.cache_stamp, &job.source, &job.roots, &item);
+        let lists = &mut out.lists;
         let previous = match job.cache.get(&key) {
-            Some(hit) if hit.stat == cache_stat(item) => {
+            Some(hit) if hit.stat == cache_stat(&item) => {
                 let mark = lists.mark();
                 let push = &mut |r: &[u8]| lists.push_records(r);
                 // A list that turns out incomplete is a miss: what it pushed is unreferenced.
@@ -199,15 +193,17 @@ fn read_all(
                     .records(&key, &hit, push)
                     .map_err(ReadError::Spill)?
                 {
-                    hits.push(FileDone {
+                    let done = FileResult {
                         index,
                         size: hit.stat.size,
                         span: lists.span_since(mark),
                         cached: true,
                         cacheable: false,
-                    });
-                    if hits.len() >= CACHED_PER_MESSAGE {
-                        send_hits(&mut hits)?;
+                    };
+                    out.results.push(&done).map_err(ReadError::Spill)?;
+                    (hits, hit_bytes) = (hits + 1, hit_bytes + done.size);
+                    if hits >= CACHED_PER_MESSAGE {
+                        send_hits(&mut hits, &mut hit_bytes)?;
                     }
                     continue;
                 }
@@ -216,32 +212,36 @@ fn read_all(
             Some(changed) => Presumed::from_cache(job.cache.as_ref(), &key, &changed),
             None => Presumed::default(),
         };
-        send_hits(&mut hits)?;
+        send_hits(&mut hits, &mut hit_bytes)?;
         let mark = lists.mark();
-        let msg = match read_file(job, item, &previous, lists, tx) {
+        match read_file(job, &item, &previous, lists, tx) {
             Ok(size) => {
                 let cacheable = size == item.stat.size;
                 if !cacheable {
                     warn!(path = %item.abs(&job.roots).display(), expected = item.stat.size, read = size, "file changed size while being read; recorded what was read");
                 }
-                ReadMsg::FileDone(FileDone {
+                let done = FileResult {
                     index,
                     span: lists.span_since(mark),
                     size,
                     cached: false,
                     cacheable,
-                })
+                };
+                out.results.push(&done).map_err(ReadError::Spill)?;
             }
-            Err(ReadError::Io(e)) => ReadMsg::FileFailed {
-                index,
-                error: e.to_string(),
-            },
+            Err(ReadError::Io(e)) => {
+                let path = item.abs(&job.roots);
+                let msg = ReadMsg::FileFailed {
+                    path,
+                    error: e.to_string(),
+                };
+                tx.blocking_send(msg)
+                    .map_err(|_| ReadError::Stopped(Stopped))?;
+            }
             Err(e) => return Err(e),
-        };
-        tx.blocking_send(msg)
-            .map_err(|_| ReadError::Stopped(Stopped))?;
+        }
     }
-    send_hits(&mut hits)
+    send_hits(&mut hits, &mut hit_bytes)
 }
 
 /// A changed file's previous version's chunks, presumed stored: the first 8 bytes of each id,

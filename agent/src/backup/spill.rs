@@ -54,6 +54,27 @@ impl Span {
         self.count
     }
 
+    /// The span as 16 bytes (first, count), for the pass's own records ([`super::pass_files`]).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&self.first.to_le_bytes());
+        b[8..].copy_from_slice(&self.count.to_le_bytes());
+        b
+    }
+
+    /// A span from [`Span::to_bytes`]'s 16 bytes.
+    pub fn from_bytes(b: &[u8]) -> Span {
+        let word = |i: usize| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(a)
+        };
+        Span {
+            first: word(0),
+            count: word(8),
+        }
+    }
+
     /// At most `max` of this span's chunks, from its `from`-th.
     pub fn part(&self, from: u64, max: u64) -> Span {
         let from = from.min(self.count);
