@@ -5,10 +5,11 @@
 //! memory does not grow with file size); an [`upload::Uploader`] batches ids through
 //! `HaveChunks`, seals only the missing chunks on several threads and uploads them, one batch in
 //! flight while the next is read (bounded: see [`upload`]); then the manifest is chunked and uploaded the
-//! same way and `CommitSnapshot` streams every referenced id. What a pass learns per chunk (each
-//! file's ids and sizes, the referenced ids to sort) goes to unlinked scratch files in the
-//! state directory ([`spill`], [`refs`]; ADR 0013), so its memory does not grow with the
-//! source's chunks. Failure modes:
+//! same way and `CommitSnapshot` streams every referenced id. What a pass learns per file and
+//! per chunk (the walk's items, each file's result, its ids and sizes, the referenced ids to
+//! sort) goes to unlinked scratch files in the state directory ([`pass_files`], [`spill`],
+//! [`refs`]; ADR 0013), read back in walk order, so its memory does not grow with the source.
+//! Failure modes:
 //! - an unreadable input is listed in the report and skipped; the snapshot still commits
 //!   (`partial`, exit code 3);
 //! - a commit answered with `missing` (the file cache named chunks the controller does not
