@@ -340,15 +340,7 @@ async fn read_pass<R: Remote>(
         .map_err(|e| AgentError::Worker(format!("cannot start the file reader thread: {e}")))?;
     loop {
         // While waiting for the reader, drive the flying batch (upload overlaps reading).
-        let msg = tokio::select! {
-            biased;
-            landed = up.land(), if up.is_flying() => {
-                landed?;
-                continue;
-            }
-            msg = rx.recv() => msg,
-        };
-        let Some(msg) = msg else {
+        let Some(msg) = up.recv_landing(&mut rx).await? else {
             return Err(AgentError::Worker(
                 "the file reader thread stopped before the end".into(),
             ));

@@ -255,7 +255,8 @@ async fn dump_one<R: Remote>(
         .name("lifeboat-dump".into())
         .spawn(move || crate::mysql::dump::run(job, tx))
         .map_err(|e| AgentError::Worker(format!("cannot start the dump thread: {e}")))?;
-    while let Some(msg) = rx.recv().await {
+    // Flights land while the dump runs (upload overlaps dumping).
+    while let Some(msg) = up.recv_landing(&mut rx).await? {
         match msg {
             DumpMsg::Chunk { id, data } => up.add(id, data).await?,
             DumpMsg::Done(done) => return Ok((*done)?),

@@ -122,18 +122,7 @@ where
         Ok::<T, AgentError>(out)
     });
     let mut ids = Vec::new();
-    loop {
-        // Flights advance only while polled: landed as soon as they can, they let go of their
-        // chunks instead of holding them until a launch waits for room.
-        let next = tokio::select! {
-            biased;
-            landed = up.land(), if up.is_flying() => {
-                landed?;
-                continue;
-            }
-            next = rx.recv() => next,
-        };
-        let Some((id, chunk)) = next else { break };
+    while let Some((id, chunk)) = up.recv_landing(&mut rx).await? {
         ids.push(id);
         up.add(id, chunk).await?;
     }

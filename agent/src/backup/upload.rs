@@ -12,8 +12,8 @@
 //! [`CARRY_BELOW`] of its batch missing hands those chunks back instead of uploading them; the
 //! next flight uploads them with its own (without asking again), and a flush uploads all that
 //! is carried. The caller drives flights while it waits for more chunks with
-//! [`Uploader::land`] (cancel-safe, for `select!`); otherwise they advance only when a launch
-//! or [`Uploader::flush`] waits for them.
+//! [`Uploader::recv_landing`] (or [`Uploader::land`], cancel-safe, in its own `select!`);
+//! otherwise they advance only when a launch or [`Uploader::flush`] waits for them.
 //!
 //! Invariant: an id is recorded durable only when its flight landed (`HaveChunks` said present,
 //! or its upload was acknowledged); a carried id is back in the current batch, with its
@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use lifeboat_common::blob;
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
+use tokio::sync::mpsc;
 
 use super::throttle::Throttle;
 use super::{BackupProgress, Progress};
@@ -294,6 +295,22 @@ impl<'a, R: Remote> Uploader<'a, R> {
             self.launch(true).await?;
         }
         Ok(())
+    }
+
+    /// The next message on `rx` (`None` once it is closed), driving the flights in the air
+    /// meanwhile: each lands as soon as it can instead of holding its chunks until a launch
+    /// waits for room.
+    pub async fn recv_landing<T>(
+        &mut self,
+        rx: &mut mpsc::Receiver<T>,
+    ) -> Result<Option<T>, AgentError> {
+        loop {
+            tokio::select! {
+                biased;
+                landed = self.land(), if self.is_flying() => landed?,
+                msg = rx.recv() => return Ok(msg),
+            }
+        }
     }
 
     /// Whether a batch is in the air ([`Uploader::land`] has something to wait for).
