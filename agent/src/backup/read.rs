@@ -182,37 +182,18 @@ fn read_all(job: &ReadJob, out: &mut ReadOut, tx: &mpsc::Sender<ReadMsg>) -> Res
             continue;
         }
         let key = item_cache_key(&job.cache_stamp, &job.source, &job.roots, &item);
-        let lists = &mut out.lists;
-        let previous = match job.cache.get(&key) {
-            Some(hit) if hit.stat == cache_stat(&item) => {
-                let mark = lists.mark();
-                let push = &mut |r: &[u8]| lists.push_records(r);
-                // A list that turns out incomplete is a miss: what it pushed is unreferenced.
-                if job
-                    .cache
-                    .records(&key, &hit, push)
-                    .map_err(ReadError::Spill)?
-                {
-                    let done = FileResult {
-                        index,
-                        size: hit.stat.size,
-                        span: lists.span_since(mark),
-                        cached: true,
-                        cacheable: false,
-                    };
-                    out.results.push(&done).map_err(ReadError::Spill)?;
-                    (hits, hit_bytes) = (hits + 1, hit_bytes + done.size);
-                    if hits >= CACHED_PER_MESSAGE {
-                        send_hits(&mut hits, &mut hit_bytes)?;
-                    }
-                    continue;
+        let previous = match look_up(job, out, index, &item, &key)? {
+            Lookup::Hit(size) => {
+                (hits, hit_bytes) = (hits + 1, hit_bytes + size);
+                if hits >= CACHED_PER_MESSAGE {
+                    send_hits(&mut hits, &mut hit_bytes)?;
                 }
-                Presumed::default()
+                continue;
             }
-            Some(changed) => Presumed::from_cache(job.cache.as_ref(), &key, &changed),
-            None => Presumed::default(),
+            Lookup::Read(presumed) => presumed,
         };
         send_hits(&mut hits, &mut hit_bytes)?;
+        let lists = &mut out.lists;
         let mark = lists.mark();
         match read_file(job, &item, &previous, lists, tx) {
             Ok(size) => {
@@ -242,6 +223,54 @@ fn read_all(job: &ReadJob, out: &mut ReadOut, tx: &mpsc::Sender<ReadMsg>) -> Res
         }
     }
     send_hits(&mut hits, &mut hit_bytes)
+}
+
+/// What the cache knows of a file.
+enum Lookup {
+    /// Its stat matches: its whole list and its result are recorded (its size).
+    Hit(u64),
+    /// It must be read, presuming stored what its previous version had (if the cache has one).
+    Read(Presumed),
+}
+
+/// Looks `item` up in the cache under `key`; a hit's list and result go to `out`.
+fn look_up(
+    job: &ReadJob,
+    out: &mut ReadOut,
+    index: usize,
+    item: &WalkItem,
+    key: &[u8],
+) -> Result<Lookup, ReadError> {
+    match job.cache.get(key) {
+        Some(hit) if hit.stat == cache_stat(item) => {
+            let lists = &mut out.lists;
+            let mark = lists.mark();
+            let push = &mut |r: &[u8]| lists.push_records(r);
+            // A list that turns out incomplete is a miss: what it pushed is unreferenced.
+            if !job
+                .cache
+                .records(key, &hit, push)
+                .map_err(ReadError::Spill)?
+            {
+                return Ok(Lookup::Read(Presumed::default()));
+            }
+            let done = FileResult {
+                index,
+                size: hit.stat.size,
+                span: lists.span_since(mark),
+                cached: true,
+                cacheable: false,
+            };
+            out.results.push(&done).map_err(ReadError::Spill)?;
+            Ok(Lookup::Hit(done.size))
+        }
+        Some(changed) => Ok(Lookup::Read(Presumed::from_cache(
+            job.cache.as_ref(),
+            key,
+            &changed,
+        ))),
+        None => Ok(Lookup::Read(Presumed::default())),
+    }
 }
 
 /// A changed file's previous version's chunks, presumed stored: the first 8 bytes of each id,
