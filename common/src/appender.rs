@@ -1,7 +1,7 @@
-//! Buffered appends to a file that is read back by position: the agent's scratch files (a backup
-//! pass's chunk lists and sorting runs, a restore's manifest entries). Bytes are written in
-//! buffer-sized `pwrite`s at the end and never synced: a scratch file's contents matter only to
-//! the process that wrote them.
+//! Buffered appends to a file that is read back by position ([`Window`]): the agent's scratch
+//! files (a backup pass's items, results, chunk lists and sorting runs, a restore's manifest
+//! entries). Bytes are written in buffer-sized `pwrite`s at the end and never synced: a scratch
+//! file's contents matter only to the process that wrote them.
 
 use std::fs::File;
 use std::io;
@@ -75,6 +75,79 @@ impl Appender {
     }
 }
 
+/// Reads back by position what an [`Appender`] wrote (the first `len` bytes of its file)
+/// through a window of `size` bytes: reads that go forward, or nearly, cost one `pread` per
+/// window. A read larger than the window is read whole, and the window goes back to its size
+/// at the next read that misses it (a 4 MB entry is not kept for the rest of a pass).
+pub struct Window {
+    file: Arc<File>,
+    len: u64,
+    size: usize,
+    buf: Vec<u8>,
+    /// Where `buf` starts in the file.
+    at: u64,
+}
+
+impl Window {
+    pub fn new(file: Arc<File>, len: u64, size: usize) -> Self {
+        Window {
+            file,
+            len,
+            size: size.max(1),
+            buf: Vec::new(),
+            at: 0,
+        }
+    }
+
+    /// The bytes readable.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The `n` bytes at `at`; an `UnexpectedEof` error if the file holds fewer.
+    pub fn bytes_at(&mut self, at: u64, n: usize) -> io::Result<&[u8]> {
+        let Some(end) = at.checked_add(n as u64).filter(|&e| e <= self.len) else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{n} bytes at {at} are past the file's {} bytes", self.len),
+            ));
+        };
+        if at < self.at || end > self.at + self.buf.len() as u64 {
+            let want = (n.max(self.size) as u64).min(self.len - at) as usize;
+            if self.buf.capacity() > self.size.max(want) {
+                self.buf = Vec::new();
+            }
+            self.buf.resize(want, 0);
+            if let Err(e) = self.file.read_exact_at(&mut self.buf, at) {
+                self.buf.clear();
+                return Err(e);
+            }
+            self.at = at;
+        }
+        let from = (at - self.at) as usize;
+        Ok(&self.buf[from..from + n])
+    }
+
+    /// Lets go of a window grown past its size by a large read, now rather than at the next
+    /// read that misses it.
+    pub fn shrink(&mut self) {
+        if self.buf.capacity() > self.size {
+            self.buf = Vec::new();
+            self.at = 0;
+        }
+    }
+
+    /// Bytes the window holds room for (tests: that it went back to its size).
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +166,35 @@ mod tests {
         a.file().read_exact_at(&mut back, 0).expect("read");
         let want: Vec<u8> = (0..25u8).flat_map(|i| [i, i]).chain([99]).collect();
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn a_window_reads_by_position_refuses_past_the_end_and_shrinks_after_a_large_read() {
+        let mut a = Appender::new(tempfile::tempfile().expect("tempfile"), 64);
+        let all: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        a.write(&all).expect("write");
+        a.finish().expect("finish");
+        let mut w = Window::new(a.file().clone(), a.written(), 16);
+        assert_eq!(w.bytes_at(0, 10).expect("read"), &all[..10]);
+        assert_eq!(
+            w.bytes_at(5, 10).expect("read"),
+            &all[5..15],
+            "within the window"
+        );
+        assert_eq!(
+            w.bytes_at(990, 10).expect("read"),
+            &all[990..],
+            "the end, exactly"
+        );
+        assert_eq!(w.bytes_at(3, 0).expect("read"), &[] as &[u8]);
+        let big = w.bytes_at(100, 500).expect("read").to_vec();
+        assert_eq!(big, &all[100..600]);
+        assert!(w.capacity() >= 500);
+        assert_eq!(w.bytes_at(700, 4).expect("read"), &all[700..704]);
+        assert!(w.capacity() <= 32, "back to its size: {}", w.capacity());
+        let past = w.bytes_at(995, 6).expect_err("past the end");
+        assert_eq!(past.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(w.bytes_at(u64::MAX, 2).is_err());
     }
 
     #[test]

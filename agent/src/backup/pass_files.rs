@@ -15,11 +15,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use lifeboat_common::appender::Appender;
+use lifeboat_common::appender::{Appender, Window};
 use lifeboat_common::manifest::EntryKind;
 
 use super::spill::{BUFFER_BYTES, Span};
@@ -35,54 +34,29 @@ const RESULT: usize = 8 + 16 + 8 + 1;
 const CACHED: u8 = 1;
 const CACHEABLE: u8 = 2;
 
-/// Reads a scratch file front to back, a window at a time.
-struct Window {
-    file: Arc<File>,
-    len: u64,
-    buf: Vec<u8>,
-    /// Where `buf` starts in the file, and how much of it was consumed.
-    at: u64,
-    used: usize,
+/// Reads a scratch file front to back through a [`Window`].
+struct Cursor {
+    window: Window,
+    pos: u64,
 }
 
-impl Window {
+impl Cursor {
     fn new(file: Arc<File>, len: u64) -> Self {
-        Window {
-            file,
-            len,
-            buf: Vec::new(),
-            at: 0,
-            used: 0,
+        Cursor {
+            window: Window::new(file, len, BUFFER_BYTES),
+            pos: 0,
         }
     }
 
     fn at_end(&self) -> bool {
-        self.at + self.used as u64 >= self.len
+        self.pos >= self.window.len()
     }
 
-    /// The next `n` bytes (read from the file when the window runs out).
+    /// The next `n` bytes (an error past the end).
     fn take(&mut self, n: usize) -> io::Result<&[u8]> {
-        if self.used + n > self.buf.len() {
-            let from = self.at + self.used as u64;
-            let left = self.len.saturating_sub(from);
-            if (n as u64) > left {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "a scratch record of {n} bytes at {from} is past the file's {} bytes",
-                        self.len
-                    ),
-                ));
-            }
-            let want = (n.max(BUFFER_BYTES) as u64).min(left) as usize;
-            self.buf.resize(want, 0);
-            self.file.read_exact_at(&mut self.buf, from)?;
-            self.at = from;
-            self.used = 0;
-        }
-        let out = &self.buf[self.used..self.used + n];
-        self.used += n;
-        Ok(out)
+        let at = self.pos;
+        self.pos += n as u64;
+        self.window.bytes_at(at, n)
     }
 }
 
@@ -172,7 +146,7 @@ impl Items {
 
     pub fn reader(&self) -> ItemReader {
         ItemReader {
-            window: Window::new(self.file.clone(), self.len),
+            window: Cursor::new(self.file.clone(), self.len),
             index: 0,
         }
     }
@@ -180,7 +154,7 @@ impl Items {
 
 /// Yields `(walk index, item)` in walk order.
 pub struct ItemReader {
-    window: Window,
+    window: Cursor,
     index: usize,
 }
 
@@ -284,7 +258,7 @@ pub struct Results {
 impl Results {
     pub fn reader(&self) -> ResultReader {
         ResultReader {
-            window: Window::new(self.file.clone(), self.len),
+            window: Cursor::new(self.file.clone(), self.len),
             next: None,
         }
     }
@@ -292,7 +266,7 @@ impl Results {
 
 /// Yields the results in walk order; [`ResultReader::of`] finds one by walk index.
 pub struct ResultReader {
-    window: Window,
+    window: Cursor,
     /// A result read ahead, for a later index.
     next: Option<FileResult>,
 }

@@ -17,11 +17,10 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use lifeboat_common::appender::Appender;
+use lifeboat_common::appender::{Appender, Window};
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use lifeboat_common::manifest::ChunkPieces;
 
@@ -148,8 +147,11 @@ impl ChunkLists {
     pub fn reader(&self) -> ListReader<'_> {
         ListReader {
             lists: self,
-            buf: Vec::new(),
-            first: 0,
+            window: Window::new(
+                self.file.clone(),
+                self.records * RECORD as u64,
+                BUFFER_BYTES,
+            ),
         }
     }
 }
@@ -193,9 +195,7 @@ impl ChunkPieces for SpanPieces<'_> {
 /// See [`ChunkLists::reader`].
 pub struct ListReader<'a> {
     lists: &'a ChunkLists,
-    /// Records `first..` of the file.
-    buf: Vec<u8>,
-    first: u64,
+    window: Window,
 }
 
 impl ListReader<'_> {
@@ -232,19 +232,12 @@ impl ListReader<'_> {
         }
         let (mut at, mut left) = (span.first, span.count);
         while left > 0 {
-            let held = self.buf.len() as u64 / RECORD as u64;
-            if at < self.first || at >= self.first + held {
-                let take = BUFFER_RECORDS.min(records - at);
-                self.buf.resize(take as usize * RECORD, 0);
-                (self.lists.file).read_exact_at(&mut self.buf, at * RECORD as u64)?;
-                self.first = at;
-            }
-            let from = (at - self.first) as usize * RECORD;
-            let upto = self.buf.len().min(from + left as usize * RECORD);
-            f(&self.buf[from..upto]);
-            let got = ((upto - from) / RECORD) as u64;
-            at += got;
-            left -= got;
+            let take = left.min(BUFFER_RECORDS);
+            f(self
+                .window
+                .bytes_at(at * RECORD as u64, take as usize * RECORD)?);
+            at += take;
+            left -= take;
         }
         Ok(())
     }

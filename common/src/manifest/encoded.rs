@@ -14,12 +14,11 @@
 //! duplicate.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::decoder::MAX_VARINT_LEN;
 use super::{Entry, Manifest, ManifestError, ManifestHeader, entry_codec};
-use crate::appender::Appender;
+use crate::appender::{Appender, Window};
 
 /// Bytes buffered before a scratch file is written, and read from it at once.
 const FILE_BUFFER: usize = 1 << 20;
@@ -60,54 +59,44 @@ fn scratch(e: std::io::Error) -> ManifestError {
     ManifestError::Scratch(e.to_string())
 }
 
-/// Reads a [`Store`]'s messages: a slice of memory, or a window of the file read
-/// [`FILE_BUFFER`] at a time (more for a larger message).
+/// Reads a [`Store`]'s messages: a slice of memory, or a file through a [`Window`] of
+/// [`FILE_BUFFER`] (more for a larger message).
 struct Reader<'a> {
     store: &'a Store,
-    window: Vec<u8>,
-    window_at: u64,
+    /// A file's window (`None` in memory).
+    window: Option<Window>,
 }
 
 impl<'a> Reader<'a> {
     fn new(store: &'a Store) -> Self {
-        Reader {
-            store,
-            window: Vec::new(),
-            window_at: 0,
-        }
+        let window = match store {
+            Store::File(out) => Some(Window::new(out.file().clone(), out.written(), FILE_BUFFER)),
+            Store::Memory(_) => None,
+        };
+        Reader { store, window }
     }
 
     /// `need` bytes at `at` (fewer only past the end).
     fn bytes_at(&mut self, at: u64, need: u64) -> Result<&[u8], ManifestError> {
         let end = self.store.len().min(at.saturating_add(need));
         let out_of_range = || ManifestError::Corrupt("entry offset out of range".into());
-        match self.store {
-            Store::Memory(all) => {
-                let (a, e) = (usize::try_from(at), usize::try_from(end));
-                let (a, e) = (
-                    a.map_err(|_| out_of_range())?,
-                    e.map_err(|_| out_of_range())?,
-                );
-                all.get(a..e).ok_or_else(out_of_range)
+        if let Some(w) = &mut self.window {
+            let end = end.min(w.len());
+            if at > end {
+                return Err(out_of_range());
             }
-            Store::File(out) => {
-                let written = out.written();
-                let end = end.min(written);
-                if at > end {
-                    return Err(out_of_range());
-                }
-                let held = self.window_at + self.window.len() as u64;
-                if at < self.window_at || end > held {
-                    let len = (end - at).max(FILE_BUFFER as u64).min(written - at);
-                    self.window
-                        .resize(usize::try_from(len).map_err(|_| out_of_range())?, 0);
-                    (out.file().read_exact_at(&mut self.window, at)).map_err(scratch)?;
-                    self.window_at = at;
-                }
-                let from = (at - self.window_at) as usize;
-                Ok(&self.window[from..from + (end - at) as usize])
-            }
+            let n = usize::try_from(end - at).map_err(|_| out_of_range())?;
+            return w.bytes_at(at, n).map_err(scratch);
         }
+        let Store::Memory(all) = self.store else {
+            return Err(out_of_range());
+        };
+        let (a, e) = (usize::try_from(at), usize::try_from(end));
+        let (a, e) = (
+            a.map_err(|_| out_of_range())?,
+            e.map_err(|_| out_of_range())?,
+        );
+        all.get(a..e).ok_or_else(out_of_range)
     }
 
     /// The entry whose length-delimited message starts at `at`, and where the next one starts;
@@ -127,11 +116,9 @@ impl<'a> Reader<'a> {
         }
         let e = entry_codec::decode(msg)?;
         // A message larger than the window's usual size (a large file's chunk list: the 1 GiB
-        // dump's 3.9 MB) was read whole; let go of it now rather than beside the decoded entry
-        // for the rest of the restore.
-        if self.window.len() > FILE_BUFFER {
-            self.window = Vec::new();
-            self.window_at = 0;
+        // dump's 3.9 MB) was read whole; let go of it now rather than beside the decoded entry.
+        if let Some(w) = &mut self.window {
+            w.shrink();
         }
         Ok(Some((e, start + len)))
     }
@@ -346,7 +333,8 @@ mod tests {
         // usual size after every entry.
         let (mut reader, mut at) = (Reader::new(&m.entries.store), 0);
         while let Some((_, next)) = reader.entry_at(at).expect("entry") {
-            assert!(reader.window.capacity() <= FILE_BUFFER, "after {at}");
+            let room = reader.window.as_ref().map_or(0, Window::capacity);
+            assert!(room <= FILE_BUFFER, "after {at}");
             at = next;
         }
         entries.push(file("big", &[1]));
