@@ -30,7 +30,7 @@ const PUT_SLICE: usize = 256;
 
 mod value;
 
-pub use value::{CHUNK_RECORD, CacheStat, CachedFile, ids as chunk_ids};
+pub use value::{CHUNK_RECORD, CacheStat, CachedFile, chunks, record};
 use value::{SEGMENT_RECORDS, encode_head, segment_key, sizes};
 
 /// Bytes of values a sled batch of [`FileCache::put_all`] holds at most before it is applied

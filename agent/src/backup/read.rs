@@ -38,7 +38,7 @@ use lifeboat_common::manifest::EntryKind;
 use super::pass_files::{FileResult, Items, ResultWriter, Results};
 use super::spill::{ChunkLists, ListWriter};
 use super::walk::WalkItem;
-use crate::cache::{CacheStat, CachedFile, FileCache, cache_key, chunk_ids};
+use crate::cache::{CacheStat, CachedFile, FileCache, cache_key, chunks};
 use crate::chunking::for_each_chunk;
 use crate::config::PathPatterns;
 
@@ -286,7 +286,7 @@ impl Presumed {
     fn from_cache(cache: &dyn FileCache, key: &[u8], file: &CachedFile) -> Self {
         let mut prefixes = Vec::new();
         let all = cache.records(key, file, &mut |r| {
-            prefixes.extend(chunk_ids(r).map(|id| prefix(&id)));
+            prefixes.extend(chunks(r).map(|(id, _)| prefix(&id)));
             Ok(())
         });
         if !matches!(all, Ok(true)) {

@@ -24,7 +24,7 @@ use lifeboat_common::appender::{Appender, Window};
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 use lifeboat_common::manifest::ChunkPieces;
 
-use crate::cache::CHUNK_RECORD;
+use crate::cache::{CHUNK_RECORD, chunks, record};
 use crate::scratch::temp_file;
 
 /// Bytes buffered before a write (and read at once when reading back).
@@ -102,10 +102,7 @@ impl ListWriter {
     }
 
     pub fn push(&mut self, id: &ChunkId, size: u32) -> io::Result<()> {
-        let mut rec = [0u8; RECORD];
-        rec[..CHUNK_ID_LEN].copy_from_slice(id.as_bytes());
-        rec[CHUNK_ID_LEN..].copy_from_slice(&size.to_le_bytes());
-        self.out.write(&rec)
+        self.out.write(&record(id, size))
     }
 
     /// Appends whole records (a cached list's, [`CHUNK_RECORD`] bytes each).
@@ -205,10 +202,9 @@ impl ListReader<'_> {
         let n = usize::try_from(span.count).map_err(io::Error::other)?;
         let (mut ids, mut sizes) = (Vec::with_capacity(n), Vec::with_capacity(n));
         self.visit(span, |records| {
-            for rec in records.chunks_exact(RECORD) {
-                let size = &rec[CHUNK_ID_LEN..];
-                ids.push(id_at(rec, 0));
-                sizes.push(u32::from_le_bytes([size[0], size[1], size[2], size[3]]));
+            for (id, size) in chunks(records) {
+                ids.push(id);
+                sizes.push(size);
             }
         })?;
         Ok((ids, sizes))

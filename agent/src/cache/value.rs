@@ -135,22 +135,25 @@ pub fn segment_key(key: &[u8], i: u64) -> Vec<u8> {
     k
 }
 
-/// The chunk sizes in `records`, added up.
-pub fn sizes(records: &[u8]) -> u64 {
-    records
-        .chunks_exact(CHUNK_RECORD)
-        .map(|r| {
-            let s = &r[CHUNK_ID_LEN..];
-            u64::from(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-        })
-        .sum()
+/// One chunk's record: its id, then its size.
+pub fn record(id: &ChunkId, size: u32) -> [u8; CHUNK_RECORD] {
+    let mut rec = [0u8; CHUNK_RECORD];
+    rec[..CHUNK_ID_LEN].copy_from_slice(id.as_bytes());
+    rec[CHUNK_ID_LEN..].copy_from_slice(&size.to_le_bytes());
+    rec
 }
 
-/// The ids in `records`, in order.
-pub fn ids(records: &[u8]) -> impl Iterator<Item = ChunkId> + '_ {
+/// The ids and sizes in `records`, in order.
+pub fn chunks(records: &[u8]) -> impl Iterator<Item = (ChunkId, u32)> + '_ {
     records.chunks_exact(CHUNK_RECORD).map(|r| {
-        let mut a = [0u8; CHUNK_ID_LEN];
-        a.copy_from_slice(&r[..CHUNK_ID_LEN]);
-        ChunkId(a)
+        let mut id = [0u8; CHUNK_ID_LEN];
+        id.copy_from_slice(&r[..CHUNK_ID_LEN]);
+        let s = &r[CHUNK_ID_LEN..];
+        (ChunkId(id), u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     })
+}
+
+/// The chunk sizes in `records`, added up.
+pub fn sizes(records: &[u8]) -> u64 {
+    chunks(records).map(|(_, size)| u64::from(size)).sum()
 }
