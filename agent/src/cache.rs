@@ -70,8 +70,8 @@ pub trait FileCache: Send + Sync {
 pub trait PutSource {
     /// The next file's key, stat and chunk count; `None` after the last.
     fn next_file(&mut self) -> io::Result<Option<(Vec<u8>, CacheStat, u64)>>;
-    /// Appends the current file's next `n` chunk records to `out` (asked in order, for its
-    /// count in all).
+    /// Appends the current file's next `n` chunk records to `out` (asked in order; what is
+    /// not asked for before the next [`PutSource::next_file`] is skipped).
     fn next_records(&mut self, n: usize, out: &mut Vec<u8>) -> io::Result<()>;
 }
 
@@ -218,31 +218,22 @@ impl SledCache {
             let first = count.min(SEGMENT_RECORDS as u64);
             buf.clear();
             files.next_records(first as usize, &mut buf)?;
+            // More than u32 chunks: not cached (the rest of its list is skipped).
             let Some(head) = encode_head(&stat, count, &buf) else {
-                let mut rest = count - first;
-                while rest > 0 {
-                    let take = rest.min(SEGMENT_RECORDS as u64);
-                    buf.clear();
-                    files.next_records(take as usize, &mut buf)?;
-                    rest -= take;
-                }
                 continue;
             };
             if count > first {
                 // The old head goes before any segment changes (a crash leaves a miss).
                 batch.remove(key.as_slice());
                 apply(&mut batch, &mut n, &mut bytes)?;
-                let mut rest = count - first;
-                for i in 1.. {
-                    if rest == 0 {
-                        break;
-                    }
+                let (mut i, mut rest) = (1, count - first);
+                while rest > 0 {
                     let take = rest.min(SEGMENT_RECORDS as u64);
                     buf.clear();
                     files.next_records(take as usize, &mut buf)?;
                     batch.insert(segment_key(&key, i), buf.as_slice());
                     bytes += buf.len();
-                    rest -= take;
+                    (i, rest) = (i + 1, rest - take);
                     if bytes >= PUT_BATCH_BYTES {
                         apply(&mut batch, &mut n, &mut bytes)?;
                     }
