@@ -30,10 +30,12 @@ use crate::blob::MAX_CHUNK_LEN;
 use crate::chunker::ChunkerParams;
 use crate::ids::ChunkId;
 
+mod chunk_list;
 pub mod database;
 mod decoder;
 mod encoded;
 mod entry_codec;
+pub use chunk_list::{ChunkList, ChunkReader, STORED_LIST_BYTES, StoredChunks};
 pub use database::{DatabaseDump, DatabaseMeta, TableInfo};
 pub use decoder::Decoder;
 pub use encoded::EncodedManifest;
