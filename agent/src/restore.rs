@@ -150,8 +150,8 @@ pub async fn restore_manifest<R: Remote>(
     // by a flush, which forgets it, and so does any entry that is not a file: a symlink or
     // directory restored may replace a parent). Saves six `statx` per file of a deep tree.
     let mut checked: Option<PathBuf> = None;
-    for e in m.entries() {
-        let e = e.map_err(unreadable_entry)?;
+    for listed in m.entries_with_lists() {
+        let (e, list) = listed.map_err(unreadable_entry)?;
         let orig = original_path(&m.header, &e);
         if !selected(&orig, e.entry_kind(), opts.path.as_deref()) {
             continue;
@@ -183,6 +183,7 @@ pub async fn restore_manifest<R: Remote>(
                 dest,
                 orig,
                 entry: e,
+                list,
             });
             continue;
         }
@@ -214,11 +215,11 @@ pub async fn restore_manifest<R: Remote>(
     Ok(report)
 }
 
-/// An entry of a manifest validated when it was loaded no longer decodes: only damaged memory
-/// can do that.
-fn unreadable_entry(e: ManifestError) -> AgentError {
+/// An entry of a manifest validated when it was loaded, or its chunk list, no longer reads
+/// back: the restore's scratch file failing (its error says so), or damaged memory.
+pub(crate) fn unreadable_entry(e: ManifestError) -> AgentError {
     AgentError::Invalid(format!(
-        "an entry of the manifest, valid when loaded, no longer decodes: {e}"
+        "an entry of the manifest, valid when loaded, no longer reads back: {e}"
     ))
 }
 

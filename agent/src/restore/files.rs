@@ -34,12 +34,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use lifeboat_common::chunker::ChunkerParams;
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::Entry;
+use lifeboat_common::manifest::{ChunkList, Entry};
 
-use super::RestoreReport;
 use super::budget::Budget;
 use super::fetch::read_verified;
 use super::write;
+use super::{RestoreReport, unreadable_entry};
 use crate::error::AgentError;
 use crate::remote::Remote;
 
@@ -52,13 +52,17 @@ pub const UNIT_BYTES: u64 = 4 << 20;
 /// Files queued before a flush.
 pub const MAX_PENDING: usize = 4096;
 
-/// A file to write: where, its original path (for errors) and its entry. The entry is the job's
-/// own (its chunk lists moved out of the manifest, [`super::take_file`]): it is dropped, and a
-/// large file's list of ids freed, as soon as the file is written.
+/// A file to write: where, its original path (for errors), its entry and its chunk list, apart
+/// from the entry ([`EncodedManifest::entries_with_lists`]: a large file's is read from the
+/// restore's scratch file as it is written, a small one's dropped with the job).
+///
+/// [`EncodedManifest::entries_with_lists`]: lifeboat_common::manifest::EncodedManifest::entries_with_lists
 pub struct FileJob {
     pub dest: PathBuf,
     pub orig: PathBuf,
+    /// Without its chunk ids and sizes: they are in `list`.
     pub entry: Entry,
+    pub list: ChunkList,
 }
 
 /// Files queued for the next flush, with their paths and ancestors for conflict checks.
@@ -122,7 +126,7 @@ fn units(jobs: Vec<FileJob>) -> Vec<Vec<FileJob>> {
     let mut unit = Vec::new();
     let (mut ids, mut bytes) = (0usize, 0u64);
     for j in jobs {
-        let (n, b) = (j.entry.chunk_sizes.len(), j.entry.size);
+        let (n, b) = (j.list.len(), j.entry.size);
         if !unit.is_empty() && (ids + n > UNIT_IDS || bytes + b > UNIT_BYTES) {
             out.push(std::mem::take(&mut unit));
             (ids, bytes) = (0, 0);
@@ -220,7 +224,7 @@ async fn run_unit<R: Remote>(
                     .as_ref()
                     .and_then(|c| c.params())
                     .unwrap_or(params);
-                write::is_unchanged(&j.dest, &j.entry, &keys, p)
+                write::is_unchanged(&j.dest, &j.entry, &j.list, &keys, p)
             })
             .collect();
         (jobs, unchanged)
@@ -240,12 +244,13 @@ async fn run_unit<R: Remote>(
     let batched = todo.len() > 1
         || todo
             .first()
-            .is_some_and(|j| j.entry.size <= UNIT_BYTES && j.entry.chunk_sizes.len() <= UNIT_IDS);
+            .is_some_and(|j| j.entry.size <= UNIT_BYTES && j.list.len() <= UNIT_IDS);
     if batched {
-        let ids: Vec<ChunkId> = todo
+        let ids = todo
             .iter()
-            .flat_map(|j| j.entry.chunks.iter().copied())
-            .collect();
+            .flat_map(|j| j.list.reader().map(|c| c.map(|(id, _)| id)))
+            .collect::<Result<Vec<ChunkId>, _>>()
+            .map_err(unreadable_entry)?;
         let held = ctx
             .budget
             .take(todo.iter().map(|j| j.entry.size).sum())
@@ -271,6 +276,7 @@ async fn run_unit<R: Remote>(
             ctx.keys,
             &ctx.budget,
             &j.entry,
+            &j.list,
             &j.dest,
             ctx.as_root,
         )
@@ -294,7 +300,7 @@ async fn write_unit<R>(
     let done = tokio::task::spawn_blocking(move || {
         let mut done = Vec::with_capacity(todo.len());
         for j in todo {
-            match write::write_file_from(&plain, &j.entry, &j.dest, as_root) {
+            match write::write_file_from(&plain, &j.entry, &j.list, &j.dest, as_root) {
                 Ok(n) => done.push((j.dest, n)),
                 Err(source) => return Err((done, file_err(&j, source))),
             }
@@ -361,16 +367,19 @@ mod tests {
         Entry {
             path: path.as_bytes().to_vec(),
             size: sizes.iter().map(|&s| u64::from(s)).sum(),
+            chunks: vec![ChunkId([7; 32]); sizes.len()],
             chunk_sizes: sizes.to_vec(),
             ..Entry::default()
         }
     }
 
     fn job(e: &Entry) -> FileJob {
+        let mut entry = e.clone();
         FileJob {
             dest: PathBuf::from("/t").join(e.rel_path()),
             orig: PathBuf::from("/o"),
-            entry: e.clone(),
+            list: ChunkList::take(&mut entry),
+            entry,
         }
     }
 
@@ -405,8 +414,7 @@ mod tests {
         assert!(!p.conflicts(Path::new("/t/a/b")));
         p.push(FileJob {
             dest: PathBuf::from("/t/a/b"),
-            orig: PathBuf::from("/o"),
-            entry: e,
+            ..job(&e)
         });
         assert!(p.conflicts(Path::new("/t/a/b")), "same path");
         assert!(p.conflicts(Path::new("/t/a")), "an ancestor");

@@ -303,7 +303,25 @@ async fn more_ids_than_one_sorting_run_are_committed_once_each() {
     restore(&f.remote, &keys(), &opts(&f, false, None))
         .await
         .expect("restore");
-    assert_eq!(fs::read(restored(&f, "site/many.bin")).expect("read"), data);
+    let many = restored(&f, "site/many.bin");
+    assert_eq!(fs::read(&many).expect("read"), data);
+    // Restored again, the file is found unchanged against its list (read from the restore's
+    // scratch file, as its entry is over `STORED_LIST_BYTES`); one byte changed in the middle,
+    // same size and mtime, it is rewritten.
+    let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore again");
+    assert_eq!(rep.files_written, 0);
+    let mtime = filetime::FileTime::from_last_modification_time(&fs::metadata(&many).expect("m"));
+    let mut damaged = data.clone();
+    damaged[6 << 20] ^= 1;
+    fs::write(&many, &damaged).expect("write");
+    filetime::set_file_mtime(&many, mtime).expect("mtime");
+    let rep = restore(&f.remote, &keys(), &opts(&f, false, None))
+        .await
+        .expect("restore again");
+    assert_eq!(rep.files_written, 1);
+    assert_eq!(fs::read(&many).expect("read"), data);
     let again = backup_source_with(&f, Arc::new(FsOpener), &src).await;
     assert_eq!((again.files_read, again.chunks), (0, r.chunks));
 }

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::ops::Range;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 
@@ -22,13 +21,14 @@ use filetime::FileTime;
 use lifeboat_common::chunker::ChunkerParams;
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::{DataKeys, fill_random};
-use lifeboat_common::manifest::Entry;
+use lifeboat_common::manifest::{ChunkList, Entry};
 use tracing::debug;
 
-use super::ahead::{self, Ahead};
+use super::ahead::{self, Ahead, Batch, Batches, Fetch};
 use super::budget::Budget;
 use super::direct::LargeFile;
-use super::fetch::{batches_of, read_verified};
+use super::fetch::read_verified;
+use super::unreadable_entry;
 use crate::chunking::for_each_chunk;
 use crate::error::AgentError;
 use crate::remote::Remote;
@@ -105,8 +105,15 @@ fn apply_file_metadata(
         .map_err(io_err("cannot set the mtime of", tmp))
 }
 
-/// Whether the existing file at `target` already holds the entry's contents.
-pub fn is_unchanged(target: &Path, e: &Entry, keys: &DataKeys, params: ChunkerParams) -> bool {
+/// Whether the existing file at `target` already holds the entry's contents (`list`): the
+/// chunking stops at the first chunk that differs.
+pub fn is_unchanged(
+    target: &Path,
+    e: &Entry,
+    list: &ChunkList,
+    keys: &DataKeys,
+    params: ChunkerParams,
+) -> bool {
     let Ok(m) = fs::symlink_metadata(target) else {
         return false;
     };
@@ -120,13 +127,14 @@ pub fn is_unchanged(target: &Path, e: &Entry, keys: &DataKeys, params: ChunkerPa
     let Ok(f) = File::open(target) else {
         return false;
     };
-    let want = &e.chunks;
-    let mut got: Vec<ChunkId> = Vec::with_capacity(want.len());
+    let mut want = list.reader();
     let res = for_each_chunk(f, params, keys.chunker_seed(), |c: Vec<u8>| {
-        got.push(keys.chunk_id(&c));
-        Ok::<(), io::Error>(())
+        match want.next() {
+            Some(Ok((id, _))) if id == keys.chunk_id(&c) => Ok(()),
+            _ => Err(io::Error::other("differs")),
+        }
     });
-    res.is_ok() && got == *want
+    res.is_ok() && want.next().is_none()
 }
 
 /// Removes whatever is at `target` if it is a directory (a file or link replaces it).
@@ -144,11 +152,12 @@ pub async fn write_file<R: Remote>(
     keys: &DataKeys,
     budget: &Budget,
     e: &Entry,
+    list: &ChunkList,
     target: &Path,
     as_root: bool,
 ) -> Result<u64, AgentError> {
     let tmp = temp_path(target);
-    let res = write_file_inner(remote, keys, budget, e, target, &tmp, as_root).await;
+    let res = write_file_inner(remote, keys, budget, (e, list), target, &tmp, as_root).await;
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -159,31 +168,33 @@ async fn write_file_inner<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     budget: &Budget,
-    e: &Entry,
+    (e, list): (&Entry, &ChunkList),
     target: &Path,
     tmp: &Path,
     as_root: bool,
 ) -> Result<u64, AgentError> {
     let mut file = LargeFile::new(create_temp(tmp)?, e.size);
-    let ids = &e.chunks;
     let what = format!("file {}", target.display());
-    // Smaller batches than a unit, several fetched and verified ahead while the current one
-    // is written ([`super::ahead`]), each holding its bytes of the restore's budget until it is
-    // written ([`super::budget`]).
-    let ranges = batches_of(&e.chunk_sizes, ahead::BATCH_IDS, ahead::BATCH_BYTES);
-    let (ids_ref, what_ref) = (&ids, &what);
-    let mut batches = Ahead::new(ranges, &e.chunk_sizes, move |r: Range<usize>| {
-        let bytes = e.chunk_sizes[r.clone()].iter().map(|&s| u64::from(s)).sum();
-        Box::pin(async move {
-            let held = budget.take(bytes).await?;
-            let plain = read_verified(remote, keys, &ids_ref[r], what_ref).await?;
-            Ok((plain, held))
-        }) as _
+    // Smaller batches than a unit, cut from the list as they are started, several fetched and
+    // verified ahead while the current one is written ([`super::ahead`]), each holding its
+    // bytes of the restore's budget until it is written ([`super::budget`]).
+    let what = &what;
+    let batches = Batches::new(list, ahead::BATCH_IDS, ahead::BATCH_BYTES).map(|b| match b {
+        Ok(b) => {
+            let bytes = b.bytes;
+            let fetch = Box::pin(async move {
+                let held = budget.take(b.bytes).await?;
+                let plain = read_verified(remote, keys, &b.ids, what).await?;
+                Ok((b, plain, held))
+            }) as Fetch<'_, _>;
+            (bytes, fetch)
+        }
+        Err(e) => (0, Box::pin(std::future::ready(Err(e))) as Fetch<'_, _>),
     });
-    while let Some((range, fetched)) = batches.next().await {
-        let (plain, held) = fetched?;
-        let sizes = &e.chunk_sizes[range.clone()];
-        let write = write_batch(file, &ids[range], sizes, plain, tmp);
+    let mut batches = Ahead::new(batches);
+    while let Some(fetched) = batches.next().await {
+        let (batch, plain, held) = fetched?;
+        let write = write_batch(file, batch, plain, tmp);
         file = batches.beside(write).await?;
         drop(held);
     }
@@ -199,12 +210,14 @@ async fn write_file_inner<R: Remote>(
 pub fn write_file_from(
     plain: &HashMap<ChunkId, Vec<u8>>,
     e: &Entry,
+    list: &ChunkList,
     target: &Path,
     as_root: bool,
 ) -> Result<u64, AgentError> {
     let tmp = temp_path(target);
     let res = create_temp(&tmp).and_then(|mut file| {
-        let n = write_chunks(&mut file, &e.chunks, &e.chunk_sizes, plain, &tmp)?;
+        let chunks = list.reader().map(|c| c.map_err(unreadable_entry));
+        let n = write_chunks(&mut file, chunks, plain, &tmp)?;
         start_writeback(&file, 0, n);
         finish(file, n, e, &tmp, target, as_root)
     });
@@ -261,17 +274,15 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
 /// Writes one batch's chunks in order, after the file's bytes so far, on a blocking thread.
 async fn write_batch(
     mut file: LargeFile,
-    ids: &[ChunkId],
-    sizes: &[u32],
+    batch: Batch,
     plain: HashMap<ChunkId, Vec<u8>>,
     tmp: &Path,
 ) -> Result<LargeFile, AgentError> {
-    let ids = ids.to_vec();
-    let sizes = sizes.to_vec();
     let tmp = tmp.to_owned();
     tokio::task::spawn_blocking(move || {
         let offset = file.written();
-        let n = write_chunks(&mut file, &ids, &sizes, &plain, &tmp)?;
+        let chunks = batch.ids.into_iter().zip(batch.sizes).map(Ok);
+        let n = write_chunks(&mut file, chunks, &plain, &tmp)?;
         if !file.is_direct() {
             start_writeback(file.file(), offset, n);
         }
@@ -281,25 +292,25 @@ async fn write_batch(
     .map_err(|e| AgentError::Worker(e.to_string()))?
 }
 
-/// Writes chunks `ids` in order from `plain`. A chunk whose plaintext length is not the
-/// manifest's size for it is refused before it is written (a hostile manifest cannot make a file
-/// longer, or shorter, than it declares).
+/// Writes `chunks` (ids and sizes) in order from `plain`. A chunk whose plaintext length is
+/// not the manifest's size for it is refused before it is written (a hostile manifest cannot
+/// make a file longer, or shorter, than it declares).
 fn write_chunks(
     file: &mut impl Write,
-    ids: &[ChunkId],
-    sizes: &[u32],
+    chunks: impl Iterator<Item = Result<(ChunkId, u32), AgentError>>,
     plain: &HashMap<ChunkId, Vec<u8>>,
     tmp: &Path,
 ) -> Result<u64, AgentError> {
     let mut n = 0u64;
-    for (i, id) in ids.iter().enumerate() {
-        let data = plain.get(id).ok_or_else(|| {
+    for chunk in chunks {
+        let (id, size) = chunk?;
+        let data = plain.get(&id).ok_or_else(|| {
             AgentError::Invalid(format!(
                 "chunk {} was not returned by the controller",
                 id.short()
             ))
         })?;
-        let want = sizes.get(i).copied().map_or(0, u64::from);
+        let want = u64::from(size);
         if data.len() as u64 != want {
             return Err(AgentError::Invalid(format!(
                 "chunk {} holds {} bytes, the manifest says {want}",
