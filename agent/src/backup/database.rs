@@ -12,11 +12,17 @@
 //!
 //! Manifest layout: root 0 is `/`; each database is a file entry `databases/<name>.sql` (mode
 //! 0600), the users dump is `users.sql`; [`DatabaseMeta`] in the header ties them together.
+//!
+//! Memory: each dump's chunk ids and sizes go to the pass's scratch file as the chunks arrive
+//! ([`super::spill`]) and its manifest entry is written from them read back in pieces, as a
+//! large file's is: a 10 GiB dump's list (~47 MB at 8 KiB chunks) is never held.
 
 use std::time::Instant;
 
 use lifeboat_common::clock::now_unix_ms;
-use lifeboat_common::manifest::{DatabaseDump, DatabaseMeta, Entry, EntryKind, TableInfo};
+use lifeboat_common::manifest::{
+    ChunkPieces, DatabaseDump, DatabaseMeta, Entry, EntryKind, TableInfo,
+};
 use lifeboat_proto::v1::SnapshotStats;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -24,6 +30,7 @@ use tracing::{info, warn};
 
 use super::manifest_upload::upload_manifest;
 use super::refs::RefSorter;
+use super::spill::{ChunkLists, ListWriter, Span, SpanPieces};
 use super::upload::Uploader;
 use super::{BackupContext, BackupReport};
 use crate::config::{MysqlConfig, SourceConfig, Verify};
@@ -103,6 +110,8 @@ pub async fn backup_mysql<R: Remote>(
         verify: cfg.verify.as_str().into(),
         ..DatabaseMeta::default()
     };
+    let scratch_err = |e| crate::scratch::scratch_error(&ctx.scratch_dir, e);
+    let mut lists = ListWriter::create(&ctx.scratch_dir).map_err(scratch_err)?;
     let mut entries = Vec::new();
     let mut summaries = Vec::new();
     let fail = |database: &str, reason: String| AgentError::DumpFailed {
@@ -126,7 +135,7 @@ pub async fn backup_mysql<R: Remote>(
             args.push(binlog_option(planned.info.flavor).into());
         }
         args.push(db.clone());
-        let done = dump_one(ctx, src, &server, args, &mut up).await?;
+        let (done, span) = dump_one(ctx, src, &server, args, &mut up, &mut lists).await?;
         validate(&done, &server, objects).map_err(|r| fail(db, r))?;
         let s = &done.summary;
         for extra in s.tables.iter().filter(|t| !objects.tables.contains(t)) {
@@ -152,7 +161,7 @@ pub async fn backup_mysql<R: Remote>(
             bytes: done.size,
         });
         info!(database = %db, tables = tables.len(), bytes = done.size, "database dump validated");
-        entries.push(dump_entry(&dump_path(db), &done));
+        entries.push((dump_entry(&dump_path(db), &done), span));
         meta.databases.push(DatabaseDump {
             name: db.clone(),
             path: dump_path(db),
@@ -171,7 +180,7 @@ pub async fn backup_mysql<R: Remote>(
             src,
             &server,
             &planned.info,
-            &mut up,
+            (&mut up, &mut lists),
             &mut meta,
             &mut entries,
         )
@@ -180,7 +189,17 @@ pub async fn backup_mysql<R: Remote>(
     if cfg.verify == Verify::Checksums {
         meta = add_checksums(&server, meta).await?;
     }
-    commit(ctx, src, up, meta, entries, summaries, started, started_ms).await
+    let dumps = Dumps {
+        entries,
+        lists: lists.finish().map_err(scratch_err)?,
+    };
+    commit(ctx, src, up, meta, dumps, summaries, started, started_ms).await
+}
+
+/// The dumps' entries (without their chunk lists) and where their lists are.
+struct Dumps {
+    entries: Vec<(Entry, Span)>,
+    lists: ChunkLists,
 }
 
 async fn backup_users<R: Remote>(
@@ -188,9 +207,9 @@ async fn backup_users<R: Remote>(
     src: &SourceConfig,
     server: &Server,
     info: &ServerInfo,
-    up: &mut Uploader<'_, R>,
+    (up, lists): (&mut Uploader<'_, R>, &mut ListWriter),
     meta: &mut DatabaseMeta,
-    entries: &mut Vec<Entry>,
+    entries: &mut Vec<(Entry, Span)>,
 ) -> Result<(), AgentError> {
     if info.flavor != Flavor::MariaDb {
         return Err(AgentError::DumpFailed {
@@ -205,7 +224,7 @@ async fn backup_users<R: Remote>(
     let args = ["--system=users", "--insert-ignore"]
         .map(String::from)
         .to_vec();
-    let done = dump_one(ctx, src, server, args, up).await?;
+    let (done, span) = dump_one(ctx, src, server, args, up, lists).await?;
     validate(&done, server, &Objects::default()).map_err(|reason| AgentError::DumpFailed {
         source_name: src.name.clone(),
         what: "users and grants".into(),
@@ -213,7 +232,7 @@ async fn backup_users<R: Remote>(
     })?;
     meta.users = done.summary.users.clone();
     meta.users_path = USERS_PATH.into();
-    entries.push(dump_entry(USERS_PATH, &done));
+    entries.push((dump_entry(USERS_PATH, &done), span));
     Ok(())
 }
 
@@ -236,14 +255,16 @@ async fn add_checksums(
     .map_err(|e| AgentError::Worker(e.to_string()))?
 }
 
-/// Runs one dump on a thread, feeding its chunks to the uploader as they come.
+/// Runs one dump on a thread, feeding its chunks to the uploader as they come and their ids and
+/// sizes to `lists` (the span it returns).
 async fn dump_one<R: Remote>(
     ctx: &BackupContext<'_, R>,
     src: &SourceConfig,
     server: &Server,
     args: Vec<String>,
     up: &mut Uploader<'_, R>,
-) -> Result<DumpDone, AgentError> {
+    lists: &mut ListWriter,
+) -> Result<(DumpDone, Span), AgentError> {
     let job = DumpJob {
         server: server.clone(),
         args,
@@ -255,11 +276,17 @@ async fn dump_one<R: Remote>(
         .name("lifeboat-dump".into())
         .spawn(move || crate::mysql::dump::run(job, tx))
         .map_err(|e| AgentError::Worker(format!("cannot start the dump thread: {e}")))?;
+    let mark = lists.mark();
     // Flights land while the dump runs (upload overlaps dumping).
     while let Some(msg) = up.recv_landing(&mut rx).await? {
         match msg {
-            DumpMsg::Chunk { id, data } => up.add(id, data).await?,
-            DumpMsg::Done(done) => return Ok((*done)?),
+            DumpMsg::Chunk { id, data } => {
+                lists
+                    .push(&id, data.len() as u32)
+                    .map_err(|e| crate::scratch::scratch_error(&ctx.scratch_dir, e))?;
+                up.add(id, data).await?
+            }
+            DumpMsg::Done(done) => return Ok(((*done)?, lists.span_since(mark))),
         }
     }
     Err(AgentError::Worker(
@@ -309,6 +336,7 @@ fn validate(d: &DumpDone, server: &Server, objects: &Objects) -> Result<(), Stri
     Ok(())
 }
 
+/// A dump's entry, without its chunk list (in the pass's scratch file).
 fn dump_entry(path: &str, d: &DumpDone) -> Entry {
     Entry {
         root: 0,
@@ -317,8 +345,6 @@ fn dump_entry(path: &str, d: &DumpDone) -> Entry {
         mode: 0o600,
         mtime_sec: now_unix_ms() / 1000,
         size: d.size,
-        chunks: d.ids.clone(),
-        chunk_sizes: d.sizes.clone(),
         ..Entry::default()
     }
 }
@@ -329,25 +355,28 @@ async fn commit<R: Remote>(
     src: &SourceConfig,
     mut up: Uploader<'_, R>,
     meta: DatabaseMeta,
-    entries: Vec<Entry>,
+    dumps: Dumps,
     summaries: Vec<DatabaseSummary>,
     started: Instant,
     started_ms: i64,
 ) -> Result<BackupReport, AgentError> {
     let mut header = super::manifest_header(src, started_ms, vec![b"/".to_vec()]);
     header.database = Some(meta);
-    let logical = entries.iter().map(|e| e.size).sum();
-    let files = entries.len() as u64;
+    let logical = dumps.entries.iter().map(|(e, _)| e.size).sum();
+    let files = dumps.entries.len() as u64;
     let scratch = ctx.scratch_dir.clone();
     let (manifest_ids, refs) = upload_manifest(&mut up, &ctx.keys, &header, move |sink| {
+        let scratch_err = |err| crate::scratch::scratch_error(&scratch, err);
         let mut refs = RefSorter::new(&scratch);
-        for e in &entries {
-            refs.extend(&e.chunks)
-                .map_err(|err| crate::scratch::scratch_error(&scratch, err))?;
-            sink.push(e)?;
+        for (e, span) in &dumps.entries {
+            // Read in pieces twice: for the references, then by the entry's encoder.
+            let mut pieces = SpanPieces::new(&dumps.lists, *span);
+            while let Some((ids, _)) = pieces.next_piece().map_err(scratch_err)? {
+                refs.extend(&ids).map_err(scratch_err)?;
+            }
+            sink.push_pieces(e, &mut pieces)?;
         }
-        refs.finish()
-            .map_err(|err| crate::scratch::scratch_error(&scratch, err))
+        refs.finish().map_err(scratch_err)
     })
     .await?;
     let data_chunks = refs.len();

@@ -1,6 +1,7 @@
 //! One dump process, its stdout streamed through the [`Scanner`] into the chunker on a
 //! dedicated thread: no temporary file, and memory bounded by the channel (a few chunks) and the
-//! chunker's buffer whatever the database size. The caller validates the outcome.
+//! chunker's buffer whatever the database size. The chunks' ids and sizes are not kept here: the
+//! caller records them as it receives the chunks. The caller validates the outcome.
 //!
 //! If the receiver goes away (the backup was cancelled or failed), the dump process is killed.
 
@@ -27,8 +28,7 @@ pub struct DumpJob {
 /// How the dump ended.
 #[derive(Debug)]
 pub struct DumpDone {
-    pub ids: Vec<ChunkId>,
-    pub sizes: Vec<u32>,
+    /// Bytes dumped (those of every chunk sent).
     pub size: u64,
     pub summary: ScanSummary,
     pub status: ExitStatus,
@@ -85,25 +85,21 @@ pub fn run(job: DumpJob, tx: mpsc::Sender<DumpMsg>) {
         inner: stdout,
         scanner: Scanner::default(),
     };
-    let (mut ids, mut sizes) = (Vec::new(), Vec::new());
+    let mut sent = 0u64;
     let res = for_each_chunk(
         &mut reader,
         job.params,
         job.keys.chunker_seed(),
         |data: Vec<u8>| {
             let id = job.keys.chunk_id(&data);
-            ids.push(id);
-            sizes.push(data.len() as u32);
+            sent += data.len() as u64;
             tx.blocking_send(DumpMsg::Chunk { id, data })
                 .map_err(|_| Stop::Receiver(Stopped))
         },
     );
     let (size, read_error) = match res {
         Ok(n) => (n, None),
-        Err(Stop::Io(e)) => (
-            sizes.iter().map(|&s| u64::from(s)).sum(),
-            Some(e.to_string()),
-        ),
+        Err(Stop::Io(e)) => (sent, Some(e.to_string())),
         Err(Stop::Receiver(Stopped)) => {
             let _ = child.kill();
             let _ = child.wait();
@@ -118,8 +114,6 @@ pub fn run(job: DumpJob, tx: mpsc::Sender<DumpMsg>) {
     let stderr = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
     let done = status
         .map(|status| DumpDone {
-            ids,
-            sizes,
             size,
             summary: reader.scanner.finish(),
             status,
