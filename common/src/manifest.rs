@@ -264,6 +264,19 @@ impl Entry {
 
     /// Checks everything a restore relies on. `roots` is the header's root count.
     pub fn validate(&self, roots: usize) -> Result<(), ManifestError> {
+        let counts = (self.chunks.len(), self.chunk_sizes.len());
+        self.validate_with(roots, counts, self.chunk_sizes.iter().map(|&s| Ok(s)))
+    }
+
+    /// As [`Entry::validate`], with the chunk list given apart: the numbers of ids and of sizes,
+    /// and the sizes read in order (an entry whose list was left in a scratch file,
+    /// [`chunk_list`]).
+    fn validate_with(
+        &self,
+        roots: usize,
+        (ids, sizes_n): (usize, usize),
+        sizes: impl Iterator<Item = Result<u32, ManifestError>>,
+    ) -> Result<(), ManifestError> {
         let bad = |reason: &str| ManifestError::InvalidEntry {
             path: self.display_path(),
             reason: reason.to_owned(),
@@ -284,14 +297,15 @@ impl Entry {
             }
             EntryKind::Dir | EntryKind::File => {}
         }
-        if self.entry_kind() != EntryKind::File && (!self.chunks.is_empty() || self.size != 0) {
+        if self.entry_kind() != EntryKind::File && (ids != 0 || self.size != 0) {
             return Err(bad("only files have contents"));
         }
-        if self.chunks.len() != self.chunk_sizes.len() {
+        if ids != sizes_n {
             return Err(bad("chunk ids and sizes differ in number"));
         }
         let mut total: u64 = 0;
-        for &s in &self.chunk_sizes {
+        for s in sizes {
+            let s = s?;
             if s == 0 || s as usize > MAX_CHUNK_LEN {
                 return Err(bad("chunk size out of range"));
             }

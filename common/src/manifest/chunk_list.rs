@@ -194,7 +194,9 @@ pub struct StoredChunks {
     ids_from: u64,
     sizes_from: u64,
     end: u64,
+    /// Ids, and sizes (equal once validated).
     count: usize,
+    sizes: usize,
 }
 
 impl StoredChunks {
@@ -218,16 +220,18 @@ pub(super) fn walk(
     let mut head = Vec::new();
     let (mut ids, mut sizes) = (0usize, 0usize);
     let (mut ids_from, mut sizes_from) = (None, None);
+    let mut wrong_length = false;
     loop {
         let at = f.at;
         let Some((tag, value)) = f.next()? else { break };
         match (tag, value) {
             (_, Value::Group) => return Ok(None),
-            (CHUNKS_TAG, Value::Bytes(r)) if r.end - r.start == CHUNK_ID_LEN as u64 => {
+            (CHUNKS_TAG, Value::Bytes(r)) => {
+                wrong_length |= r.end - r.start != CHUNK_ID_LEN as u64;
                 ids += 1;
                 ids_from.get_or_insert(at);
             }
-            (CHUNKS_TAG, _) => return Err(corrupt("a chunk id of the wrong length or type")),
+            (CHUNKS_TAG, _) => return Err(corrupt("a chunk id of the wrong type")),
             (SIZES_TAG, Value::Varint(_)) => {
                 sizes += 1;
                 sizes_from.get_or_insert(at);
@@ -244,18 +248,30 @@ pub(super) fn walk(
             _ => head.extend_from_slice(f.bytes(at..f.at)?),
         }
     }
-    if ids != sizes {
-        return Err(corrupt("chunk ids and sizes differ in number"));
-    }
     let entry = entry_codec::decode(&head)?;
+    if wrong_length {
+        // As a whole decode refuses it (`entry_codec::decode`).
+        return Err(ManifestError::InvalidEntry {
+            path: entry.display_path(),
+            reason: "chunk id of wrong length".into(),
+        });
+    }
     let stored = StoredChunks {
         file: file.clone(),
         ids_from: ids_from.unwrap_or(msg.end),
         sizes_from: sizes_from.unwrap_or(msg.end),
         end: msg.end,
         count: ids,
+        sizes,
     };
     Ok(Some((entry, stored)))
+}
+
+/// [`Entry::validate`] for an entry walked by [`walk`] (`e`, without its list) and its list.
+pub(super) fn validate(e: &Entry, list: &StoredChunks, roots: usize) -> Result<(), ManifestError> {
+    let mut r = list.reader();
+    let sizes = (0..list.sizes).map(move |_| r.next_size());
+    e.validate_with(roots, (list.count, list.sizes), sizes)
 }
 
 /// Reads a [`StoredChunks`]' ids and sizes in order; after an error, nothing more.
@@ -353,7 +369,16 @@ mod tests {
         }
     }
 
+    /// The pieces' bytes; the head's size is the sum of the sizes given.
     fn encode(pieces: &[Piece]) -> Vec<u8> {
+        let size = pieces
+            .iter()
+            .map(|p| match p {
+                Piece::Packed(v) => v.iter().map(|&s| u64::from(s)).sum(),
+                Piece::Unpacked(s) => u64::from(*s),
+                _ => 0,
+            })
+            .sum();
         let mut buf = Vec::new();
         for p in pieces {
             match p {
@@ -372,7 +397,7 @@ mod tests {
                 },
                 Piece::Path(p) => encoding::bytes::encode(2, &p.as_bytes().to_vec(), &mut buf),
                 Piece::Head => {
-                    let mut h = entry_codec::head(&head());
+                    let mut h = entry_codec::head(&Entry { size, ..head() });
                     h.chunker = head().chunker;
                     h.encode_raw(&mut buf);
                 }
@@ -407,11 +432,15 @@ mod tests {
         Ok(Some(e))
     }
 
+    fn size() -> impl Strategy<Value = u32> {
+        prop_oneof![20 => 1u32..70_000, 1 => Just(0), 1 => any::<u32>()]
+    }
+
     fn piece() -> impl Strategy<Value = Piece> {
         prop_oneof![
             4 => any::<u8>().prop_map(Piece::Id),
-            2 => proptest::collection::vec(any::<u32>(), 0..6).prop_map(Piece::Packed),
-            2 => any::<u32>().prop_map(Piece::Unpacked),
+            2 => proptest::collection::vec(size(), 0..6).prop_map(Piece::Packed),
+            2 => size().prop_map(Piece::Unpacked),
             1 => any::<u8>().prop_map(Piece::Unknown),
             1 => "[a-z]{1,8}".prop_map(Piece::Path),
             1 => Just(Piece::Head),
@@ -420,22 +449,39 @@ mod tests {
 
     proptest! {
         /// Whatever the order of the fields, runs of sizes packed or not, unknown fields and a
-        /// field given twice, the walk reads what a whole decode reads.
+        /// field given twice, the walk validates as a whole decode does and, valid, reads what
+        /// it reads.
         #[test]
-        fn a_walked_entry_reads_as_a_whole_decode(
-            pieces in proptest::collection::vec(piece(), 0..60),
+        fn a_walked_entry_validates_and_reads_as_a_whole_decode(
+            mut pieces in proptest::collection::vec(piece(), 0..60),
+            balance in any::<bool>(),
         ) {
+            if balance {
+                // As many sizes as ids, and a head with their sum: mostly valid entries.
+                let ids = pieces.iter().filter(|p| matches!(p, Piece::Id(_))).count();
+                let sizes: usize = pieces
+                    .iter()
+                    .map(|p| match p {
+                        Piece::Packed(v) => v.len(),
+                        Piece::Unpacked(_) => 1,
+                        _ => 0,
+                    })
+                    .sum();
+                pieces.extend((sizes..ids).map(|_| Piece::Unpacked(1000)));
+                pieces.extend((ids..sizes).map(|i| Piece::Id(i as u8)));
+                pieces.push(Piece::Head);
+            }
             let msg = encode(&pieces);
             let whole = entry_codec::decode(&msg).expect("decodes");
-            match walked(&msg) {
-                Ok(got) => prop_assert_eq!(got, Some(whole)),
-                Err(e) => {
-                    prop_assert!(whole.chunks.len() != whole.chunk_sizes.len(), "{e}");
-                    prop_assert_eq!(
-                        e,
-                        ManifestError::Corrupt("chunk ids and sizes differ in number".into())
-                    );
-                }
+            let file = stored(&msg);
+            let (e, list) = walk(&file, 6..6 + msg.len() as u64)
+                .expect("walk")
+                .expect("no group");
+            let valid = whole.validate(2);
+            let ok = valid.is_ok();
+            prop_assert_eq!(validate(&e, &list, 2), valid);
+            if ok {
+                prop_assert_eq!(walked(&msg), Ok(Some(whole)));
             }
         }
     }

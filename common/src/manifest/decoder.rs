@@ -3,7 +3,10 @@
 //! A restore fetches the manifest chunk by chunk; feeding each verified chunk here as it arrives
 //! means the encoded manifest is never held whole beside the decoded one (at 130,000 chunk ids
 //! that was ~6.5 MB twice over, the restore's peak at 1 GiB). Only an incomplete message is kept
-//! between pieces: at most one entry ([`MAX_ENTRY_LEN`]).
+//! between pieces: at most one entry ([`MAX_ENTRY_LEN`]). When the entries are kept in a scratch
+//! file, an incomplete entry over 64 KiB (a large file's chunk list) is not kept either: its
+//! bytes go to the file as they come and it is validated there once complete, read in order
+//! through a small window ([`super::chunk_list`]), never decoded whole.
 //!
 //! Validation is the same as decoding the bytes whole ([`super::decode`], which uses this):
 //! magic and version first, every entry validated as it is decoded, a length prefix over the limit
@@ -41,6 +44,9 @@ pub struct Decoder {
     stage: Stage,
     header: ManifestHeader,
     entries: EncodedEntries,
+    /// Bytes still to come of a large entry's message passed to the scratch file as it comes
+    /// ([`EncodedEntries::streams`]).
+    streaming: u64,
 }
 
 impl Default for Decoder {
@@ -56,6 +62,7 @@ impl Decoder {
             stage: Stage::Magic,
             header: ManifestHeader::default(),
             entries: EncodedEntries::in_memory(),
+            streaming: 0,
         }
     }
 
@@ -72,7 +79,19 @@ impl Decoder {
     /// Decodes what `piece` completes; the first error is final (the manifest is refused).
     /// Decoded straight from `piece` when nothing is pending, so only the message a piece ends
     /// in the middle of is copied (and gathered whole if it spans pieces), not every byte fed.
-    pub fn feed(&mut self, piece: &[u8]) -> Result<(), ManifestError> {
+    pub fn feed(&mut self, mut piece: &[u8]) -> Result<(), ManifestError> {
+        if self.streaming > 0 {
+            let n = piece
+                .len()
+                .min(usize::try_from(self.streaming).unwrap_or(usize::MAX));
+            self.entries.append_streamed(&piece[..n])?;
+            self.streaming -= n as u64;
+            piece = &piece[n..];
+            if self.streaming > 0 {
+                return Ok(());
+            }
+            self.entries.end_streamed(self.header.roots.len())?;
+        }
         if self.pending.is_empty() {
             let used = self.decode_complete(piece)?;
             self.pending.extend_from_slice(&piece[used..]);
@@ -103,8 +122,21 @@ impl Decoder {
             rest = &rest[5..];
             self.stage = Stage::Header;
         }
-        while let Some(msg) = next_message(&mut rest)? {
-            self.accept(msg)?;
+        while let Some((head, len)) = next_length(rest)? {
+            if let Some(msg) = rest.get(head..head + len) {
+                rest = &rest[head + len..];
+                self.accept(msg)?;
+                continue;
+            }
+            // Not complete: a large entry's message goes to the scratch file as it comes,
+            // anything else waits whole in `pending`.
+            if self.stage == Stage::Entries && self.entries.streams(len) {
+                self.entries.begin_streamed(len)?;
+                self.entries.append_streamed(&rest[head..])?;
+                self.streaming = (len - (rest.len() - head)) as u64;
+                rest = &[];
+            }
+            break;
         }
         if self.stage == Stage::Done && !rest.is_empty() {
             return Err(trailer_mismatch());
@@ -144,6 +176,9 @@ impl Decoder {
 
     /// The manifest, if everything fed was one whole, valid manifest.
     pub fn finish(self) -> Result<EncodedManifest, ManifestError> {
+        if self.streaming > 0 {
+            return Err(ManifestError::Corrupt("truncated entry".into()));
+        }
         match self.stage {
             Stage::Magic => return Err(ManifestError::BadMagic),
             Stage::Done if self.pending.is_empty() => {}
@@ -165,14 +200,14 @@ fn trailer_mismatch() -> ManifestError {
     ManifestError::Corrupt("trailer does not match the entries".into())
 }
 
-/// The next length-delimited message at the start of `data`, consumed; `None` if `data` does not
-/// hold all of it yet. A length over [`MAX_ENTRY_LEN`] is refused at once.
-fn next_message<'a>(data: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ManifestError> {
+/// The length prefix at the start of `data`: its own length and the message's; `None` if
+/// `data` does not hold all of it yet. A length over [`MAX_ENTRY_LEN`] is refused at once.
+fn next_length(data: &[u8]) -> Result<Option<(usize, usize)>, ManifestError> {
     let varint_complete = data.iter().take(MAX_VARINT_LEN).any(|b| b & 0x80 == 0);
     if !varint_complete && data.len() < MAX_VARINT_LEN {
         return Ok(None);
     }
-    let mut rest = *data;
+    let mut rest = data;
     let len = prost::encoding::decode_varint(&mut rest)
         .map_err(|e| ManifestError::Corrupt(e.to_string()))?;
     let len = usize::try_from(len).map_err(|_| ManifestError::Corrupt("length overflow".into()))?;
@@ -181,18 +216,13 @@ fn next_message<'a>(data: &mut &'a [u8]) -> Result<Option<&'a [u8]>, ManifestErr
             "entry of {len} bytes exceeds the limit"
         )));
     }
-    if len > rest.len() {
-        return Ok(None);
-    }
-    let (msg, after) = rest.split_at(len);
-    *data = after;
-    Ok(Some(msg))
+    Ok(Some((data.len() - rest.len(), len)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::tests::{file, sample_header};
-    use super::super::{ManifestWriter, decode};
+    use super::super::{Entry, ManifestWriter, decode};
     use super::*;
 
     fn sample() -> Vec<u8> {
@@ -264,6 +294,82 @@ mod tests {
             let mut d = Decoder::new();
             d.feed(&bytes[..cut]).expect("a prefix feeds");
             assert!(d.finish().is_err(), "cut at {cut}");
+        }
+    }
+
+    fn manifest(entries: &[Entry]) -> Vec<u8> {
+        let mut w = ManifestWriter::new(&sample_header());
+        entries.iter().for_each(|e| w.push(e));
+        w.finish()
+    }
+
+    /// Fed to a decoder keeping its entries in a file, `bytes` in pieces of `piece`; the most
+    /// bytes ever pending.
+    fn kept(bytes: &[u8], piece: usize) -> (Result<EncodedManifest, ManifestError>, usize) {
+        let mut d = Decoder::keeping_entries_in(tempfile::tempfile().expect("tempfile"));
+        let mut most = 0;
+        for p in bytes.chunks(piece) {
+            if let Err(e) = d.feed(p) {
+                return (Err(e), most);
+            }
+            most = most.max(d.pending.capacity());
+        }
+        (d.finish(), most)
+    }
+
+    /// A large entry's message goes to the scratch file as it comes: whatever the pieces, nothing
+    /// near its size is ever pending, and it reads back as decoded whole.
+    #[test]
+    fn a_large_entry_is_kept_as_it_comes() {
+        let mut entries: Vec<Entry> = (0..6).map(|i| file(&format!("f{i}"), &[i + 1])).collect();
+        entries.insert(2, file("big", &[7; 20_000]));
+        entries.insert(5, file("big2", &[9; 3_000]));
+        let bytes = manifest(&entries);
+        for piece in [999, 65_536, 300_000] {
+            let (m, most) = kept(&bytes, piece);
+            assert!(
+                most < piece + 70_000,
+                "{most} bytes pending, pieces of {piece}"
+            );
+            let m = m.expect("valid");
+            assert_eq!(m.decode_all().expect("decode").entries, entries);
+        }
+    }
+
+    /// Kept as it comes, a large entry is refused as when it is decoded whole.
+    #[test]
+    fn a_large_entry_kept_as_it_comes_is_refused_as_a_whole_one() {
+        let big = file("big", &[7; 20_000]);
+        let mut more = big.clone();
+        more.size += 1;
+        let mut fewer_ids = big.clone();
+        fewer_ids.chunks.pop();
+        let mut bad_path = big.clone();
+        bad_path.path = b"../x".to_vec();
+        let mut zero = big.clone();
+        zero.chunk_sizes[19_000] = 0;
+        zero.size -= 7;
+        for e in [more, fewer_ids, bad_path, zero] {
+            let bytes = manifest(&[file("a", &[1]), e]);
+            let whole = decode(&bytes).expect_err("refused");
+            assert!(
+                matches!(whole, ManifestError::InvalidEntry { .. }),
+                "{whole}"
+            );
+            assert_eq!(kept(&bytes, 4096).0.err(), Some(whole));
+        }
+        let bytes = manifest(&[big.clone(), file("a", &[1]), big]);
+        assert_eq!(
+            kept(&bytes, 4096).0.err(),
+            Some(ManifestError::Duplicate { path: "big".into() })
+        );
+        let bytes = manifest(&[file("big", &[7; 20_000])]);
+        for cut in [100, 400_000] {
+            assert_eq!(
+                kept(&bytes[..cut], 4096).0.err(),
+                Some(ManifestError::Corrupt("truncated entry".into())),
+                "cut at {cut}"
+            );
         }
     }
 
