@@ -3,8 +3,8 @@
 //! Key: an 8-byte stamp (derived from the chunk-id key and the chunker parameters, so a new
 //! master key or new parameters never reuse stale ids) · source name · 0 · root path · 0 ·
 //! relative path. Value: size, mtime ns, ctime ns, inode, then the file's chunk ids and sizes,
-//! a long list in 64 KiB segments under keys of their own ([`value`]). A hit requires all four
-//! of size, mtime, ctime and inode to match.
+//! or for a list longer than 64 KiB its digest, the list in a file of its own
+//! ([`value`], [`list_file`]). A hit requires all four of size, mtime, ctime and inode to match.
 //!
 //! It is only a cache: the backup sends cached ids through `HaveChunks` like any other, and an
 //! id reported missing makes the file be read again. If the sled database cannot be opened, or a
@@ -28,10 +28,12 @@ const CACHE_CAPACITY: u64 = 1 << 20;
 /// Entries written per sled batch by [`FileCache::put_all`].
 const PUT_SLICE: usize = 256;
 
+mod list_file;
 mod value;
 
+use list_file::ListFile;
 pub use value::{CHUNK_RECORD, CacheStat, CachedFile, chunks, record};
-use value::{SEGMENT_RECORDS, encode_head, segment_key, sizes};
+use value::{DIGEST_LEN, SEGMENT_RECORDS, encode_inline, encode_listed, segment_key, sizes};
 
 /// Bytes of values a sled batch of [`FileCache::put_all`] holds at most before it is applied
 /// (besides [`PUT_SLICE`]): a batch holds all its values in memory until then.
@@ -188,6 +190,8 @@ enum PutFailure {
     /// The files' own source (the backup's scratch file).
     Source(io::Error),
     Cache(sled::Error),
+    /// A long list's file.
+    List(io::Error),
 }
 
 impl From<io::Error> for PutFailure {
@@ -204,7 +208,12 @@ impl SledCache {
         (v.len() as u64 == records * CHUNK_RECORD as u64).then_some(v)
     }
 
-    /// Writes `files` in batches; see [`value`] for the order of a segmented list's writes.
+    /// Where the long lists' files are.
+    fn lists(&self) -> PathBuf {
+        self.dir.join("lists")
+    }
+
+    /// Writes `files` in batches; a long list goes to its file first ([`value`] on the order).
     fn put_files(&self, db: &sled::Db, files: &mut dyn PutSource) -> Result<(), PutFailure> {
         let (mut batch, mut n, mut bytes) = (sled::Batch::default(), 0, 0);
         let mut buf = Vec::new();
@@ -215,38 +224,66 @@ impl SledCache {
                 .map_err(PutFailure::Cache)
         };
         while let Some((key, stat, count)) = files.next_file()? {
-            let first = count.min(SEGMENT_RECORDS as u64);
-            buf.clear();
-            files.next_records(first as usize, &mut buf)?;
-            // More than u32 chunks: not cached (the rest of its list is skipped).
-            let Some(head) = encode_head(&stat, count, &buf) else {
+            let value = if count <= SEGMENT_RECORDS as u64 {
+                buf.clear();
+                files.next_records(count as usize, &mut buf)?;
+                encode_inline(&stat, &buf)
+            } else if u32::try_from(count).is_ok() {
+                let digest = self.write_list(&key, count, files, &mut buf)?;
+                encode_listed(&stat, count, &digest).unwrap_or_default()
+            } else {
+                // More than u32 chunks: not cached (its list is skipped).
                 continue;
             };
-            if count > first {
-                // The old head goes before any segment changes (a crash leaves a miss).
-                batch.remove(key.as_slice());
-                apply(&mut batch, &mut n, &mut bytes)?;
-                let (mut i, mut rest) = (1, count - first);
-                while rest > 0 {
-                    let take = rest.min(SEGMENT_RECORDS as u64);
-                    buf.clear();
-                    files.next_records(take as usize, &mut buf)?;
-                    batch.insert(segment_key(&key, i), buf.as_slice());
-                    bytes += buf.len();
-                    (i, rest) = (i + 1, rest - take);
-                    if bytes >= PUT_BATCH_BYTES {
-                        apply(&mut batch, &mut n, &mut bytes)?;
-                    }
-                }
-            }
-            bytes += head.len();
-            batch.insert(key, head);
+            self.forget_old(db, &key, count, &mut batch);
+            bytes += value.len();
+            batch.insert(key, value);
             n += 1;
             if n >= PUT_SLICE || bytes >= PUT_BATCH_BYTES {
                 apply(&mut batch, &mut n, &mut bytes)?;
             }
         }
         apply(&mut batch, &mut n, &mut bytes)
+    }
+
+    /// Writes the current file's list of `count` chunks to its file; the list's digest.
+    fn write_list(
+        &self,
+        key: &[u8],
+        count: u64,
+        files: &mut dyn PutSource,
+        buf: &mut Vec<u8>,
+    ) -> Result<[u8; DIGEST_LEN], PutFailure> {
+        let mut out = ListFile::create(&self.lists(), key).map_err(PutFailure::List)?;
+        let mut left = count;
+        while left > 0 {
+            let take = left.min(SEGMENT_RECORDS as u64);
+            buf.clear();
+            let res = (files
+                .next_records(take as usize, buf)
+                .map_err(PutFailure::Source))
+            .and_then(|()| out.write(buf).map_err(PutFailure::List));
+            if let Err(e) = res {
+                out.abandon();
+                return Err(e);
+            }
+            left -= take;
+        }
+        out.finish().map_err(PutFailure::List)
+    }
+
+    /// Removes, with the value `key` is about to get (a list of `count` chunks), what its old
+    /// value kept outside it: an earlier agent's segments, or a list file no longer used.
+    fn forget_old(&self, db: &sled::Db, key: &[u8], count: u64, batch: &mut sled::Batch) {
+        let Some(old) = db.get(key).ok().flatten().and_then(CachedFile::decode) else {
+            return;
+        };
+        for i in 1..=old.segments() {
+            batch.remove(segment_key(key, i));
+        }
+        if old.digest().is_some() && count <= SEGMENT_RECORDS as u64 {
+            list_file::remove(&self.lists(), key);
+        }
     }
 }
 
@@ -273,6 +310,10 @@ impl FileCache for SledCache {
         file: &CachedFile,
         f: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> io::Result<bool> {
+        if let Some(digest) = file.digest() {
+            let list = (file.count(), digest, file.stat.size);
+            return list_file::read(&self.lists(), key, list, f);
+        }
         f(file.head())?;
         let (mut total, mut left) = (
             sizes(file.head()),
@@ -312,6 +353,10 @@ impl FileCache for SledCache {
             Err(PutFailure::Source(e)) => Err(e),
             Err(PutFailure::Cache(e)) => {
                 warn!(cache = %self.dir.display(), error = %e, "cannot update the file cache; the next backup reads these files again");
+                Ok(())
+            }
+            Err(PutFailure::List(e)) => {
+                warn!(cache = %self.lists().display(), error = %e, "cannot write a long chunk list of the file cache (check free space); the next backup reads these files again");
                 Ok(())
             }
         }
@@ -400,11 +445,11 @@ mod tests {
     #[test]
     fn values_round_trip_and_garbage_is_rejected() {
         let (stat, records) = sample(100);
-        let enc = value::encode_head(&stat, 2, &records).expect("encodes");
+        let enc = value::encode_inline(&stat, &records);
         let f = CachedFile::decode(enc.clone().into()).expect("decodes");
         assert_eq!(
-            (f.stat, f.count(), f.head(), f.segments()),
-            (stat, 2, &records[..], 0)
+            (f.stat, f.count(), f.head(), f.segments(), f.digest()),
+            (stat, 2, &records[..], 0, None)
         );
         assert_eq!(CachedFile::decode(enc[..enc.len() - 1].into()), None);
         let mut wrong_sum = enc.clone();
@@ -415,24 +460,31 @@ mod tests {
             "sizes must add up"
         );
         assert_eq!(CachedFile::decode(b"\x09garbage".as_slice().into()), None);
-        let mut v3 = enc.clone();
-        v3[0] = 3;
-        assert_eq!(CachedFile::decode(v3.into()), None, "an unknown version");
+        let mut v4 = enc.clone();
+        v4[0] = 4;
+        assert_eq!(CachedFile::decode(v4.into()), None, "an unknown version");
         // An older agent's value holds any number of records (the only version it wrote).
         let (stat, long) = sample_n(0, SEGMENT_RECORDS as u32 + 3, 8);
-        let mut v1 = value::encode_head(&stat, 0, &long).expect("encodes");
-        v1[0] = 1;
-        v1[33..37].copy_from_slice(&(SEGMENT_RECORDS as u32 + 3).to_le_bytes());
-        let f = CachedFile::decode(v1.into()).expect("a version-1 value");
+        let f = CachedFile::decode(value::encode_inline(&stat, &long).into()).expect("version 1");
         assert_eq!((f.head(), f.segments()), (&long[..], 0));
         // A segmented head holds exactly one segment's records.
         let long = (SEGMENT_RECORDS + 1) as u64;
-        let short_head = value::encode_head(&stat, long, &records).expect("encodes");
+        let short_head = value::encode_segmented(&stat, long, &records).expect("encodes");
         assert_eq!(CachedFile::decode(short_head.into()), None);
+        // A listed value holds its digest and no records, for a list longer than a segment.
+        let listed = value::encode_listed(&stat, long, &[7; DIGEST_LEN]).expect("encodes");
+        let f = CachedFile::decode(listed.clone().into()).expect("version 3");
+        assert_eq!(
+            (f.count(), f.head(), f.segments(), f.digest()),
+            (long, &[][..], 0, Some(&[7u8; DIGEST_LEN][..]))
+        );
+        assert_eq!(CachedFile::decode(listed[..listed.len() - 1].into()), None);
+        let short = value::encode_listed(&stat, 2, &[7; DIGEST_LEN]).expect("encodes");
+        assert_eq!(CachedFile::decode(short.into()), None);
     }
 
     #[test]
-    fn a_long_list_is_kept_in_segments_and_read_back_whole() {
+    fn a_long_list_is_kept_in_a_file_of_its_own_and_read_back_whole() {
         let dir = tempfile::tempdir().expect("tempdir");
         let c = open_when_free(&dir.path().join("cache"));
         let seg = SEGMENT_RECORDS as u32;
@@ -445,41 +497,80 @@ mod tests {
             Some(exact.clone()),
             "one segment's worth stays inline"
         );
-        let f = c.get(b"long").expect("head");
-        assert_eq!((f.count(), f.segments()), (u64::from(3 * seg + 5), 3));
+        let f = c.get(b"long").expect("value");
+        assert_eq!((f.count(), f.segments()), (u64::from(3 * seg + 5), 0));
+        let file = list_file::path(&c.lists(), b"long");
+        assert_eq!(
+            std::fs::metadata(&file).expect("its file").len(),
+            long.1.len() as u64
+        );
         // Shorter, then longer again: each reads back as it was last put.
         let shorter = sample_n(100, seg + 1, 5);
         put(&c, &[(b"long", shorter.clone())]);
         assert_eq!(whole(&c, b"long"), Some(shorter));
         let longer = sample_n(200, 4 * seg, 2);
         put(&c, &[(b"long", longer.clone())]);
-        assert_eq!(whole(&c, b"long"), Some(longer));
-        // A lost segment, or one whose sizes do not add up, is a miss, not a short list.
-        let db = c.db.lock().expect("lock").clone().expect("db");
-        db.remove(value::segment_key(b"long", 2)).expect("remove");
-        let f = c.get(b"long").expect("head");
-        assert!(!c.records(b"long", &f, &mut |_| Ok(())).expect("records"));
-        put(&c, &[(b"long", long.clone())]);
-        let mut bad = db
-            .get(value::segment_key(b"long", 3))
-            .expect("get")
-            .expect("there")
-            .to_vec();
-        bad[CHUNK_ID_LEN] ^= 1;
-        db.insert(value::segment_key(b"long", 3), bad)
-            .expect("insert");
+        assert_eq!(whole(&c, b"long"), Some(longer.clone()));
+        // A lost file, another list's file (the value's digest), or records whose sizes do not
+        // add up to the file's are a miss, not a wrong list.
+        std::fs::remove_file(&file).expect("remove");
         assert_eq!(whole(&c, b"long"), None);
-        // An older agent's long list, all in one value, reads back whole.
-        let (stat, old) = sample_n(5, 2 * seg, 4);
-        let mut v1 = value::encode_head(&stat, 0, &old).expect("encodes");
-        v1[0] = 1;
-        v1[33..37].copy_from_slice(&(2 * seg).to_le_bytes());
-        db.insert(b"v1", v1).expect("insert");
-        assert_eq!(whole(&c, b"v1"), Some((stat, old)));
+        put(&c, &[(b"long", long.clone())]);
+        let kept = std::fs::read(&file).expect("read");
+        put(&c, &[(b"long", sample_n(300, 3 * seg + 5, 9))]);
+        std::fs::write(&file, &kept).expect("write");
+        assert_eq!(whole(&c, b"long"), None, "the digest tells the lists apart");
+        let db = c.db.lock().expect("lock").clone().expect("db");
+        let (wrong_size, _) = sample_n(0, 3 * seg + 5, 10);
+        let digest = *blake3::hash(&long.1).as_bytes();
+        let value = value::encode_listed(&wrong_size, u64::from(3 * seg + 5), &digest);
+        db.insert(b"long", value.expect("encodes")).expect("insert");
+        assert_eq!(whole(&c, b"long"), None, "sizes must add up");
+        // Short again, the file goes.
+        put(&c, &[(b"long", exact.clone())]);
+        assert_eq!(whole(&c, b"long"), Some(exact.clone()));
+        assert!(!file.exists());
         // `f`'s error is the caller's.
-        let f = c.get(b"exact").expect("head");
-        let err = c.records(b"exact", &f, &mut |_| Err(io::Error::other("full")));
+        put(&c, &[(b"long", long)]);
+        let f = c.get(b"long").expect("value");
+        let err = c.records(b"long", &f, &mut |_| Err(io::Error::other("full")));
         assert_eq!(err.expect_err("f failed").to_string(), "full");
+    }
+
+    /// Lists an earlier agent wrote, one long value (version 1) or segments (version 2), read
+    /// back whole; rewritten, a version-2 list's segments are removed.
+    #[test]
+    fn an_earlier_agents_long_lists_read_back_and_are_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c = open_when_free(&dir.path().join("cache"));
+        let db = c.db.lock().expect("lock").clone().expect("db");
+        let seg = SEGMENT_RECORDS as u32;
+        let (stat, old) = sample_n(5, 2 * seg, 4);
+        db.insert(b"v1", value::encode_inline(&stat, &old))
+            .expect("insert");
+        assert_eq!(whole(&c, b"v1"), Some((stat, old)));
+        let (stat, records) = sample_n(0, 2 * seg + 3, 6);
+        let rec = CHUNK_RECORD * SEGMENT_RECORDS;
+        let head = value::encode_segmented(&stat, u64::from(2 * seg + 3), &records[..rec]);
+        db.insert(b"v2", head.expect("encodes")).expect("insert");
+        db.insert(segment_key(b"v2", 1), &records[rec..2 * rec])
+            .expect("insert");
+        db.insert(segment_key(b"v2", 2), &records[2 * rec..])
+            .expect("insert");
+        assert_eq!(whole(&c, b"v2"), Some((stat, records.clone())));
+        let f = c.get(b"v2").expect("value");
+        assert_eq!(f.segments(), 2);
+        // A lost segment is a miss.
+        let second = db.remove(segment_key(b"v2", 2)).expect("remove");
+        assert_eq!(whole(&c, b"v2"), None);
+        db.insert(segment_key(b"v2", 2), second.expect("there"))
+            .expect("insert");
+        let newer = sample_n(50, 2 * seg + 3, 6);
+        put(&c, &[(b"v2", newer.clone())]);
+        assert_eq!(whole(&c, b"v2"), Some(newer));
+        for i in 1..=2 {
+            assert_eq!(db.get(segment_key(b"v2", i)).expect("get"), None);
+        }
     }
 
     /// Opens the cache at `dir` once any previous `sled::Db` on it has let go. sled's I/O

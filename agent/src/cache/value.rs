@@ -10,12 +10,21 @@
 //!   the next ones under [`segment_key`], `SEGMENT_RECORDS` each but the last. One value held
 //!   a 1 GiB dump's whole list (3.9 MB at the benchmark's chunk sizes), which sled copied twice
 //!   on every read and the agent held at its no-change peak; a 10 GiB dump's would be ~40 MB.
-//!   An older agent finds version 2 undecodable and starts its cache afresh.
+//!   An older agent finds version 2 undecodable and starts its cache afresh. Still read; no
+//!   longer written.
+//! - Version 3 (a longer list, since session 20) holds no records but the BLAKE3 digest of the
+//!   whole list, which is in a file of its own beside the database ([`super::list_file`]).
+//!   sled keeps every page it reads until its shard of the page cache has seen 64 accesses, so
+//!   a version-2 list's segments stayed in memory for the rest of the pass (10.9 MB for a 3 GiB
+//!   dump); a file's pages are the kernel's. An agent that knows versions 1 and 2 only finds
+//!   version 3 undecodable and starts its cache afresh.
 //!
-//! A segmented list is written segments first and head last, after the old head is removed:
-//! a crash in between leaves no head (a miss), never a head over another list's segments.
-//! Segments past a shorter list's end are left in place (read only up to the head's count;
-//! overwritten if the list grows again), like the entries of deleted files.
+//! A version-2 list was written segments first and head last, after the old head was removed:
+//! a crash in between leaves no head (a miss), never a head over another list's segments. A
+//! version-3 list's file is replaced (renamed over) before its head is written, and the digest
+//! tells a list from another: a crash anywhere leaves a miss. When a key is rewritten, the
+//! segments or file of its old value are removed; those of deleted files' entries stay, like
+//! the entries themselves.
 
 use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
 
@@ -30,6 +39,10 @@ pub const SEGMENT_RECORDS: usize = (64 << 10) / CHUNK_RECORD;
 const INLINE: u8 = 1;
 /// The first [`SEGMENT_RECORDS`] in the value, the rest in segments.
 const SEGMENTED: u8 = 2;
+/// The list's digest in the value, the list in a file of its own.
+const LISTED: u8 = 3;
+/// A version-3 value's digest (BLAKE3 of every record, in order).
+pub const DIGEST_LEN: usize = 32;
 
 /// The version byte, the four stat fields and the chunk count.
 const HEADER: usize = 1 + 32 + 4;
@@ -58,15 +71,26 @@ impl CachedFile {
         self.count
     }
 
-    /// The records the value itself holds.
+    /// The records the value itself holds (none for a version-3 value).
     pub fn head(&self) -> &[u8] {
-        &self.value[HEADER..]
+        match self.digest() {
+            Some(_) => &[],
+            None => &self.value[HEADER..],
+        }
     }
 
-    /// Segments holding the rest of the list (none for a version-1 value, whatever its length).
+    /// Segments holding the rest of the list (none for a version-1 or version-3 value).
     pub fn segments(&self) -> u64 {
+        if self.digest().is_some() {
+            return 0;
+        }
         let head = (self.head().len() / CHUNK_RECORD) as u64;
         (self.count - head).div_ceil(SEGMENT_RECORDS as u64)
+    }
+
+    /// A version-3 value's digest of the list in its file.
+    pub fn digest(&self) -> Option<&[u8]> {
+        (self.value[0] == LISTED).then(|| &self.value[HEADER..])
     }
 
     /// Checks a value read from sled: version, lengths, and for a whole list in the value,
@@ -79,12 +103,13 @@ impl CachedFile {
         let count = u64::from(u32::from_le_bytes(header[33..37].try_into().ok()?));
         let head = (value.len() - HEADER) / CHUNK_RECORD;
         let whole = (value.len() - HEADER).is_multiple_of(CHUNK_RECORD);
-        let ok = whole
-            && match version {
-                INLINE => head as u64 == count,
-                SEGMENTED => head == SEGMENT_RECORDS && count > SEGMENT_RECORDS as u64,
-                _ => false,
-            };
+        let long = count > SEGMENT_RECORDS as u64;
+        let ok = match version {
+            INLINE => whole && head as u64 == count,
+            SEGMENTED => whole && head == SEGMENT_RECORDS && long,
+            LISTED => value.len() == HEADER + DIGEST_LEN && long,
+            _ => false,
+        };
         let file = CachedFile {
             stat: CacheStat {
                 size: u64_at(0),
@@ -95,20 +120,32 @@ impl CachedFile {
             count,
             value,
         };
-        let sizes_ok = version == SEGMENTED || sizes(file.head()) == file.stat.size;
+        let sizes_ok = version != INLINE || sizes(file.head()) == file.stat.size;
         (ok && sizes_ok).then_some(file)
     }
 }
 
-/// The head value of a list of `count` chunks whose first records are `first` (all of them,
-/// or [`SEGMENT_RECORDS`] of a longer list). `None` past u32 chunks: such a file is not cached.
-pub fn encode_head(stat: &CacheStat, count: u64, first: &[u8]) -> Option<Vec<u8>> {
+/// The value of a list of at most [`SEGMENT_RECORDS`] chunks, `records`.
+pub fn encode_inline(stat: &CacheStat, records: &[u8]) -> Vec<u8> {
+    let count = (records.len() / CHUNK_RECORD) as u64;
+    encode(INLINE, stat, count, records).unwrap_or_default()
+}
+
+/// The value of a longer list of `count` chunks whose records, in their file, have `digest`.
+/// `None` past u32 chunks: such a file is not cached.
+pub fn encode_listed(stat: &CacheStat, count: u64, digest: &[u8; DIGEST_LEN]) -> Option<Vec<u8>> {
+    encode(LISTED, stat, count, digest)
+}
+
+/// A version-2 head: `first`, the first [`SEGMENT_RECORDS`] of `count` (tests: values an
+/// earlier agent wrote).
+#[cfg(test)]
+pub fn encode_segmented(stat: &CacheStat, count: u64, first: &[u8]) -> Option<Vec<u8>> {
+    encode(SEGMENTED, stat, count, first)
+}
+
+fn encode(version: u8, stat: &CacheStat, count: u64, first: &[u8]) -> Option<Vec<u8>> {
     let n = u32::try_from(count).ok()?;
-    let version = if count > SEGMENT_RECORDS as u64 {
-        SEGMENTED
-    } else {
-        INLINE
-    };
     let mut v = Vec::with_capacity(HEADER + first.len());
     v.push(version);
     for x in [
