@@ -167,8 +167,9 @@ pub fn batches(sizes: &[u32]) -> Vec<std::ops::Range<usize>> {
     batches_of(sizes, BATCH_IDS, BATCH_BYTES)
 }
 
-/// Like [`batches`], with other limits.
-pub fn batches_of(sizes: &[u32], max_ids: usize, max_bytes: u64) -> Vec<std::ops::Range<usize>> {
+/// Like [`batches`], with other limits. (A large file's restore cuts its batches from its list
+/// read in order, by the same rule: [`super::ahead::Batches`].)
+fn batches_of(sizes: &[u32], max_ids: usize, max_bytes: u64) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut bytes = 0u64;
