@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use lifeboat_common::exit;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::{EncodedManifest, Manifest};
+use lifeboat_common::manifest::EncodedManifest;
 use lifeboat_proto::v1::Region;
 use serde::Serialize;
 use tracing::warn;
@@ -25,7 +25,7 @@ use crate::config::{AgentConfig, NginxCheck, PathPatterns};
 use crate::error::AgentError;
 use crate::mysql::Server;
 use crate::restore::database::{DbRestoreOptions, restore_databases};
-use crate::restore::fetch::{self, load_manifest};
+use crate::restore::fetch::load_manifest;
 use crate::restore::target::Target;
 use crate::restore::{RestoreOptions, restore_manifest};
 
@@ -93,7 +93,6 @@ pub async fn execute(
     .map_err(fail)?;
     on_manifest(&manifest);
     if manifest.header.kind == "mysql" {
-        let manifest = fetch::decode_all(&info.id, manifest).map_err(fail)?;
         restore_db(cfg, &remote, keys, &manifest, args, &info.id)
             .await
             .map_err(fail)
@@ -110,7 +109,7 @@ async fn restore_db(
     cfg: &AgentConfig,
     remote: &GrpcRemote,
     keys: &DataKeys,
-    m: &Manifest,
+    m: &EncodedManifest,
     args: &RestoreArgs,
     snapshot: &str,
 ) -> Result<Outcome, AgentError> {

@@ -1,6 +1,7 @@
 //! One restore stream piped into the `mariadb`/`mysql` client: chunks are fetched in bounded
-//! batches, verified (AEAD + keyed hash) and written to the client's stdin in order, so memory
-//! stays bounded whatever the dump size. The client's exit status and stderr decide success; a
+//! batches cut from the dump's chunk list as it is read (from the restore's scratch file for a
+//! large dump, [`ChunkList`]), verified (AEAD + keyed hash) and written to the client's stdin in
+//! order, so memory stays bounded whatever the dump size. The client's exit status and stderr decide success; a
 //! client that dies early (broken pipe) stops the transfer and its stderr is reported.
 
 use std::io::Write;
@@ -8,21 +9,22 @@ use std::process::{ChildStdin, Stdio};
 
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::Entry;
+use lifeboat_common::manifest::{ChunkList, Entry};
 
 use super::dump::describe_status;
 use super::{MysqlError, Server, collect_stderr, tail};
 use crate::error::AgentError;
 use crate::remote::Remote;
-use crate::restore::fetch::{batches, read_verified};
+use crate::restore::ahead::Batches;
+use crate::restore::fetch::{BATCH_BYTES, BATCH_IDS, read_verified};
 
-/// Pipes the dump in `entry` into the client, into `database` (none: the users dump).
-/// Returns the bytes sent.
+/// Pipes the dump in `entry` (its chunks in `list`) into the client, into `database` (none: the
+/// users dump). Returns the bytes sent.
 pub async fn load<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     server: &Server,
-    entry: &Entry,
+    (entry, list): (&Entry, &ChunkList),
     database: Option<&str>,
 ) -> Result<u64, AgentError> {
     let tool = server.client.display().to_string();
@@ -41,21 +43,25 @@ pub async fn load<R: Remote>(
         })?;
     let stderr = child.stderr.take().map(collect_stderr);
     let mut stdin = child.stdin.take();
-    let ids = &entry.chunks;
     let what = format!("dump {}", entry.display_path());
     let mut sent = 0u64;
     let mut broken = None;
     let mut fetch_error = None;
-    for range in batches(&entry.chunk_sizes) {
+    for batch in Batches::new(list, BATCH_IDS, BATCH_BYTES) {
         let Some(pipe) = stdin.take() else { break };
-        let plain = match read_verified(remote, keys, &ids[range.clone()], &what).await {
-            Ok(p) => p,
+        let fetched = match batch {
+            Ok(b) => read_verified(remote, keys, &b.ids, &what)
+                .await
+                .map(|p| (b.ids, p)),
+            Err(e) => Err(e),
+        };
+        let (batch, plain) = match fetched {
+            Ok(f) => f,
             Err(e) => {
                 fetch_error = Some(e);
                 break;
             }
         };
-        let batch = ids[range].to_vec();
         let (pipe, n, err) = tokio::task::spawn_blocking(move || write_batch(pipe, &batch, plain))
             .await
             .map_err(|e| AgentError::Worker(e.to_string()))?;

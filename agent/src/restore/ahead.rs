@@ -265,6 +265,16 @@ mod tests {
             cut(&[60, 50, 200, 30, 30, 40], 4, 100),
             [vec![60], vec![50], vec![200], vec![30, 30, 40]]
         );
+        // A database restore's batches (`fetch`'s limits: 64 ids, 16 MiB).
+        use super::super::fetch::{BATCH_BYTES as FETCH_BYTES, BATCH_IDS as FETCH_IDS};
+        let lens = |sizes: &[u32]| -> Vec<usize> {
+            cut(sizes, FETCH_IDS, FETCH_BYTES)
+                .iter()
+                .map(Vec::len)
+                .collect()
+        };
+        assert_eq!(lens(&[4 << 20; 10]), [4, 4, 2]);
+        assert_eq!(lens(&[10; 130]), [64, 64, 2]);
         let l = list(&[5, 6, 7]);
         let ids: Vec<ChunkId> = Batches::new(&l, 2, 100)
             .flat_map(|b| b.expect("batch").ids)

@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::{DatabaseDump, DatabaseMeta, Entry, Manifest};
+use lifeboat_common::manifest::{ChunkList, DatabaseDump, DatabaseMeta, EncodedManifest, Entry};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -74,11 +74,17 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| AgentError::Worker(e.to_string()))??)
 }
 
-fn entry<'m>(m: &'m Manifest, path: &str) -> Result<&'m Entry, AgentError> {
-    m.entries
-        .iter()
-        .find(|e| e.path == path.as_bytes())
-        .ok_or_else(|| AgentError::Invalid(format!("the snapshot's manifest has no entry {path}")))
+/// The dump at `path` and its chunk list (left in the restore's scratch file if it is long).
+fn entry(m: &EncodedManifest, path: &str) -> Result<(Entry, ChunkList), AgentError> {
+    for listed in m.entries_with_lists() {
+        let (e, list) = listed.map_err(super::unreadable_entry)?;
+        if e.path == path.as_bytes() {
+            return Ok((e, list));
+        }
+    }
+    Err(AgentError::Invalid(format!(
+        "the snapshot's manifest has no entry {path}"
+    )))
 }
 
 /// Restores the databases (and users) of an already verified manifest.
@@ -86,7 +92,7 @@ pub async fn restore_databases<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     server: &Server,
-    m: &Manifest,
+    m: &EncodedManifest,
     opts: &DbRestoreOptions,
 ) -> Result<DbRestoreReport, AgentError> {
     let started = Instant::now();
@@ -152,7 +158,7 @@ async fn restore_users<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     server: &Server,
-    m: &Manifest,
+    m: &EncodedManifest,
     meta: &DatabaseMeta,
     report: &mut DbRestoreReport,
 ) -> Result<(), AgentError> {
@@ -162,7 +168,8 @@ async fn restore_users<R: Remote>(
                 .into(),
         ));
     }
-    load(remote, keys, server, entry(m, &meta.users_path)?, None).await?;
+    let (e, list) = entry(m, &meta.users_path)?;
+    load(remote, keys, server, (&e, &list), None).await?;
     let now = blocking(server, |s| s.users()).await?;
     let known: BTreeSet<&String> = meta.users.iter().collect();
     report.users_not_in_backup = now.into_iter().filter(|u| !known.contains(u)).collect();
@@ -197,7 +204,7 @@ async fn load_and_verify<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     server: &Server,
-    e: &Entry,
+    e: (&Entry, &ChunkList),
     d: &DatabaseDump,
     db: &str,
 ) -> Result<Result<(u64, u64), String>, AgentError> {
@@ -211,12 +218,13 @@ async fn restore_one<R: Remote>(
     remote: &R,
     keys: &DataKeys,
     server: &Server,
-    m: &Manifest,
+    m: &EncodedManifest,
     d: &DatabaseDump,
     target: &str,
     drop_existing: bool,
 ) -> Result<DbRestored, AgentError> {
-    let e = entry(m, &d.path)?;
+    let (e, list) = entry(m, &d.path)?;
+    let e = (&e, &list);
     let t2 = target.to_owned();
     let exists = blocking(server, move |s| s.schema(&t2)).await?.is_some();
     let failed = |differences: String, outcome: String| AgentError::RestoreVerify {

@@ -11,7 +11,7 @@ use std::path::Path;
 use lifeboat_common::blob::{self, BlobError};
 use lifeboat_common::ids::ChunkId;
 use lifeboat_common::keys::DataKeys;
-use lifeboat_common::manifest::{self, EncodedManifest, Manifest};
+use lifeboat_common::manifest::{self, EncodedManifest};
 use tracing::warn;
 
 use crate::error::AgentError;
@@ -73,14 +73,6 @@ pub async fn load_manifest<R: Remote>(
         )));
     }
     Ok((info, m))
-}
-
-/// Every entry of `snapshot`'s manifest decoded at once (a database restore, tests).
-pub fn decode_all(snapshot: &str, m: EncodedManifest) -> Result<Manifest, AgentError> {
-    m.decode_all().map_err(|source| AgentError::Manifest {
-        snapshot: snapshot.to_owned(),
-        source,
-    })
 }
 
 /// Plaintext bytes of manifest chunks fetched at once: each chunk is decoded as it arrives
@@ -162,44 +154,9 @@ async fn open_all(
     .map_err(|e| AgentError::Worker(e.to_string()))
 }
 
-/// Splits a file's chunk list into fetch batches (index ranges) by id count and bytes.
-pub fn batches(sizes: &[u32]) -> Vec<std::ops::Range<usize>> {
-    batches_of(sizes, BATCH_IDS, BATCH_BYTES)
-}
-
-/// Like [`batches`], with other limits. (A large file's restore cuts its batches from its list
-/// read in order, by the same rule: [`super::ahead::Batches`].)
-fn batches_of(sizes: &[u32], max_ids: usize, max_bytes: u64) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut bytes = 0u64;
-    for (i, &s) in sizes.iter().enumerate() {
-        if i > start && (i - start >= max_ids || bytes + u64::from(s) > max_bytes) {
-            out.push(start..i);
-            start = i;
-            bytes = 0;
-        }
-        bytes += u64::from(s);
-    }
-    if start < sizes.len() {
-        out.push(start..sizes.len());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn batches_are_bounded_and_cover_everything() {
-        assert!(batches(&[]).is_empty());
-        let sizes = vec![4 << 20; 10];
-        let b = batches(&sizes);
-        assert_eq!(b, vec![0..4, 4..8, 8..10]);
-        let small = vec![10; 130];
-        assert_eq!(batches(&small), vec![0..64, 64..128, 128..130]);
-    }
 
     #[test]
     fn manifest_batches_follow_the_chunk_size() {

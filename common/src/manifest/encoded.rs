@@ -376,7 +376,7 @@ impl EncodedManifest {
         })
     }
 
-    /// Every entry decoded (listings, database restores, tests: what needs them all at once).
+    /// Every entry decoded at once (tests, and what needs them all together).
     pub fn decode_all(self) -> Result<Manifest, ManifestError> {
         let entries = self.entries().collect::<Result<Vec<_>, _>>()?;
         Ok(Manifest {
