@@ -1,8 +1,9 @@
 //! One restore stream piped into the `mariadb`/`mysql` client: chunks are fetched in bounded
 //! batches cut from the dump's chunk list as it is read (from the restore's scratch file for a
 //! large dump, [`ChunkList`]), verified (AEAD + keyed hash) and written to the client's stdin in
-//! order, so memory stays bounded whatever the dump size. The client's exit status and stderr decide success; a
-//! client that dies early (broken pipe) stops the transfer and its stderr is reported.
+//! order, so memory stays bounded whatever the dump size. The client's exit status and stderr
+//! decide success; a client that dies early (broken pipe) stops the transfer and its stderr is
+//! reported.
 
 use std::io::Write;
 use std::process::{ChildStdin, Stdio};
