@@ -247,6 +247,13 @@ pub enum ManifestError {
     Scratch(String),
 }
 
+impl ManifestError {
+    /// A scratch file's I/O error (the restore's kept entries, a backup's chunk lists).
+    fn scratch(e: std::io::Error) -> Self {
+        ManifestError::Scratch(e.to_string())
+    }
+}
+
 impl Entry {
     pub fn entry_kind(&self) -> EntryKind {
         EntryKind::try_from(self.kind).unwrap_or(EntryKind::Unspecified)

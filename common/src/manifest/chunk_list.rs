@@ -42,10 +42,6 @@ fn corrupt(why: impl std::fmt::Display) -> ManifestError {
     ManifestError::Corrupt(why.to_string())
 }
 
-fn scratch(e: std::io::Error) -> ManifestError {
-    ManifestError::Scratch(e.to_string())
-}
-
 /// A file entry's chunk ids and sizes, moved out of its [`Entry`] so that a large one need not
 /// be held ([`EncodedManifest::entries_with_lists`](super::EncodedManifest::entries_with_lists)).
 pub enum ChunkList {
@@ -133,7 +129,10 @@ impl Fields {
     /// The varint at `at`, which must end by `limit`, and where it ends.
     fn varint_at(&mut self, at: u64, limit: u64) -> Result<(u64, u64), ManifestError> {
         let n = limit.saturating_sub(at).min(MAX_VARINT_LEN as u64) as usize;
-        let mut bytes = self.window.bytes_at(at, n).map_err(scratch)?;
+        let mut bytes = self
+            .window
+            .bytes_at(at, n)
+            .map_err(ManifestError::scratch)?;
         let before = bytes.len();
         let v = encoding::decode_varint(&mut bytes).map_err(corrupt)?;
         Ok((v, at + (before - bytes.len()) as u64))
@@ -182,7 +181,9 @@ impl Fields {
 
     fn bytes(&mut self, r: Range<u64>) -> Result<&[u8], ManifestError> {
         let n = usize::try_from(r.end - r.start).map_err(corrupt)?;
-        self.window.bytes_at(r.start, n).map_err(scratch)
+        self.window
+            .bytes_at(r.start, n)
+            .map_err(ManifestError::scratch)
     }
 }
 

@@ -45,7 +45,7 @@ impl Store {
     fn append(&mut self, bytes: &[u8]) -> Result<(), ManifestError> {
         match self {
             Store::Memory(all) => all.extend_from_slice(bytes),
-            Store::File(out) => out.write(bytes).map_err(scratch)?,
+            Store::File(out) => out.write(bytes).map_err(ManifestError::scratch)?,
         }
         Ok(())
     }
@@ -54,14 +54,10 @@ impl Store {
     fn flush(&mut self) -> Result<(), ManifestError> {
         match self {
             Store::Memory(all) => all.shrink_to_fit(),
-            Store::File(out) => out.finish().map_err(scratch)?,
+            Store::File(out) => out.finish().map_err(ManifestError::scratch)?,
         }
         Ok(())
     }
-}
-
-fn scratch(e: std::io::Error) -> ManifestError {
-    ManifestError::Scratch(e.to_string())
 }
 
 /// Reads a [`Store`]'s messages: a slice of memory, or a file through a [`Window`] of
@@ -91,7 +87,7 @@ impl<'a> Reader<'a> {
                 return Err(out_of_range());
             }
             let n = usize::try_from(end - at).map_err(|_| out_of_range())?;
-            return w.bytes_at(at, n).map_err(scratch);
+            return w.bytes_at(at, n).map_err(ManifestError::scratch);
         }
         let Store::Memory(all) = self.store else {
             return Err(out_of_range());
@@ -251,7 +247,7 @@ impl EncodedEntries {
                 "a streamed entry kept in memory".into(),
             ));
         };
-        out.flush().map_err(scratch)?;
+        out.flush().map_err(ManifestError::scratch)?;
         let e = match chunk_list::walk(out.file(), msg.clone())? {
             Some((e, list)) => {
                 chunk_list::validate(&e, &list, roots)?;

@@ -194,7 +194,7 @@ fn measure<E: From<ManifestError>>(pieces: &mut dyn ChunkPieces) -> Result<(usiz
 }
 
 fn scratch<E: From<ManifestError>>(e: std::io::Error) -> E {
-    E::from(ManifestError::Scratch(e.to_string()))
+    E::from(ManifestError::scratch(e))
 }
 
 /// Decodes one entry's message (without its length prefix), as `EntryMsg::decode` followed by
