@@ -320,8 +320,9 @@ fn delete_phase(
             },
         };
         let mut keep: HashSet<Vec<u8>> = HashSet::new();
-        for e in m.entries() {
-            let e = e.map_err(unreadable_entry)?;
+        // Paths only: a large entry's list is left in the scratch file, not decoded.
+        for listed in m.entries_with_lists() {
+            let (e, _) = listed.map_err(unreadable_entry)?;
             if e.root == i as u32 {
                 keep.insert(e.path);
             }

@@ -197,8 +197,9 @@ fn a_manifest_of_several_chunks_round_trips_and_is_stored_once() {
 /// chunks than a manifest entry is written from at once (1,820), through the real controller
 /// and agent: the references merged from sorting runs on disk are committed once each (the
 /// controller refuses a stream whose distinct ids differ from the header's count), the entry
-/// written in pieces restores byte for byte from the restore's scratch file, a no-change backup
-/// from the cache sends the same references, and no scratch file is left in the state directory.
+/// written in pieces restores byte for byte from the restore's scratch file (and `ls` counts its
+/// chunks there), a no-change backup from the cache sends the same references, and no scratch
+/// file is left in the state directory (the cache's list file is inside the cache's).
 #[test]
 fn more_ids_than_a_sorting_run_round_trip_through_the_scratch_files() {
     let f = Fleet::new();
@@ -222,6 +223,22 @@ fn more_ids_than_a_sorting_run_round_trip_through_the_scratch_files() {
         (u(&second, "files_read"), u(&second, "chunks")),
         (0, chunks),
         "{second}"
+    );
+    // `ls` reads the large entry's list in place (its length only): one line per entry.
+    let out = agent.run(&["ls", "--source", "web", "--json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let big = listed
+        .iter()
+        .find(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/big.bin")))
+        .expect("big.bin listed");
+    assert_eq!(
+        (u(big, "size"), u(big, "chunks")),
+        (12 << 20, chunks),
+        "{big}"
     );
     let to = f.path("restored");
     let r = agent.restore("web", &["--to", to.to_str().unwrap()]);

@@ -24,8 +24,9 @@ pub async fn run(cli: &Cli, args: &LsArgs) -> CmdResult {
     )
     .await
     .map_err(|e| Failure::new(&e, Some(&cfg)))?;
-    for e in m.entries() {
-        let e = &e.map_err(|source| {
+    // A large entry's list is left in the scratch file (only its length is printed).
+    for listed in m.entries_with_lists() {
+        let (e, list) = &listed.map_err(|source| {
             let e = AgentError::Manifest {
                 snapshot: info.id.clone(),
                 source,
@@ -50,7 +51,7 @@ pub async fn run(cli: &Cli, args: &LsArgs) -> CmdResult {
                 "mtime_nsec": e.mtime_nsec,
                 "mtime": format_unix_ms(e.mtime_sec.saturating_mul(1000)),
                 "target": target,
-                "chunks": e.chunks.len(),
+                "chunks": list.len(),
             }));
         } else {
             let arrow = target.map(|t| format!(" -> {t}")).unwrap_or_default();
