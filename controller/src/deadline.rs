@@ -60,6 +60,18 @@ pub async fn put(
     within(deadline, "put", key, store.put_new(key, bytes)).await
 }
 
+/// [`Store::put_new_hashed`] under `deadline`.
+pub async fn put_hashed(
+    store: &Store,
+    deadline: Duration,
+    key: &str,
+    bytes: Bytes,
+    hash: [u8; 32],
+) -> Result<PutOutcome, ServiceError> {
+    let put = store.put_new_hashed(key, bytes, blake3::Hash::from_bytes(hash));
+    within(deadline, "put", key, put).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,7 +101,8 @@ impl Upload<'_> {
         // GC must not delete this (content-named) key between our put and our catalog row.
         let _writing = crate::gc::guard::writing(vec![sealed.key.clone()]).await;
         failpoint::hit("ingest.before_pack_put");
-        deadline::put(self.store, self.deadline, &sealed.key, sealed.bytes.clone()).await?;
+        let (key, bytes) = (&sealed.key, sealed.bytes.clone());
+        deadline::put_hashed(self.store, self.deadline, key, bytes, sealed.name).await?;
         failpoint::hit("ingest.after_pack_put");
         let (group, session, now) = (
             self.agent.group.clone(),

@@ -200,6 +200,23 @@ impl Store {
     /// as success only if it holds the same bytes (see the module docs).
     pub async fn put_new(&self, key: &str, bytes: Bytes) -> Result<PutOutcome, StoreError> {
         let ours = blake3::hash(&bytes);
+        self.put_new_hashed(key, bytes, ours).await
+    }
+
+    /// [`Store::put_new`] for bytes whose BLAKE3 the caller has already computed (a pack or a
+    /// reference segment is named by it; a replicated copy was verified against it): hashing
+    /// every pack a third time cost the controller ~5% of its CPU in an initial backup.
+    pub async fn put_new_hashed(
+        &self,
+        key: &str,
+        bytes: Bytes,
+        ours: blake3::Hash,
+    ) -> Result<PutOutcome, StoreError> {
+        debug_assert_eq!(
+            ours,
+            blake3::hash(&bytes),
+            "put_new_hashed given a wrong hash"
+        );
         let len = bytes.len() as u64;
         let outcome = if self.conditional {
             let path = ObjectPath::from(key);

@@ -37,7 +37,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::queue::{self, Job, Op};
 use super::{ReplicationError, Runtime, deletes, scrub};
 use crate::catalog::Catalog;
-use crate::store::{Store, StoreError};
+use crate::store::{PutOutcome, Store, StoreError};
 
 /// How often the maintenance task looks for due deletes.
 pub const MAINTENANCE_TICK: Duration = Duration::from_secs(60);
@@ -262,7 +262,7 @@ impl Worker {
         let expect_hash = job.blake3.or_else(|| content_hash(&job.key));
         verify(job, len, &bytes, expect_hash)?;
         match job.op {
-            Op::Copy => match to.put_new(&job.key, bytes.clone()).await {
+            Op::Copy => match put_verified(to, &job.key, bytes.clone(), expect_hash).await {
                 Ok(_) => {}
                 Err(StoreError::Conflict { existing, .. }) => {
                     warn!(key = %job.key, existing, "the secondary's copy differs (damaged); overwriting it with the verified primary copy");
@@ -281,6 +281,22 @@ impl Worker {
             });
         }
         Ok(len)
+    }
+}
+
+/// Puts a copy whose BLAKE3, when known, was just verified (so it is not hashed again).
+async fn put_verified(
+    to: &Store,
+    key: &str,
+    bytes: bytes::Bytes,
+    hash: Option<[u8; 32]>,
+) -> Result<PutOutcome, StoreError> {
+    match hash {
+        Some(h) => {
+            to.put_new_hashed(key, bytes, blake3::Hash::from_bytes(h))
+                .await
+        }
+        None => to.put_new(key, bytes).await,
     }
 }
 

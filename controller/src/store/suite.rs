@@ -47,6 +47,27 @@ pub async fn run(store: &Store) {
         matches!(e, StoreError::Conflict { existing: 11, .. }),
         "{e}"
     );
+    // With the hash given (a pack's name): the same rules, checked against that hash.
+    let e = store
+        .put_new_hashed(
+            &key,
+            Bytes::from_static(b"HELLO WORLD"),
+            blake3::hash(b"HELLO WORLD"),
+        )
+        .await
+        .expect_err("same size, other bytes, hash given");
+    assert!(
+        matches!(e, StoreError::Conflict { existing: 11, .. }),
+        "{e}"
+    );
+    assert_eq!(
+        store
+            .put_new_hashed(&key, body.clone(), blake3::hash(&body))
+            .await
+            .expect("again, hash given"),
+        PutOutcome::AlreadyPresent,
+        "an identical retry with its hash is idempotent"
+    );
     assert_eq!(store.get(&key).await.expect("get"), body, "not overwritten");
     assert_eq!(
         store.get_range(&key, 6..11).await.expect("range"),
