@@ -40,7 +40,7 @@ pub const MAX_MESSAGE_BYTES: usize = 9 << 20;
 /// Target size of one `UploadChunks` message. tonic encodes each message into one buffer
 /// before the blobs it copied are freed: with 4 MiB messages a flight briefly held its batch
 /// twice, and the 2.5 GiB initial backup's agent peak was 62.1-66.2 MiB; with 512 KiB, 58.9-61.5
-/// (seven interleaved rounds each, docs/performance.md "Session 12"), in the same time.
+/// (seven interleaved rounds each, docs/performance-history.md "Session 12"), in the same time.
 pub const UPLOAD_MESSAGE_BYTES: usize = 512 << 10;
 
 /// What a failed call means for the operator.
