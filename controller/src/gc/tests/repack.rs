@@ -269,9 +269,9 @@ fn waits_for_its_packs(w: &World, key: &str, name: &str) -> (Vec<String>, Vec<St
     (want, got)
 }
 
-/// A commit's record waits for every pack holding one of its chunks, whether its sets are its
-/// parent's (taken from the parent's dependencies), new (looked up, also for a chunk stored
-/// before the parent that it did not reference), hold a chunk uploaded
+/// A commit's record waits for every pack holding one of its chunks, whether they are its
+/// parent's (taken from the parent's dependencies, even in a new set), new (looked up, also
+/// for a chunk stored before the parent that it did not reference), hold a chunk uploaded
 /// again after the parent's commit (a pack queued since), or a chunk a repack moved: checked
 /// against a lookup per reference after each commit.
 #[tokio::test]
