@@ -4,7 +4,8 @@
 //! sealing threads; restores do the same with blobs. glibc gives every thread that meets
 //! contention its own arena and keeps freed memory in it, so the peak RSS of a 1 GiB backup was
 //! 97 MiB for ~40 MiB of live buffers. With one arena and a 4 MiB trim threshold it is 59 MiB
-//! (restore 51 MiB), at no measurable cost in wall time (docs/performance-history.md, "Agent memory").
+//! (restore 51 MiB), at no measurable cost in wall time (docs/performance-history.md, "Agent
+//! memory").
 //!
 //! The workspace has no `unsafe`, so `mallopt` is out of reach; glibc reads these settings from
 //! the environment at process start, hence the re-exec: if `MALLOC_ARENA_MAX` is unset, the agent

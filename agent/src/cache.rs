@@ -23,7 +23,8 @@ use tracing::{debug, warn};
 /// them once after the commit, so pages are rarely wanted again; what sled keeps grows with the
 /// source up to this size (and its heap held ~2× the setting). 1 MiB instead of 4: the 2.5 GiB
 /// bench source's no-change backup peaked at 39.3–39.8 MiB instead of 44.8–45.1, the 1% change
-/// at 45.3–47.8 instead of 49.9–51.4, with the same wall time (docs/performance-history.md, session 16).
+/// at 45.3–47.8 instead of 49.9–51.4, with the same wall time (docs/performance-history.md,
+/// session 16).
 const CACHE_CAPACITY: u64 = 1 << 20;
 /// Entries written per sled batch by [`FileCache::put_all`].
 const PUT_SLICE: usize = 256;

@@ -32,9 +32,10 @@ use database::{RawMysql, validate_mysql};
 
 /// Environment variable that overrides `[controller] address`.
 pub const ADDRESS_ENV: &str = "LIFEBOAT_ADDRESS";
-/// Default zstd level for blobs. Level 1, by measurement (docs/performance-history.md, "Backup"): on the
-/// bench's web root + dump in 1 MiB blocks, level 1 compresses text at 464 MB/s to 9.79 MB where
-/// level 3 does 366 MB/s to 9.50 MB (+3% bytes for -21% CPU; +0.8% over the whole data set).
+/// Default zstd level for blobs. Level 1, by measurement (docs/performance-history.md,
+/// "Backup"): on the bench's web root + dump in 1 MiB blocks, level 1 compresses text at 464 MB/s
+/// to 9.79 MB where level 3 does 366 MB/s to 9.50 MB (+3% bytes for -21% CPU; +0.8% over the
+/// whole data set).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Default `dump_files` of a files source.
 pub const DEFAULT_DUMP_FILES: [&str; 1] = ["*.sql"];

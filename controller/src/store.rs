@@ -203,9 +203,9 @@ impl Store {
         self.put_new_hashed(key, bytes, ours).await
     }
 
-    /// [`Store::put_new`] for bytes whose BLAKE3 the caller has already computed (a pack or a
-    /// reference segment is named by it; a replicated copy was verified against it): hashing
-    /// every pack a third time cost the controller ~5% of its CPU in an initial backup.
+    /// [`Store::put_new`] for bytes whose BLAKE3 the caller has already computed (a pack is named
+    /// by it; a replicated copy was verified against it): hashing every pack a third time cost
+    /// the controller ~5% of its CPU in an initial backup.
     pub async fn put_new_hashed(
         &self,
         key: &str,

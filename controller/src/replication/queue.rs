@@ -259,9 +259,9 @@ pub fn insert_snapshot_in(
 /// Part 2 of [`add_commit_deps`]: `key` waits for the packs of the chunks of `refs` (snapshot
 /// `snap`'s, sorted) that `parent` does not reference. Only a set `parent` does not list can
 /// hold one, so without such a set nothing is read; otherwise the parent's references are read
-/// (one pass over its rows) and only the others looked up. At
-/// 2.5 GiB after the bench's 1% change every set is new and the lookup of each of their
-/// ~128,000 chunks took ~200 ms of the commit; ~15,000 are not the parent's.
+/// (one pass over its rows) and only the others looked up. At 2.5 GiB after the bench's 1%
+/// change every set is new, and looking up each of their ~128,000 chunks took ~200 ms of the
+/// commit; ~15,000 are not the parent's.
 fn add_unshared_deps(
     conn: &Connection,
     key: &str,
