@@ -190,7 +190,6 @@ fn add_deps(conn: &Connection, record_key: &str, deps: &[String]) -> Result<(), 
 pub fn add_commit_deps(
     conn: &Connection,
     row: &SnapshotRow,
-    refs: &[ChunkId],
     deps: &[String],
     group: &str,
 ) -> Result<(), CatalogError> {
@@ -223,7 +222,7 @@ pub fn add_commit_deps(
          WHERE record_key = ?2 AND dep_key >= 'packs/' AND dep_key < 'packs0'",
     )?
     .execute(params![key, parent_key])?;
-    add_unshared_deps(conn, key, group, (&row.id, &parent), refs)?;
+    add_unshared_deps(conn, key, group, (&row.id, &parent))?;
     conn.prepare_cached(
         "INSERT OR IGNORE INTO replication_deps (record_key, dep_key)
          SELECT ?1, q.key FROM replication_queue q
@@ -253,53 +252,35 @@ pub fn insert_snapshot_in(
             deps.push(o.key.clone());
         }
     }
-    add_commit_deps(tx, row, refs, &deps, group)
+    add_commit_deps(tx, row, &deps, group)
 }
 
-/// Part 2 of [`add_commit_deps`]: `key` waits for the packs of the chunks of `refs` (snapshot
-/// `snap`'s, sorted) that `parent` does not reference. Only a set `parent` does not list can
-/// hold one, so without such a set nothing is read; otherwise the parent's references are read
-/// (one pass over its rows) and only the others looked up. At 2.5 GiB after the bench's 1%
-/// change every set is new, and looking up each of their ~128,000 chunks took ~200 ms of the
-/// commit; ~15,000 are not the parent's.
+/// Part 2 of [`add_commit_deps`]: `key` waits for the packs of snapshot `snap`'s chunks that
+/// `parent` does not reference. Only a set `parent` does not list can hold one, and the
+/// parent's chunks in the same ids' range are in its sets `snap` does not list (a snapshot's
+/// sets partition its references), so both sides are read from those sets only and the
+/// chunks found on one side alone looked up. At 2.5 GiB after the bench's 1% change every set
+/// is new, and looking up each of their ~128,000 chunks took ~200 ms of the commit; ~15,000
+/// are not the parent's. A backup with no change reads nothing.
 fn add_unshared_deps(
     conn: &Connection,
     key: &str,
     group: &str,
     (snap, parent): (&str, &str),
-    refs: &[ChunkId],
 ) -> Result<(), CatalogError> {
-    let any_new: bool = conn
-        .prepare_cached(
-            "SELECT EXISTS (SELECT 1 FROM snapshot_sets ss WHERE ss.snapshot_id = ?1
-               AND NOT EXISTS (SELECT 1 FROM snapshot_sets ps
-                               WHERE ps.snapshot_id = ?2 AND ps.set_id = ss.set_id))",
-        )?
-        .query_row(params![snap, parent], |r| r.get(0))?;
-    if !any_new {
+    let ours = unshared_refs(conn, snap, parent)?;
+    if ours.is_empty() {
         return Ok(());
     }
-    let mut theirs = Vec::new();
-    let mut st = conn.prepare_cached(
-        "SELECT rc.chunk_id FROM snapshot_sets ps CROSS JOIN ref_set_chunks rc
-         WHERE ps.snapshot_id = ?1 AND rc.set_id = ps.set_id",
-    )?;
-    let mut rows = st.query(params![parent])?;
-    while let Some(r) = rows.next()? {
-        let id: Vec<u8> = r.get(0)?;
-        let id = <[u8; CHUNK_ID_LEN]>::try_from(id.as_slice()).map_err(|_| {
-            CatalogError::Corrupt(format!("snapshot {parent} references a malformed chunk id"))
-        })?;
-        theirs.push(id);
-    }
+    let mut theirs = unshared_refs(conn, parent, snap)?;
     theirs.sort_unstable();
     let mut pack_of =
         conn.prepare_cached("SELECT pack_id FROM chunks WHERE dedup_group = ?1 AND id = ?2")?;
     let mut packs = std::collections::BTreeSet::new();
-    for id in refs {
-        if theirs.binary_search(&id.0).is_err()
+    for id in ours {
+        if theirs.binary_search(&id).is_err()
             && let Some(pack) = pack_of
-                .query_row(params![group, &id.0[..]], |r| r.get::<_, Vec<u8>>(0))
+                .query_row(params![group, &id[..]], |r| r.get::<_, Vec<u8>>(0))
                 .optional()?
         {
             packs.insert(pack);
@@ -313,6 +294,30 @@ fn add_unshared_deps(
         wait.execute(params![key, pack])?;
     }
     Ok(())
+}
+
+/// The chunk ids in the sets `snap` lists and `other` does not.
+fn unshared_refs(
+    conn: &Connection,
+    snap: &str,
+    other: &str,
+) -> Result<Vec<[u8; CHUNK_ID_LEN]>, CatalogError> {
+    let mut st = conn.prepare_cached(
+        "SELECT rc.chunk_id FROM snapshot_sets ss CROSS JOIN ref_set_chunks rc
+         WHERE ss.snapshot_id = ?1
+           AND NOT EXISTS (SELECT 1 FROM snapshot_sets o
+                           WHERE o.snapshot_id = ?2 AND o.set_id = ss.set_id)
+           AND rc.set_id = ss.set_id",
+    )?;
+    let mut rows = st.query(params![snap, other])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: Vec<u8> = r.get(0)?;
+        out.push(<[u8; CHUNK_ID_LEN]>::try_from(id.as_slice()).map_err(|_| {
+            CatalogError::Corrupt(format!("snapshot {snap} references a malformed chunk id"))
+        })?);
+    }
+    Ok(out)
 }
 
 /// One row the worker may run now.
