@@ -192,21 +192,21 @@ pub fn refs_of(conn: &Connection, snap: &str) -> Result<Vec<ChunkId>, CatalogErr
     let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let mut st = conn.prepare_cached("SELECT chunk_id FROM ref_set_chunks WHERE set_id = ?1")?;
     for (set, _) in sets {
-        push_ids(&mut st, &set, &format!("snapshot {snap}"), &mut out)?;
+        push_ids(&mut st, [set], &format!("snapshot {snap}"), &mut out)?;
     }
     out.sort_unstable();
     Ok(out)
 }
 
-/// Appends the ids (32-byte blobs) that the one-column query `st` returns for `key`; `what`
-/// names their owner in errors.
+/// Appends the ids (32-byte blobs) that the one-column query `st` returns for `params`;
+/// `what` names their owner in errors.
 pub fn push_ids(
     st: &mut rusqlite::Statement<'_>,
-    key: &dyn rusqlite::ToSql,
+    params: impl rusqlite::Params,
     what: &str,
     out: &mut Vec<ChunkId>,
 ) -> Result<(), CatalogError> {
-    for raw in st.query_map([key], |r| r.get::<_, Vec<u8>>(0))? {
+    for raw in st.query_map(params, |r| r.get::<_, Vec<u8>>(0))? {
         let raw = raw?;
         let a = <[u8; CHUNK_ID_LEN]>::try_from(raw.as_slice())
             .map_err(|_| CatalogError::Corrupt(format!("{what}: a reference is not 32 bytes")))?;

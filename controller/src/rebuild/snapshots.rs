@@ -296,7 +296,7 @@ fn insert_snapshot(c: &Connection, p: &Parsed1) -> Result<(), CatalogError> {
     let mut ids: Vec<ChunkId> = Vec::new();
     let mut st = c.prepare_cached("SELECT chunk_id FROM rb_segments WHERE key = ?1")?;
     for k in &r.ref_segments {
-        refsets::push_ids(&mut st, k, &format!("segment {k}"), &mut ids)?;
+        refsets::push_ids(&mut st, [k], &format!("segment {k}"), &mut ids)?;
     }
     ids.sort_unstable();
     ids.dedup();

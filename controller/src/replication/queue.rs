@@ -21,8 +21,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use lifeboat_common::ids::{CHUNK_ID_LEN, ChunkId};
+use lifeboat_common::ids::ChunkId;
 
+use crate::catalog::refsets::push_ids;
 use crate::catalog::snapshots::{self, SnapshotRow};
 use crate::catalog::{CatalogError, to_i64, to_u64};
 
@@ -280,7 +281,7 @@ fn add_unshared_deps(
     for id in ours {
         if theirs.binary_search(&id).is_err()
             && let Some(pack) = pack_of
-                .query_row(params![group, &id[..]], |r| r.get::<_, Vec<u8>>(0))
+                .query_row(params![group, &id.0[..]], |r| r.get::<_, Vec<u8>>(0))
                 .optional()?
         {
             packs.insert(pack);
@@ -297,11 +298,7 @@ fn add_unshared_deps(
 }
 
 /// The chunk ids in the sets `snap` lists and `other` does not.
-fn unshared_refs(
-    conn: &Connection,
-    snap: &str,
-    other: &str,
-) -> Result<Vec<[u8; CHUNK_ID_LEN]>, CatalogError> {
+fn unshared_refs(conn: &Connection, snap: &str, other: &str) -> Result<Vec<ChunkId>, CatalogError> {
     let mut st = conn.prepare_cached(
         "SELECT rc.chunk_id FROM snapshot_sets ss CROSS JOIN ref_set_chunks rc
          WHERE ss.snapshot_id = ?1
@@ -309,14 +306,13 @@ fn unshared_refs(
                            WHERE o.snapshot_id = ?2 AND o.set_id = ss.set_id)
            AND rc.set_id = ss.set_id",
     )?;
-    let mut rows = st.query(params![snap, other])?;
     let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        let id: Vec<u8> = r.get(0)?;
-        out.push(<[u8; CHUNK_ID_LEN]>::try_from(id.as_slice()).map_err(|_| {
-            CatalogError::Corrupt(format!("snapshot {snap} references a malformed chunk id"))
-        })?);
-    }
+    push_ids(
+        &mut st,
+        params![snap, other],
+        &format!("snapshot {snap}"),
+        &mut out,
+    )?;
     Ok(out)
 }
 
