@@ -44,21 +44,25 @@ mod windows;
 pub use windows::WINDOW_BLOB_BYTES;
 use windows::{Span, Window, next_window};
 
-/// Checks every id is referenced by the owner's snapshots and returns where each blob lives.
+/// Checks every id is referenced by a live snapshot of the owner (each first in the sets of the
+/// snapshot that vouched for the id before it: [`snapshots::Vouch`]) and returns where each
+/// blob lives.
 pub async fn authorize(
     state: &State,
     owner: (String, String),
     ids: Vec<ChunkId>,
 ) -> Result<Vec<(ChunkId, ChunkLocation)>, ServiceError> {
     let (name, group) = owner;
+    let covers = state.catalog.covers();
     state
         .catalog
         .run(move |c| {
             // A read transaction: one lock for all the lookups, not one per id.
             let tx = c.transaction()?;
+            let mut vouch = snapshots::Vouch::new(&covers, &name);
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                if !snapshots::referenced_by_agent(&tx, &name, &id)? {
+                if !vouch.referenced(&tx, &id)? {
                     return Ok(Err(ServiceError::PermissionDenied(format!(
                         "chunk {id} is not referenced by any snapshot of agent {name}"
                     ))));

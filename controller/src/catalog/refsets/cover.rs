@@ -71,8 +71,8 @@ impl Cover {
     }
 
     /// Whether the snapshot references `id`: [`Cover::covering_set`] and [`MEMBER`], as
-    /// `HaveChunks` asks it; its tests check the pair against the `snapshot_refs` view.
-    #[cfg(test)]
+    /// `HaveChunks` asks it (and ReadChunks' authorization, [`crate::catalog::snapshots::Vouch`]);
+    /// its tests check the pair against the `snapshot_refs` view.
     pub fn references(&self, conn: &Connection, id: &ChunkId) -> Result<bool, CatalogError> {
         let Some(set) = self.covering_set(id) else {
             return Ok(false);
