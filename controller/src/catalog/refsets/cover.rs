@@ -86,10 +86,13 @@ impl Cover {
     }
 }
 
-/// Covers kept: each `HaveChunks` call of a backup asks about the same parent, and loading one
-/// is a seek per set (536 at 2.5 GiB; ~250 calls in a backup that re-reads a 1 GiB dump).
-/// A cover holds ~0.16 bytes per reference of its snapshot (40 bytes per set of ~256).
-pub const CACHED: usize = 8;
+/// Covers kept: each `HaveChunks` call of a backup asks about the same parent, each `ReadChunks`
+/// call of a restore about the snapshot restored ([`crate::catalog::snapshots::Vouch`]), and
+/// loading one is a seek per set (536 at 2.5 GiB; ~250 calls in a backup that re-reads a 1 GiB
+/// dump, thousands in a restore). Enough for a fleet's agents restoring at once after a
+/// disaster without evicting each other's covers at every call: a cover holds ~0.16 bytes per
+/// reference of its snapshot (40 bytes per set of ~256), 32 covers of 2.5 GiB snapshots ~0.7 MB.
+pub const CACHED: usize = 32;
 
 /// The covers of recent parents, by snapshot id. A snapshot's set list never changes while it
 /// exists, so a cover never goes stale; one of a snapshot removed since answers "no", which
