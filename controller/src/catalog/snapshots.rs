@@ -384,24 +384,30 @@ mod tests {
         }
     }
 
+    /// Agents "a" and "b", each in the dedup group `group(name)`.
+    fn agents_a_and_b(c: &Connection, group: impl Fn(&str) -> &str) -> Result<(), CatalogError> {
+        for (a, fp) in [("a", "fa"), ("b", "fb")] {
+            agents::insert(
+                c,
+                &agents::AgentRow {
+                    id: a.into(),
+                    dedup_group: group(a).into(),
+                    cert_sha256: fp.into(),
+                    not_after: 0,
+                    created_at: 0,
+                    last_seen: 0,
+                    snapshots: 0,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     #[test]
     fn insert_list_find_and_refs() {
         let cat = Catalog::open_in_memory().expect("open");
         cat.run_blocking(|c| {
-            for (a, fp) in [("a", "fa"), ("b", "fb")] {
-                agents::insert(
-                    c,
-                    &agents::AgentRow {
-                        id: a.into(),
-                        dedup_group: a.into(),
-                        cert_sha256: fp.into(),
-                        not_after: 0,
-                        created_at: 0,
-                        last_seen: 0,
-                        snapshots: 0,
-                    },
-                )?;
-            }
+            agents_a_and_b(c, |a| a)?;
             insert(
                 c,
                 &row("aaaa000000000000000a", "a", "web", 1),
@@ -474,20 +480,7 @@ mod tests {
         let cat = Catalog::open_in_memory().expect("open");
         let covers = crate::catalog::refsets::cover::CoverCache::default();
         cat.run_blocking(|c| {
-            for (a, fp) in [("a", "fa"), ("b", "fb")] {
-                agents::insert(
-                    c,
-                    &agents::AgentRow {
-                        id: a.into(),
-                        dedup_group: "g".into(),
-                        cert_sha256: fp.into(),
-                        not_after: 0,
-                        created_at: 0,
-                        last_seen: 0,
-                        snapshots: 0,
-                    },
-                )?;
-            }
+            agents_a_and_b(c, |_| "g")?;
             let id = |n: u8| ChunkId([n; 32]);
             insert(
                 c,
