@@ -24,11 +24,21 @@ use rusqlite::Connection;
 
 use crate::catalog::CatalogError;
 
+/// The text of [`MEMBER`], for the constants built from it.
+macro_rules! member {
+    () => {
+        "EXISTS (SELECT 1 FROM ref_set_chunks WHERE set_id = :set AND chunk_id = :chunk)"
+    };
+}
+
 /// SQL: set `:set` holds chunk `:chunk` (a primary-key lookup). `HaveChunks` embeds it in its
 /// per-id statement ([`crate::gc::pins::probe`]), so the tests of [`Cover::references`]
 /// cover the query it runs.
-pub const MEMBER: &str =
-    "EXISTS (SELECT 1 FROM ref_set_chunks WHERE set_id = :set AND chunk_id = :chunk)";
+pub const MEMBER: &str = member!();
+
+/// [`MEMBER`] as a statement of its own, spelled once at compile time: [`Cover::references`]
+/// runs it for every id ReadChunks authorizes.
+const SELECT_MEMBER: &str = concat!("SELECT ", member!());
 
 /// One snapshot's sets, by their first id.
 #[derive(Debug, Default)]
@@ -77,12 +87,10 @@ impl Cover {
         let Some(set) = self.covering_set(id) else {
             return Ok(false);
         };
-        Ok(conn
-            .prepare_cached(&format!("SELECT {MEMBER}"))?
-            .query_row(
-                rusqlite::named_params! {":set": set, ":chunk": &id.0[..]},
-                |r| r.get(0),
-            )?)
+        Ok(conn.prepare_cached(SELECT_MEMBER)?.query_row(
+            rusqlite::named_params! {":set": set, ":chunk": &id.0[..]},
+            |r| r.get(0),
+        )?)
     }
 }
 
