@@ -152,11 +152,22 @@ pub struct GrpcRemote {
     reads: Arc<ReadCounts>,
 }
 
-/// Counts of `ReadChunks` blobs, for the restore's region report.
+/// Counts of `ReadChunks` blobs, for the restore's report.
 #[derive(Debug, Default)]
 pub struct ReadCounts {
     pub chunks: AtomicU64,
     pub from_secondary: AtomicU64,
+    /// The blobs' bytes as the controller sent them (sealed: compressed and encrypted), before
+    /// gRPC's and TLS's framing: what a restore moved over the network.
+    pub bytes: AtomicU64,
+}
+
+/// A snapshot of [`ReadCounts`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadTotals {
+    pub chunks: u64,
+    pub from_secondary: u64,
+    pub bytes: u64,
 }
 
 impl GrpcRemote {
@@ -243,12 +254,14 @@ impl GrpcRemote {
         self
     }
 
-    /// (blobs read, blobs the secondary region served) since this remote was made.
-    pub fn read_counts(&self) -> (u64, u64) {
-        (
-            self.reads.chunks.load(Ordering::Relaxed),
-            self.reads.from_secondary.load(Ordering::Relaxed),
-        )
+    /// Blobs read (how many, how many the secondary region served, their bytes) since this
+    /// remote was made.
+    pub fn read_counts(&self) -> ReadTotals {
+        ReadTotals {
+            chunks: self.reads.chunks.load(Ordering::Relaxed),
+            from_secondary: self.reads.from_secondary.load(Ordering::Relaxed),
+            bytes: self.reads.bytes.load(Ordering::Relaxed),
+        }
     }
 
     /// Lists, gets and reads the snapshots of agent `from` instead of our own (a replacement VM
@@ -533,6 +546,9 @@ impl Remote for GrpcRemote {
             match ids.get(out.len()) {
                 Some(want) if *want == id => {
                     self.reads.chunks.fetch_add(1, Ordering::Relaxed);
+                    self.reads
+                        .bytes
+                        .fetch_add(blob.data.len() as u64, Ordering::Relaxed);
                     if msg.from_secondary {
                         self.reads.from_secondary.fetch_add(1, Ordering::Relaxed);
                     }

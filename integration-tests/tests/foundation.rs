@@ -193,6 +193,33 @@ fn a_manifest_of_several_chunks_round_trips_and_is_stored_once() {
     assert_same_tree(&www, &restored_root(&to, &www));
 }
 
+/// The restore's `bytes_read` is what the chunks weighed on the wire: sealed, so at least the
+/// size of incompressible data (stored raw, plus nonce and tag) and far less than compressible
+/// data, and never more than the first backup uploaded (the restore reads the same blobs).
+#[test]
+fn restore_reports_the_sealed_bytes_it_read() {
+    let f = Fleet::new();
+    let www = f.path("www");
+    fs::create_dir_all(&www).unwrap();
+    write_data(&www.join("photo.jpg"), 3 << 20, 7, false);
+    write_data(&www.join("page.html"), 4 << 20, 8, true);
+    let agent = f.agent("web-01", None, &[&www]);
+    let b = agent.backup("web");
+    let to = f.path("restored");
+    let r = agent.restore("web", &["--to", to.to_str().unwrap()]);
+    assert_same_tree(&www, &restored_root(&to, &www));
+    let read = u(&r, "bytes_read");
+    assert!(read > 3 << 20, "random bytes cannot shrink: {r}");
+    assert!(
+        read < (3 << 20) + (2 << 20),
+        "4 MiB of markup compresses: {r}"
+    );
+    assert!(
+        read <= u(&b, "uploaded_bytes"),
+        "{r} against the backup's {b}"
+    );
+}
+
 /// A source of more chunk ids than the backup sorts in memory (32,768) in one file of more
 /// chunks than a manifest entry is written from at once (1,820), through the real controller
 /// and agent: the references merged from sorting runs on disk are committed once each (the

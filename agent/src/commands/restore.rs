@@ -7,7 +7,8 @@
 //! damaged); `primary` never falls back; `secondary` reads only the secondary. The summary says
 //! how many chunks the secondary served (text, and `region`, `chunks_read`,
 //! `chunks_from_secondary` in `--json`), so a restore that survived a damaged or lost primary
-//! says so.
+//! says so. `bytes_read` (`--json`) is what the chunks weighed on the wire: sealed (compressed
+//! and encrypted), before gRPC's and TLS's framing.
 
 use std::time::Instant;
 
@@ -288,15 +289,17 @@ struct RegionReport {
     region: &'static str,
     chunks_read: u64,
     chunks_from_secondary: u64,
+    bytes_read: u64,
 }
 
 impl RegionReport {
     fn of(remote: &GrpcRemote, region: RegionArg) -> Self {
-        let (chunks_read, chunks_from_secondary) = remote.read_counts();
+        let read = remote.read_counts();
         RegionReport {
             region: region.as_str(),
-            chunks_read,
-            chunks_from_secondary,
+            chunks_read: read.chunks,
+            chunks_from_secondary: read.from_secondary,
+            bytes_read: read.bytes,
         }
     }
 
@@ -337,6 +340,7 @@ mod tests {
             region,
             chunks_read,
             chunks_from_secondary,
+            bytes_read: 0,
         };
         assert_eq!(r("any", 12, 0).line(), None);
         let l = r("any", 312, 312).line().expect("line");

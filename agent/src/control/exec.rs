@@ -192,7 +192,7 @@ impl Executor {
                     let mut p = report(&r.command_id, kind, &r.source, pb::RunPhase::Progress);
                     p.summary_json = serde_json::json!({
                         "stage": "restoring",
-                        "chunks_read": counts.read_counts().0,
+                        "chunks_read": counts.read_counts().chunks,
                     })
                     .to_string();
                     link.report(p);
