@@ -11,11 +11,13 @@
 //! with nothing else to do (no I/O, no network, no catalog). `scripts/bench` runs it to show how
 //! close a backup comes to the machine's limit.
 //!
-//! The restore's per-byte work is timed apart, on the same blobs: the controller's BLAKE3 of
-//! each blob it serves, then the agent's open (XChaCha20-Poly1305, zstd, keyed BLAKE3 of the
-//! plaintext against the id). Its ceiling leaves out what a restore also pays and a copy pays
-//! too (creating and writing the files, the final sync): `scripts/bench` adds `cp -a`'s time
-//! for that.
+//! The restore's per-byte work is timed apart, on the same blobs: the agent's open
+//! (XChaCha20-Poly1305, zstd, keyed BLAKE3 of the plaintext against the id). The controller
+//! does no per-byte work of its own for an agent's restore (agents ask it not to check the
+//! blobs they check themselves: `caller_verifies`). Its ceiling leaves out what a restore also
+//! pays and a copy pays too (creating and writing the files, the final sync) and what moving
+//! the blobs costs (reading the packs, TLS on both ends): `scripts/bench` adds `cp -a`'s CPU
+//! and `scripts/tls_floor.py`'s for those.
 
 use std::fs::File;
 use std::io::BufReader;
@@ -74,7 +76,6 @@ fn one_file(keys: &DataKeys, path: &Path, restore: &mut Duration) -> std::io::Re
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             std::hint::black_box(blake3::hash(&sealed));
             let t = Instant::now();
-            std::hint::black_box(blake3::hash(&sealed));
             let plain =
                 blob::open(keys, &id, &sealed).map_err(|e| std::io::Error::other(e.to_string()))?;
             std::hint::black_box(plain);
