@@ -89,9 +89,11 @@ def write_tree(src, dst, direct_above):
             left = size
             while left:
                 n = min(left, BUF)
+                # A direct write's length is a multiple of 4096: the tail is padded, then cut.
+                want = -(-n // 4096) * 4096 if direct else n
                 try:
-                    # A direct write's length is a multiple of 4096: the tail is padded, then cut.
-                    os.write(fd, view[:-(-n // 4096) * 4096 if direct else n])
+                    if os.write(fd, view[:want]) != want:
+                        raise OSError(errno.EIO, f"short write to {path}")
                 except OSError as e:
                     if not direct or e.errno != errno.EINVAL:
                         raise

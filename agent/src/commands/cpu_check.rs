@@ -16,8 +16,8 @@
 //! does no per-byte work of its own for an agent's restore (agents ask it not to check the
 //! blobs they check themselves: `caller_verifies`). Its ceiling leaves out what a restore also
 //! pays and a copy pays too (creating and writing the files, the final sync) and what moving
-//! the blobs costs (reading the packs, TLS on both ends): `scripts/bench` adds `cp -a`'s CPU
-//! and `scripts/tls_floor.py`'s for those.
+//! the blobs costs (reading the packs, TLS on both ends): `scripts/bench` adds those, measured
+//! the plainest way by `scripts/restore_floor.py`.
 
 use std::fs::File;
 use std::io::BufReader;
