@@ -168,10 +168,16 @@ def receive(a):
                     break
                 got += n
         wall, client_cpu = time.monotonic() - t0, cpu_s() - c0
-        srv = json.loads(server.stdout.readline())
+        report = server.stdout.readline()
+    except BaseException:
+        server.kill()  # it may wait for a client that failed before connecting or sending
+        raise
     finally:
         server.wait()
-    if server.returncode != 0 or srv["bytes"] != got:
+    if server.returncode != 0 or not report:
+        sys.exit(f"restore_floor: the server failed (exit {server.returncode}; its error is above)")
+    srv = json.loads(report)
+    if srv["bytes"] != got:
         sys.exit(f"restore_floor: the server sent {srv['bytes']} bytes, the client received {got}")
     print(json.dumps({"bytes": got, "wall_s": wall, "server_cpu_s": srv["cpu_s"],
                       "client_cpu_s": client_cpu, "cipher": cipher}))
