@@ -518,4 +518,63 @@ mod tests {
         })
         .expect("ops");
     }
+
+    /// The point of [`Vouch`]: after the first id, the ids of the snapshot restored are answered
+    /// from its sets, not by the by-chunk query, whose walk grows with the snapshots listing the
+    /// same sets (here 300 of another agent, whose ids sort first). Counted in SQLite's virtual
+    /// machine steps, so the test fails if the cover path is never taken.
+    #[test]
+    fn vouch_answers_from_the_sets_of_the_snapshot_that_vouched() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let cat = Catalog::open_in_memory().expect("open");
+        let covers = crate::catalog::refsets::cover::CoverCache::default();
+        cat.run_blocking(|c| {
+            agents_a_and_b(c, |_| "g")?;
+            let ids: Vec<ChunkId> = (1..=8).map(|n| ChunkId([n; 32])).collect();
+            let restored = "aaaa000000000000000a";
+            insert(c, &row(restored, "a", "web", 1), &ids)?;
+            for n in 0..300 {
+                let other = format!("0000{n:016}");
+                insert(c, &row(&other, "b", "web", 2 + n), &[])?;
+                c.execute(
+                    "INSERT INTO snapshot_sets (snapshot_id, set_id)
+                     SELECT ?1, set_id FROM snapshot_sets WHERE snapshot_id = ?2",
+                    params![other, restored],
+                )?;
+            }
+            let steps = Arc::new(AtomicU64::new(0));
+            let counter = Arc::clone(&steps);
+            c.progress_handler(
+                10,
+                Some(move || {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    false
+                }),
+            )?;
+            let counted = |f: &mut dyn FnMut() -> Result<bool, CatalogError>| {
+                steps.store(0, Ordering::Relaxed);
+                let all = (0..ids.len()).map(|_| f()).collect::<Result<Vec<_>, _>>();
+                (all, steps.load(Ordering::Relaxed))
+            };
+            let mut asked = ids.iter();
+            let (by_query, query_steps) = counted(&mut || {
+                let id = asked.next().expect("an id");
+                Ok(referencing_snapshot(c, "a", id)?.is_some())
+            });
+            let mut vouch = Vouch::new(&covers, "a");
+            let mut asked = ids.iter();
+            let (by_vouch, vouch_steps) =
+                counted(&mut || vouch.referenced(c, asked.next().expect("an id")));
+            assert_eq!(by_query?, vec![true; 8]);
+            assert_eq!(by_vouch?, vec![true; 8]);
+            assert!(
+                vouch_steps * 3 < query_steps,
+                "Vouch took {vouch_steps} steps against the by-chunk query's {query_steps}"
+            );
+            c.progress_handler(0, None::<fn() -> bool>)?;
+            Ok(())
+        })
+        .expect("ops");
+    }
 }
