@@ -2,7 +2,7 @@
 //!
 //! **This is a test hook.** Production never sets `LIFEBOAT_FAILPOINTS`; with it unset, every
 //! [`hit`] costs one relaxed atomic load after the first call. The crash tests
-//! (`integration-tests/tests/crash.rs`) start the real binaries with it set, kill them at a
+//! (`integration-tests/tests/e2e/crash.rs`) start the real binaries with it set, kill them at a
 //! chosen point, and check that nothing acknowledged was lost.
 //!
 //! Syntax (read once, on the first hit, from the environment):

@@ -432,7 +432,7 @@ fn rebuild_from_an_s3_secondary() {
 
 /// Rebuild time and objects read for a bucket of at least 10,000 objects, written directly in
 /// the real formats (packs with index footers, reference segments, snapshot records, registry).
-/// Run: `cargo test -p lifeboat-integration-tests --test rebuild -- --ignored --nocapture`.
+/// Run: `cargo test -p lifeboat-integration-tests --test e2e rebuild::rebuild_bench -- --ignored --nocapture`.
 #[test]
 #[ignore = "benchmark: writes 10,000+ objects"]
 fn rebuild_bench_10k_objects() {

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo build --workspace --bins
-//! cargo test -p lifeboat-integration-tests --test fleet_demo -- --ignored --nocapture
+//! cargo test -p lifeboat-integration-tests --test e2e fleet_demo:: -- --ignored --nocapture
 //! ```
 //!
 //! Three agents are stopped and one has a source that cannot be read, so the table shows each

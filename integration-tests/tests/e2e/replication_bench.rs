@@ -1,5 +1,5 @@
 //! Replication throughput on loopback, a benchmark run by hand (not a timed test):
-//! `cargo test -p lifeboat-integration-tests --test replication_bench -- --ignored --nocapture`
+//! `cargo test -p lifeboat-integration-tests --test e2e replication_bench:: -- --ignored --nocapture`
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use lifeboat_integration_tests::s3::S3Server;
@@ -8,7 +8,7 @@ use lifeboat_integration_tests::s3::S3Server;
 /// objects of 4 MiB, primary a local directory (fsync'd), secondary an s3s-fs server over HTTP
 /// on 127.0.0.1, copied by the replication worker as in production (4 in flight, each object
 /// read, its size and BLAKE3 checked, put with If-None-Match, its size checked with HEAD).
-/// `cargo test -p lifeboat-integration-tests --test replication_bench -- --ignored --nocapture`
+/// `cargo test -p lifeboat-integration-tests --test e2e replication_bench:: -- --ignored --nocapture`
 #[test]
 #[ignore = "benchmark: prints MB/s"]
 fn replication_throughput_on_loopback() {

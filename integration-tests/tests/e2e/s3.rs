@@ -351,7 +351,7 @@ fn refused_bucket_fails_before_listening() {
 }
 
 /// Throughput of a ~500 MiB backup and restore against s3s-fs on loopback. Run with
-/// `cargo test --release -p lifeboat-integration-tests --test s3 -- --ignored --nocapture`.
+/// `cargo test --release -p lifeboat-integration-tests --test e2e s3::s3_backup_throughput -- --ignored --nocapture`.
 #[test]
 #[ignore = "benchmark: run by hand with --release"]
 fn s3_backup_throughput() {
