@@ -19,7 +19,7 @@ pub fn bin(name: &str) -> PathBuf {
     let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} not found: build the binaries first (`cargo build --bins`, which scripts/test does) or set LIFEBOAT_BIN_DIR",
+        "{} not found: build the binaries first (`cargo build --workspace --all-targets`, which scripts/test does) or set LIFEBOAT_BIN_DIR",
         p.display()
     );
     p
